@@ -1,0 +1,129 @@
+"""CAT and CAT-KD (Guo et al., CVPR 2023): transfer of class activation maps (CAMs).
+
+Pure loss functions first (contract C2), then the distiller. CAMs are raw maps A = W * F
+(N x K x H x W): no ReLU, no softmax. Teacher and student maps may differ in H x W; both are pooled
+to R x R before they are compared.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from catkd.config import ConfigError
+from catkd.distillers.base import Distiller
+from catkd.distillers.registry import DISTILLERS
+
+
+def binarize_cams(cams: Tensor) -> Tensor:
+    """1.0 where a map exceeds the mean of its absolute values over H x W, else 0.0.
+
+    cams: (N, K, H, W) -> (N, K, H, W), same dtype. Applied to the teacher's CAMs before pooling.
+    """
+    threshold = cams.abs().mean(dim=(2, 3), keepdim=True)
+    return (cams > threshold).to(cams.dtype)
+
+
+def select_cams(
+    student_cams: Tensor, teacher_cams: Tensor, teacher_logits: Tensor, n: int, strategy: int
+) -> tuple[Tensor, Tensor]:
+    """Keep exactly n classes per sample, ranked by the teacher's (bias-free) logits.
+
+    student_cams: (N, K, Hs, Ws); teacher_cams: (N, K, Ht, Wt); teacher_logits: (N, K).
+    strategy 0 keeps the n highest-scoring classes, 1 the n lowest; ties go to the lower class
+    index (stable sort). Returns (N, n, Hs, Ws) and (N, n, Ht, Wt), the same classes in both.
+    The reference keeps n-1 (top) or n+1 (lowest) classes and falls back to all classes on ties;
+    we keep exactly n for any class count.
+    """
+    k = teacher_logits.shape[1]
+    if not 1 <= n <= k:
+        raise ValueError(f"CAMs_Nums must be in 1..{k} (the number of classes), got {n}")
+    if strategy not in (0, 1):
+        raise ValueError(f"Strategy must be 0 (top) or 1 (lowest), got {strategy}")
+    order = torch.sort(teacher_logits.detach(), dim=1, descending=strategy == 0, stable=True).indices
+    keep = order[:, :n]
+
+    def gather(cams: Tensor) -> Tensor:
+        return cams.gather(1, keep[:, :, None, None].expand(-1, -1, *cams.shape[2:]))
+
+    return gather(student_cams), gather(teacher_cams)
+
+
+def cat_loss(student_cams: Tensor, teacher_cams: Tensor, resolution: int, normalize: bool) -> Tensor:
+    """L_CAT: adaptive-average-pool both to R x R, optionally L2-normalise each map, MSE (mean).
+
+    student_cams: (N, K', Hs, Ws); teacher_cams: (N, K', Ht, Wt). Returns a scalar averaged over
+    the N x K' x R x R elements (the scale the preset β values are tuned for).
+    """
+    s = F.adaptive_avg_pool2d(student_cams, resolution)
+    t = F.adaptive_avg_pool2d(teacher_cams, resolution)
+    if normalize:
+        s = F.normalize(s, dim=(2, 3), eps=1e-12)
+        t = F.normalize(t, dim=(2, 3), eps=1e-12)
+    return F.mse_loss(s, t)
+
+
+@DISTILLERS.register("CAT_KD", "CAT-KD")
+class CATKD(Distiller):
+    """CAT-KD: CE_WEIGHT * CE + β * L_CAT; CAT (onlyCAT): β * L_CAT alone. No KL term, no warm-up."""
+
+    needs_teacher = True
+    student_head_bias = False
+
+    def __init__(
+        self,
+        student,
+        teacher,
+        beta: float,
+        resolution: int,
+        normalize: bool = True,
+        binarize: bool = False,
+        only_cat: bool = False,
+        ce_weight: float = 1.0,
+        partial_n: int | None = None,
+        strategy: int = 0,
+    ):
+        super().__init__(student, teacher)
+        self.beta, self.resolution, self.normalize = beta, resolution, normalize
+        self.binarize, self.only_cat, self.ce_weight = binarize, only_cat, ce_weight
+        self.partial_n, self.strategy = partial_n, strategy
+
+    @classmethod
+    def from_config(cls, cfg, student, teacher, num_classes):
+        c = cfg.CAT_KD
+        if c.IF_OnlyTransferPartialCAMs and c.CAMs_Nums > num_classes:
+            raise ConfigError(
+                f"CAT_KD.CAMs_Nums: {c.CAMs_Nums} is more than the {num_classes} classes of the dataset"
+            )
+        return cls(
+            student,
+            teacher,
+            beta=c.LOSS.CAT_loss_weight,
+            resolution=c.LOSS.CAM_RESOLUTION,
+            normalize=c.IF_NORMALIZE,
+            binarize=c.IF_BINARIZE,
+            only_cat=c.onlyCAT,
+            ce_weight=c.LOSS.CE_WEIGHT,
+            partial_n=c.CAMs_Nums if c.IF_OnlyTransferPartialCAMs else None,
+            strategy=c.Strategy,
+        )
+
+    def transfer_loss(self, s_cams: Tensor, t_cams: Tensor) -> Tensor:
+        """Unweighted L_CAT for a batch: binarize (teacher), select classes, pool, normalize, MSE."""
+        t_cams = t_cams.float()
+        s_cams = s_cams.float()
+        # teacher's bias-free logits rank the classes (its Linear bias is dropped, as in the reference)
+        t_logits = t_cams.mean(dim=(2, 3))
+        if self.binarize:
+            t_cams = binarize_cams(t_cams)
+        if self.partial_n is not None:
+            s_cams, t_cams = select_cams(s_cams, t_cams, t_logits, self.partial_n, self.strategy)
+        return cat_loss(s_cams, t_cams, self.resolution, self.normalize)
+
+    def forward_train(self, images, targets, ctx):
+        logits, s_feats = self.student(images)
+        _, t_feats = self.teacher_outputs(images)
+        losses = {"loss_cat": self.beta * self.transfer_loss(s_feats["cams"], t_feats["cams"])}
+        if not self.only_cat:
+            losses = {"loss_ce": self.ce_weight * F.cross_entropy(logits, targets), **losses}
+        return logits, losses

@@ -1,0 +1,40 @@
+"""KD (Hinton et al. 2015), as MDistiller computes it."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from catkd.distillers.base import Distiller
+from catkd.distillers.registry import DISTILLERS
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """KL(softmax(t/T) || softmax(s/T)) summed over classes, mean over the batch, times T^2.
+
+    student_logits, teacher_logits: (N, K). Returns a scalar.
+    """
+    log_p_s = F.log_softmax(student_logits / temperature, dim=1)
+    p_t = F.softmax(teacher_logits / temperature, dim=1)
+    return F.kl_div(log_p_s, p_t, reduction="none").sum(1).mean() * temperature**2
+
+
+@DISTILLERS.register("KD")
+class KD(Distiller):
+    needs_teacher = True
+
+    def __init__(self, student, teacher, temperature: float, ce_weight: float, kd_weight: float):
+        super().__init__(student, teacher)
+        self.temperature, self.ce_weight, self.kd_weight = temperature, ce_weight, kd_weight
+
+    @classmethod
+    def from_config(cls, cfg, student, teacher, num_classes):
+        k = cfg.KD
+        return cls(student, teacher, k.TEMPERATURE, k.LOSS.CE_WEIGHT, k.LOSS.KD_WEIGHT)
+
+    def forward_train(self, images, targets, ctx):
+        logits, _ = self.student(images)
+        t_logits, _ = self.teacher_outputs(images)
+        return logits, {
+            "loss_ce": self.ce_weight * F.cross_entropy(logits, targets),
+            "loss_kd": self.kd_weight * kd_loss(logits, t_logits.float(), self.temperature),
+        }

@@ -1,0 +1,3 @@
+from catkd.registry import Registry
+
+DISTILLERS: Registry = Registry("distiller")

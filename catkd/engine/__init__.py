@@ -1,0 +1,3 @@
+from catkd.engine.trainer import Trainer, RunResult
+
+__all__ = ["Trainer", "RunResult"]

@@ -1,0 +1,331 @@
+"""One training run: data, models, distiller, the epoch loop, evaluation, checkpoints.
+
+`Trainer(cfg).fit(report=...)` knows nothing of Ray. `report(metrics, checkpoint_dir)` is called
+after every epoch, once that epoch's checkpoint is on disk; the Ray adapter turns it into
+`tune.report`. Recipe (METHOD.md §4): SGD over the student's parameters, step decay at the
+LR_DECAY_STAGES (lr for epoch e is LR * rate^#{s : e > s}), teacher always in eval mode.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from catkd.config import Config, ConfigError, dump_yaml, teacher_path
+from catkd.engine import checkpoint as ckpt
+from catkd.fsutil import atomic_write_json, atomic_write_text
+
+Report = Callable[[dict[str, Any], Path], None]
+
+
+class DivergedError(RuntimeError):
+    """The loss became non-finite; the run stopped instead of training on NaN."""
+
+
+@dataclass
+class RunResult:
+    status: str  # finished | diverged
+    epochs_done: int
+    best_test_acc: float
+    best_val_acc: Optional[float]
+    last_test_acc: float
+    out_dir: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"RUN.DEVICE: {name!r} asked for, but no CUDA device is available")
+    return dev
+
+
+def topk_correct(logits: Tensor, targets: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[Tensor]:
+    """Number of samples whose target is among the top-k logits, for each k (as 0-d tensors)."""
+    maxk = min(max(ks), logits.shape[1])
+    pred = logits.topk(maxk, dim=1).indices
+    hit = pred == targets[:, None]
+    return [hit[:, : min(k, maxk)].any(dim=1).sum() for k in ks]
+
+
+class Progress:
+    """A carriage-return progress line on a terminal; silent otherwise (epoch lines still print)."""
+
+    def __init__(self, mode: str, total: int, label: str):
+        self.on = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
+        self.total, self.label, self.t0, self.last = total, label, time.time(), 0.0
+
+    def update(self, step: int) -> None:
+        now = time.time()
+        if not self.on or (now - self.last < 0.5 and step < self.total):
+            return
+        self.last = now
+        done = step / max(self.total, 1)
+        bar = "#" * int(24 * done)
+        sys.stderr.write(f"\r{self.label} [{bar:<24}] {step}/{self.total} {now - self.t0:5.1f}s")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.on:
+            sys.stderr.write("\r" + " " * 70 + "\r")
+            sys.stderr.flush()
+
+
+class Trainer:
+    def __init__(self, cfg: Config, out_dir: Optional[Path] = None, log: Callable[[str], None] = print):
+        self.cfg = cfg
+        self.out_dir = Path(out_dir) if out_dir is not None else cfg.output_dir
+        self.log = log
+
+    # ---- construction -------------------------------------------------------------------
+    def _build(self) -> None:
+        from catkd.data import build_data
+        from catkd.distillers import DISTILLERS, build_distiller
+        from catkd.models import build_model, load_teacher_weights
+
+        cfg = self.cfg
+        if cfg.RUN.THREADS:
+            torch.set_num_threads(cfg.RUN.THREADS)
+        self.device = resolve_device(cfg.RUN.DEVICE)
+        seed_everything(cfg.EXPERIMENT.SEED)
+        self.data = build_data(cfg, self.device)
+        family = "imagenet" if cfg.DATASET.TYPE == "imagenet" else "cifar"
+        kind = DISTILLERS.get(cfg.DISTILLER.TYPE)
+        k = self.data.num_classes
+        student = build_model(cfg.DISTILLER.STUDENT, num_classes=k, head_bias=kind.student_head_bias, family=family)
+        teacher = None
+        if kind.needs_teacher:
+            teacher = build_model(cfg.DISTILLER.TEACHER, num_classes=k, head_bias=True, family=family)
+            load_teacher_weights(teacher, teacher_path(cfg))
+        self.distiller = build_distiller(cfg, student, teacher, k).to(self.device)
+        if cfg.RUN.CHANNELS_LAST:
+            self.distiller.to(memory_format=torch.channels_last)
+        self._check_cam_resolution()
+        s = cfg.SOLVER
+        self.optimizer = torch.optim.SGD(
+            self.distiller.learnable_parameters(),
+            lr=s.LR,
+            momentum=s.MOMENTUM,
+            weight_decay=s.WEIGHT_DECAY,
+            nesterov=s.NESTEROV,
+        )
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, milestones=s.LR_DECAY_STAGES, gamma=s.LR_DECAY_RATE
+        )
+        self.bf16 = cfg.RUN.PRECISION == "bf16"
+
+    def _check_cam_resolution(self) -> None:
+        """CAM_RESOLUTION larger than a CAM map would up-sample it: reject with the key named."""
+        if self.distiller.teacher is None or not hasattr(self.distiller, "resolution"):
+            return
+        size = self.data.image_size
+        x = torch.zeros(1, 3, size, size, device=self.device)
+        was = self.distiller.student.training
+        self.distiller.eval()
+        with torch.no_grad():
+            hs = self.distiller.student(x)[1]["cams"].shape[-2:]
+            ht = self.distiller.teacher(x)[1]["cams"].shape[-2:]
+        self.distiller.train(was)
+        smallest = min(*hs, *ht)
+        if self.distiller.resolution > smallest:
+            raise ConfigError(
+                f"CAT_KD.LOSS.CAM_RESOLUTION: {self.distiller.resolution} is larger than the CAMs "
+                f"(student {tuple(hs)}, teacher {tuple(ht)}); use at most {smallest}"
+            )
+
+    # ---- the loop -----------------------------------------------------------------------
+    def _autocast(self):
+        if self.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _images(self, images: Tensor) -> Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.cfg.RUN.CHANNELS_LAST else images
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg, dist, opt = self.cfg, self.distiller, self.optimizer
+        dist.train()
+        loader = self.data.train
+        progress = Progress(cfg.RUN.PROGRESS, len(loader), f"epoch {epoch}")
+        sums: dict[str, Tensor] = {}
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        total_loss = torch.zeros((), device=self.device)
+        seen = 0
+        t0 = time.perf_counter()
+        for step, (images, targets) in enumerate(loader.epoch_batches(epoch, cfg.EXPERIMENT.SEED), 1):
+            images = self._images(images)
+            with self._autocast():
+                logits, losses = dist.forward_train(images, targets, {"epoch": epoch, "step": step})
+            loss = sum(losses.values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            n = targets.shape[0]
+            seen += n
+            with torch.no_grad():  # accumulate on device: no host sync per step
+                for name, value in losses.items():
+                    sums[name] = sums.get(name, 0) + value.detach().float() * n
+                total_loss += loss.detach().float() * n
+                correct += (logits.argmax(1) == targets).sum()
+            if step % cfg.RUN.CHECK_FINITE_EVERY == 0 and not torch.isfinite(total_loss).item():
+                raise DivergedError(f"non-finite loss at epoch {epoch}, step {step}")
+            progress.update(step)
+        progress.close()
+        if cfg.DATASET.TYPE != "imagenet" and self.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        if not torch.isfinite(total_loss).item():
+            raise DivergedError(f"non-finite loss in epoch {epoch}")
+        out = {"train_loss": total_loss.item() / seen, "train_acc": 100.0 * correct.item() / seen}
+        out.update({name: v.item() / seen for name, v in sums.items()})
+        out["epoch_seconds"] = seconds
+        out["images_per_second"] = seen / seconds if seconds > 0 else float("nan")
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, loader) -> tuple[float, float]:
+        """Top-1 and top-5 accuracy (%) of the student on an evaluation loader."""
+        self.distiller.eval()
+        c1 = torch.zeros((), dtype=torch.long, device=self.device)
+        c5 = torch.zeros((), dtype=torch.long, device=self.device)
+        n = 0
+        for images, targets in loader:
+            with self._autocast():
+                logits = self.distiller.forward_test(self._images(images))
+            a, b = topk_correct(logits.float(), targets)
+            c1 += a
+            c5 += b
+            n += targets.shape[0]
+        return 100.0 * c1.item() / n, 100.0 * c5.item() / n
+
+    # ---- state --------------------------------------------------------------------------
+    def _full_state(self, epoch: int) -> dict[str, Any]:
+        return {
+            "model": self.distiller.student.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": epoch,
+            "best_test_acc": self.best_test,
+            "best_val_acc": self.best_val,
+            "history": self.history,
+            "config": self.cfg.to_dict(),
+            "rng": ckpt.rng_state(),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> int:
+        if state.get("config", {}).get("DISTILLER") != self.cfg.to_dict()["DISTILLER"]:
+            raise ckpt.CheckpointError(
+                "checkpoint was written by a run with other DISTILLER settings; refusing to resume"
+            )
+        self.distiller.student.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.best_test = state["best_test_acc"]
+        self.best_val = state["best_val_acc"]
+        self.history = list(state["history"])
+        ckpt.set_rng_state(state["rng"])
+        return int(state["epoch"])
+
+    def _save(self, epoch: int, metrics: dict[str, Any], improved: bool) -> None:
+        student = self.distiller.student.state_dict()
+        ckpt.save_full(self.out_dir, self._full_state(epoch))
+        if improved:
+            ckpt.save_student(self.out_dir / "student_best.pth", student, epoch=epoch, best_acc=self.best_selected)
+        freq = self.cfg.LOG.SAVE_CHECKPOINT_FREQ
+        if epoch == self.cfg.SOLVER.EPOCHS or (freq and epoch % freq == 0):
+            ckpt.save_student(self.out_dir / f"ckpt_epoch_{epoch}.pth", student, epoch=epoch, acc=metrics["test_acc"])
+        lines = "".join(_json_line(m) for m in self.history)
+        atomic_write_text(self.out_dir / "metrics.jsonl", lines)
+
+    def _status(self, status: str, epoch: int, **extra: Any) -> None:
+        atomic_write_json(self.out_dir / "status.json", {"status": status, "epoch": epoch, **extra})
+
+    # ---- public -------------------------------------------------------------------------
+    def fit(self, report: Optional[Report] = None, resume_from: Optional[Path] = None) -> RunResult:
+        """Train to SOLVER.EPOCHS (continuing from `resume_from`, or from the output directory's
+        checkpoint when RUN.RESUME is set). Returns the run's summary; a run whose loss becomes
+        non-finite stops with status "diverged" (its last good checkpoint is kept)."""
+        cfg = self.cfg
+        self._build()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.best_test, self.best_val = 0.0, None
+        self.history: list[dict[str, Any]] = []
+        start = 0
+        src = resume_from or (self.out_dir / ckpt.FULL if cfg.RUN.RESUME else None)
+        if src is not None and Path(src).is_dir():
+            src = Path(src) / ckpt.FULL
+        if src is not None and (resume_from is not None or Path(src).is_file()):
+            start = self._restore(ckpt.load_full(Path(src)))
+            self.log(f"resumed from {src} at epoch {start}")
+        atomic_write_text(self.out_dir / "config.yaml", dump_yaml(cfg))
+        atomic_write_json(self.out_dir / "data.json", self.data.info)
+        total = cfg.SOLVER.EPOCHS
+        epoch = start
+        for epoch in range(start + 1, total + 1):
+            lr = self.optimizer.param_groups[0]["lr"]
+            try:
+                metrics: dict[str, Any] = {"epoch": epoch, "lr": lr, **self.train_epoch(epoch)}
+            except DivergedError as e:
+                self.log(f"DIVERGED: {e}; stopped (last good checkpoint: epoch {epoch - 1})")
+                self._status("diverged", epoch - 1, reason=str(e))
+                return self._result("diverged", epoch - 1)
+            self.scheduler.step()
+            if self.data.val is not None:
+                metrics["val_acc"], metrics["val_acc_top5"] = self.evaluate(self.data.val)
+                self.best_val = max(self.best_val or 0.0, metrics["val_acc"])
+            metrics["test_acc"], metrics["test_acc_top5"] = self.evaluate(self.data.test)
+            selected = metrics["val_acc"] if self.data.val is not None else metrics["test_acc"]
+            improved = not self.history or selected > self.best_selected
+            self.best_test = max(self.best_test, metrics["test_acc"])
+            metrics["best_test_acc"] = self.best_test
+            if self.best_val is not None:
+                metrics["best_val_acc"] = self.best_val
+            self.history.append(metrics)
+            self._save(epoch, metrics, improved)
+            self._status("running" if epoch < total else "finished", epoch)
+            self.log(_epoch_line(metrics, total))
+            if report is not None:
+                report(metrics, self.out_dir)
+        return self._result("finished", epoch)
+
+    @property
+    def best_selected(self) -> float:
+        key = "val_acc" if self.data.val is not None else "test_acc"
+        return max((m[key] for m in self.history), default=-math.inf)
+
+    def _result(self, status: str, epochs_done: int) -> RunResult:
+        last = self.history[-1]["test_acc"] if self.history else float("nan")
+        return RunResult(status, epochs_done, self.best_test, self.best_val, last, self.out_dir, self.history)
+
+
+def _json_line(m: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(m) + "\n"
+
+
+def _epoch_line(m: dict[str, Any], total: int) -> str:
+    terms = " ".join(f"{k[5:]} {v:.4g}" for k, v in m.items() if k.startswith("loss_"))
+    val = f" val {m['val_acc']:.2f}" if "val_acc" in m else ""
+    return (
+        f"epoch {m['epoch']}/{total} lr {m['lr']:.4g} loss {m['train_loss']:.4f} ({terms}) "
+        f"train {m['train_acc']:.2f}{val} test {m['test_acc']:.2f}/{m['test_acc_top5']:.2f} "
+        f"best {m['best_test_acc']:.2f} | {m['epoch_seconds']:.1f}s {m['images_per_second']:.0f} img/s"
+    )

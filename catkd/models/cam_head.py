@@ -1,0 +1,65 @@
+"""The one CAM head shared by every model (METHOD.md section 1).
+
+Every network ends as: last spatial feature map F (N, C, H, W) -> Linear head W (K, C), b (K,).
+The class activation maps are the head applied as a bias-free 1x1 convolution,
+
+    cams[n, k, h, w] = sum_c W[k, c] * F[n, c, h, w]            (N, K, H, W)
+
+and the logits are the usual global-average-pool-then-Linear,
+
+    logits = mean_hw(F) @ W.T + b = mean_hw(cams) + b           (N, K)
+
+so `cams.mean((2, 3)) + b == logits` holds by linearity. CAMs are raw: no bias, ReLU or softmax.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+def compute_cams(fmap: Tensor, weight: Tensor) -> Tensor:
+    """(N, C, H, W) feature map, (K, C) head weight -> (N, K, H, W) CAMs (1x1 conv, no bias)."""
+    return torch.einsum("nchw,kc->nkhw", fmap, weight)
+
+
+def cam_outputs(fmap: Tensor, head: nn.Linear, stage_feats: list[Tensor] | None = None
+                ) -> tuple[Tensor, dict[str, Any]]:
+    """Apply `head` to the final feature map the way all models share (forward contract C1).
+
+    fmap: (N, C, H, W). Returns `logits` (N, K) and a dict with "cams" (N, K, H, W),
+    "pooled" (N, C) plus its MDistiller name "pooled_feat", "fmap" (the F used, N x C x H x W)
+    and "feats" (intermediate stage outputs, MDistiller-style, shallow to deep).
+    """
+    pooled = fmap.mean((2, 3))
+    # Pool first, then Linear: identical to GAP of the CAMs plus bias, but it keeps the
+    # numerics of the ordinary classifier the teacher was trained with.
+    logits = nn.functional.linear(pooled, head.weight, head.bias)
+    feats: dict[str, Any] = {
+        "cams": compute_cams(fmap, head.weight),
+        "pooled": pooled,
+        "pooled_feat": pooled,
+        "feats": list(stage_feats) if stage_feats is not None else [],
+        "fmap": fmap,
+    }
+    return logits, feats
+
+
+class CAMHeadMixin:
+    """Gives a model `.head` (its Linear classifier, whatever MDistiller named it).
+
+    Subclasses set `head_name` to the dotted module path of the Linear ("fc", "linear",
+    "classifier" or "classifier.0"); the mixin adds no modules, so state_dict order is
+    untouched.
+    """
+
+    head_name: str = "fc"
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.get_submodule(self.head_name)  # type: ignore[attr-defined]
+
+    def _cam_outputs(self, fmap: Tensor, stage_feats: list[Tensor] | None = None
+                     ) -> tuple[Tensor, dict[str, Any]]:
+        return cam_outputs(fmap, self.head, stage_feats)
