@@ -1,0 +1,157 @@
+"""Loading pretrained teacher weights safely, with errors that say what does not fit."""
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+_MAX_LISTED = 5
+
+
+class TeacherWeightsError(ValueError):
+    """A teacher checkpoint is missing, unsafe/unreadable, or does not fit the model."""
+
+
+def _listing(items: list[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    more = len(items) - _MAX_LISTED
+    return shown + (f" (and {more} more)" if more > 0 else "")
+
+
+def _head_prefix(model: nn.Module) -> str | None:
+    """Qualified name of the model's Linear head ("fc", "classifier.0", ...), if it has one."""
+    name = getattr(model, "head_name", None)
+    if isinstance(name, str):
+        return name
+    head = getattr(model, "head", None)
+    for qualname, module in model.named_modules():
+        if head is not None and module is head:
+            return qualname
+    return None
+
+
+def _read(path: Path) -> object:
+    if not path.is_file():
+        where = path.resolve()
+        what = "is a directory, not a file" if path.is_dir() else "not found"
+        raise TeacherWeightsError(
+            f"teacher checkpoint {what}: {path} (looked at {where}). The public CIFAR-100 "
+            "teachers are in MDistiller's cifar_teachers.tar, which holds "
+            "<arch>_vanilla/ckpt_epoch_240.pth (e.g. resnet32x4_vanilla/ckpt_epoch_240.pth); "
+            "extract it and point to that file."
+        )
+    try:
+        # weights_only=True: the unpickler only rebuilds tensors and plain containers, so a
+        # malicious file cannot run code while being loaded.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():
+            raise TeacherWeightsError(
+                f"could not load teacher checkpoint {path}: it is unreadable or not a torch "
+                f"checkpoint ({_first_line(e)})"
+            ) from e
+        # torch's long message names the offending global ("Unsupported global: GLOBAL ...");
+        # other refusals ("Unsupported operand 103") come from bytes that are not a checkpoint.
+        culprit = next((ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln), "")
+        if "global" not in culprit.lower():
+            raise TeacherWeightsError(
+                f"teacher checkpoint {path} was refused by torch.load(weights_only=True) as "
+                f"unsafe or unreadable: it does not look like a torch checkpoint ({culprit})"
+            ) from e
+        raise TeacherWeightsError(
+            f"teacher checkpoint {path} was refused as unsafe by torch.load(weights_only=True): "
+            "unpickling it needs objects other than tensors and plain containers, i.e. it could "
+            "run code on load. Not loaded; only load such a file with weights_only=False if you "
+            "trust its source." + (f" ({culprit})" if culprit else "")
+        ) from e
+    except Exception as e:  # truncated zip, random bytes, ...: torch raises various types
+        raise TeacherWeightsError(
+            f"could not load teacher checkpoint {path}: it is unreadable or not a torch "
+            f"checkpoint ({_first_line(e)})"
+        ) from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _extract_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
+    """MDistiller {"model": sd, ...}, {"state_dict": sd, ...} or a bare sd -> sd without "module."."""
+    if not isinstance(obj, Mapping):
+        raise TeacherWeightsError(
+            f"teacher checkpoint {path} holds a {type(obj).__name__}, not a state_dict or a dict "
+            "with a 'model' / 'state_dict' entry"
+        )
+    sd: object = obj
+    for key in ("model", "state_dict"):
+        if isinstance(obj.get(key), Mapping):
+            sd = obj[key]
+            break
+    assert isinstance(sd, Mapping)
+    not_tensors = [str(k) for k, v in sd.items() if not isinstance(v, Tensor)]
+    if not_tensors:
+        raise TeacherWeightsError(
+            f"teacher checkpoint {path} is not a state_dict: entries {_listing(not_tensors)} are "
+            "not tensors (expected a bare state_dict or a dict with a 'model' or 'state_dict' "
+            f"entry; top-level keys: {_listing([str(k) for k in obj])})"
+        )
+    out: dict[str, Tensor] = {}
+    for k, v in sd.items():
+        # DataParallel / DistributedDataParallel checkpoints prefix every key with "module.".
+        while k.startswith("module."):
+            k = k[len("module."):]
+        out[k] = v
+    return out
+
+
+def _check_fit(model: nn.Module, sd: dict[str, Tensor], path: Path) -> None:
+    expected = model.state_dict()
+    # BatchNorm's num_batches_tracked is bookkeeping (unused in eval); checkpoints of old PyTorch
+    # lack it and BatchNorm fills it in on load, so its absence is not an error.
+    missing = [k for k in expected if k not in sd and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in sd if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected if k in sd and sd[k].shape != expected[k].shape
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+    problems = []
+    if mismatched:
+        problems.append(f"shape mismatch {_listing(mismatched)}")
+    if missing:
+        problems.append(f"missing keys {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_listing(unexpected)}")
+    hints = []
+    head = _head_prefix(model)
+    if head is not None:
+        if any(m.startswith(f"{head}.") for m in mismatched):
+            hints.append("the head's shape differs: wrong num_classes?")
+        if unexpected == [f"{head}.bias"] and not missing:
+            hints.append("the checkpoint has a head bias: build the teacher with head_bias=True")
+        if missing == [f"{head}.bias"] and not unexpected:
+            hints.append("the checkpoint has no head bias: build the model with head_bias=False")
+    if len(missing) + len(unexpected) > 2:
+        hints.append("wrong architecture for this checkpoint?")
+    raise TeacherWeightsError(
+        f"teacher checkpoint {path} does not fit {type(model).__name__}: "
+        + "; ".join(problems) + (" — " + "; ".join(hints) if hints else "")
+    )
+
+
+def load_teacher_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a teacher checkpoint into `model` in place (strict; CPU; weights_only=True).
+
+    Accepts MDistiller's {"model": state_dict, "epoch": ..., ...}, a {"state_dict": ...} dict,
+    or a bare state_dict; "module." key prefixes are stripped. Raises TeacherWeightsError for a
+    missing, unsafe or unreadable file, and for missing / unexpected keys or shape mismatches.
+    """
+    path = Path(path)
+    sd = _extract_state_dict(_read(path), path)
+    _check_fit(model, sd, path)
+    model.load_state_dict(sd, strict=True)
