@@ -226,7 +226,7 @@ def _normalise(raw: dict, source: str, quiet: bool) -> dict:
     for key, why in IGNORED_KEYS.items():
         if key in flat:
             _pop_dotted(raw, key)
-            if not quiet and key not in ("SOLVER.TRAINER",) and not (key == "LOG.WANDB" and not flat[key]):
+            if not quiet and key not in ("SOLVER.TRAINER", "EXPERIMENT.PROJECT") and not (key == "LOG.WANDB" and not flat[key]):
                 notice(f"{source}: {key} ignored ({why})")
     for old, new in RENAMED_KEYS.items():
         if old in flat:

@@ -65,6 +65,21 @@ def topk_correct(logits: Tensor, targets: Tensor, ks: tuple[int, ...] = (1, 5)) 
     return [hit[:, : min(k, maxk)].any(dim=1).sum() for k in ks]
 
 
+def check_teacher_file(cfg: Config) -> Path:
+    """The teacher checkpoint must exist; say where we looked and how to get one."""
+    from catkd.models import TeacherWeightsError
+
+    path = teacher_path(cfg)
+    if not path.is_file():
+        raise TeacherWeightsError(
+            f"teacher checkpoint for {cfg.DISTILLER.TEACHER} not found: looked at {path}. "
+            "Untar MDistiller's cifar_teachers.tar into $CATKD_TEACHERS (default ./download_ckpts/cifar_teachers), "
+            "set DISTILLER.TEACHER_CKPT, or train one: python -m catkd.train --cfg "
+            f"cifar100/vanilla/{cfg.DISTILLER.TEACHER} (its ckpt_epoch_240.pth loads as a teacher)"
+        )
+    return path
+
+
 class Progress:
     """A carriage-return progress line on a terminal; silent otherwise (epoch lines still print)."""
 
@@ -104,10 +119,12 @@ class Trainer:
         if cfg.RUN.THREADS:
             torch.set_num_threads(cfg.RUN.THREADS)
         self.device = resolve_device(cfg.RUN.DEVICE)
+        kind = DISTILLERS.get(cfg.DISTILLER.TYPE)
+        if kind.needs_teacher:  # fail before the (possibly slow) data loading
+            check_teacher_file(cfg)
         seed_everything(cfg.EXPERIMENT.SEED)
         self.data = build_data(cfg, self.device)
         family = "imagenet" if cfg.DATASET.TYPE == "imagenet" else "cifar"
-        kind = DISTILLERS.get(cfg.DISTILLER.TYPE)
         k = self.data.num_classes
         student = build_model(cfg.DISTILLER.STUDENT, num_classes=k, head_bias=kind.student_head_bias, family=family)
         teacher = None

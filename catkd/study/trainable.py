@@ -1,0 +1,67 @@
+"""The Ray Tune trainable: a thin adapter from `tune` to `catkd.engine.Trainer`.
+
+A trial's config holds only its study parameters; the validated study (and the absolute data and
+teacher locations, resolved by the driver because a trial's working directory is its own) arrive
+through `tune.with_parameters`. The Trainer's per-epoch `report` hook becomes `tune.report` with a
+checkpoint; a restarted trial continues from `tune.get_checkpoint()`. Light imports at module
+level: every trial worker imports this module.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+
+def train_trial(config: dict[str, Any], study: dict[str, Any], env: dict[str, str], cpus: float,
+                checkpoint_every: int = 1) -> None:
+    import torch
+    from ray import tune
+
+    from catkd.engine import Trainer
+    from catkd.study.space import trial_params
+    from catkd.study.spec import StudySpec, run_config
+
+    os.environ.update(env)  # absolute CATKD_DATA / CATKD_TEACHERS resolved by the driver
+    torch.set_num_threads(max(1, int(cpus)))  # Ray gives a worker 1 thread; use the trial's CPUs
+    spec = StudySpec.model_validate(study)
+    cfg = run_config(spec, trial_params(config)).model_copy(deep=True)
+    cfg.RUN.PROGRESS = "none"
+
+    out_dir = Path.cwd() / "run"  # the trial's directory (Tune chdirs there)
+    resume_from = None
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            src = Path(d) / "checkpoint.pth"
+            if src.is_file():
+                out_dir.mkdir(parents=True, exist_ok=True)
+                resume_from = out_dir / "restored.pth"
+                shutil.copyfile(src, resume_from)
+    total = cfg.SOLVER.EPOCHS
+
+    def report(metrics: dict[str, Any], run_dir: Path) -> None:
+        m = {**metrics, "status": "running", "epochs_budget": total}
+        if m["epoch"] % checkpoint_every == 0 or m["epoch"] == total:
+            tune.report(m, checkpoint=tune.Checkpoint.from_directory(_checkpoint_dir(run_dir)))
+        else:
+            tune.report(m)
+
+    result = Trainer(cfg, out_dir=out_dir, log=lambda s: None).fit(report=report, resume_from=resume_from)
+    if result.status == "diverged":
+        # a final row marks the trial diverged (metric NaN); it returns normally, so it is not retried
+        nan = float("nan")
+        tune.report({"epoch": result.epochs_done, "status": "diverged", "epochs_budget": total,
+                     "val_acc": nan, "test_acc": nan})
+
+
+def _checkpoint_dir(run_dir: Path) -> str:
+    """A directory holding only the resume checkpoint (Tune copies the whole directory)."""
+    d = run_dir / "tune_ckpt"
+    d.mkdir(exist_ok=True)
+    dst = d / "checkpoint.pth"
+    if dst.exists():
+        dst.unlink()
+    os.link(run_dir / "checkpoint.pth", dst)
+    return str(d)

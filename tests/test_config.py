@@ -1,0 +1,170 @@
+"""Configs (contract C4): reference-format files load unchanged; bad files fail with the key named."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from catkd.config import PRESET_DIR, ConfigError, load_config
+from catkd.train import main as train_main
+
+# configs/cifar100/CAT_KD/res32x4_shuv1.yaml as the reference repository writes it (yacs style),
+# with the keys we accept but do not use.
+REFERENCE_YAML = """\
+EXPERIMENT:
+  NAME: ""
+  TAG: "CAT_KD,res32x4,shuv1"
+  PROJECT: "cifar100_baselines"
+DISTILLER:
+  TYPE: "CAT_KD"
+  TEACHER: "resnet32x4"
+  STUDENT: "ShuffleV1"
+SOLVER:
+  BATCH_SIZE: 64
+  EPOCHS: 240
+  LR: 0.01
+  LR_DECAY_STAGES: [150, 180, 210]
+  LR_DECAY_RATE: 0.1
+  WEIGHT_DECAY: 0.0005
+  MOMENTUM: 0.9
+  TYPE: "SGD"
+  TRAINER: "base"
+CAT_KD:
+  LOSS:
+    CE_WEIGHT: 1.
+    CAT_loss_weight: 600.
+    CAM_RESOLUTION: 4
+  IF_NORMALIZE: True
+  onlyCAT: False
+  IF_BINARIZE: False
+  IF_OnlyTransferPartialCAMs: False
+  CAMs_Nums: 100
+  Strategy: 0
+DATASET:
+  TYPE: "cifar100"
+  NUM_WORKERS: 2
+  REDUCTION: False
+  RESERVED_CLASS_NUM: 100
+  RESERVED_RATE: 1.0
+  TEST:
+    BATCH_SIZE: 64
+LOG:
+  TENSORBOARD_FREQ: 500
+  SAVE_CHECKPOINT_FREQ: 40
+  PREFIX: "./output"
+  WANDB: True
+if_test: False
+device: "cuda:0"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def test_reference_format_file_loads_unchanged_with_notices_for_unused_keys(tmp_path, capsys):
+    cfg = load_config(write(tmp_path, REFERENCE_YAML))
+    assert cfg.DISTILLER.TYPE == "CAT_KD" and cfg.DISTILLER.STUDENT == "ShuffleV1"
+    assert cfg.CAT_KD.LOSS.CAT_loss_weight == 600.0 and cfg.CAT_KD.LOSS.CAM_RESOLUTION == 4
+    assert cfg.SOLVER.LR == 0.01 and cfg.SOLVER.LR_DECAY_STAGES == [150, 180, 210]
+    err = capsys.readouterr().err
+    for key in ("if_test", "device", "LOG.WANDB"):
+        assert key in err
+    assert err.count("\n") <= 6  # one line per notice
+
+
+def test_output_directory_is_prefix_plus_name_or_tag(tmp_path):
+    cfg = load_config(write(tmp_path, REFERENCE_YAML), {"LOG.PREFIX": str(tmp_path / "out")})
+    assert cfg.output_dir == tmp_path / "out" / "CAT_KD,res32x4,shuv1"
+    cfg = load_config(write(tmp_path, REFERENCE_YAML), {"EXPERIMENT.NAME": "mine"})
+    assert cfg.output_dir.name == "mine"
+
+
+@pytest.mark.parametrize(
+    "patch, key",
+    [
+        ({"SOLVER": {"EPOHCS": 3}}, "SOLVER.EPOHCS"),
+        ({"CAT_KD": {"LOSS": {"CAT_loss_weight": "lots"}}}, "CAT_KD.LOSS.CAT_loss_weight"),
+        ({"CAT_KD": {"LOSS": {"CAT_loss_weight": -1.0}}}, "CAT_KD.LOSS.CAT_loss_weight"),
+        ({"CAT_KD": {"LOSS": {"CAM_RESOLUTION": 0}}}, "CAT_KD.LOSS.CAM_RESOLUTION"),
+        ({"CAT_KD": {"Strategy": 3}}, "CAT_KD.Strategy"),
+        ({"DATASET": {"RESERVED_RATE": 1.5}}, "DATASET.RESERVED_RATE"),
+        ({"DATASET": {"RESERVED_RATE": 0}}, "DATASET.RESERVED_RATE"),
+        ({"DATASET": {"TYPE": "mnist"}}, "DATASET.TYPE"),
+        ({"DISTILLER": {"TYPE": "DKDX"}}, "DISTILLER.TYPE"),
+        ({"DISTILLER": {"STUDENT": "resnet9000"}}, "DISTILLER.STUDENT"),
+        ({"DISTILLER": {"TEACHER": "nope"}}, "DISTILLER.TEACHER"),
+        ({"BOGUS": {"X": 1}}, "BOGUS"),
+        ({"SOLVER": {"LR_DECAY_STAGES": [180, 150]}}, "SOLVER.LR_DECAY_STAGES"),
+    ],
+)
+def test_broken_config_fails_naming_file_and_dotted_key(tmp_path, patch, key):
+    import yaml
+
+    data = yaml.safe_load(REFERENCE_YAML)
+
+    def merge(d, p):
+        for k, v in p.items():
+            if isinstance(v, dict) and isinstance(d.get(k), dict):
+                merge(d[k], v)
+            else:
+                d[k] = v
+
+    merge(data, patch)
+    p = write(tmp_path, yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as e:
+        load_config(p, quiet=True)
+    assert str(p) in str(e.value) and key in str(e.value)
+
+
+def test_overrides_are_dotted_keys_parsed_like_yaml(tmp_path):
+    cfg = load_config(write(tmp_path, REFERENCE_YAML), {"SOLVER.EPOCHS": 3, "CAT_KD.Strategy": "lowest"}, quiet=True)
+    assert cfg.SOLVER.EPOCHS == 3 and cfg.CAT_KD.Strategy == 1
+    with pytest.raises(ConfigError, match="SOLVER.EPOCHS"):
+        load_config(write(tmp_path, REFERENCE_YAML), {"SOLVER.EPOCHS": "many"}, quiet=True)
+
+
+def test_unsafe_yaml_tags_are_refused(tmp_path):
+    p = write(tmp_path, "SOLVER: !!python/object/apply:os.system ['touch pwned']\n")
+    with pytest.raises(ConfigError, match="yaml"):
+        load_config(p)
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("preset", sorted(str(p.relative_to(PRESET_DIR)) for p in PRESET_DIR.rglob("*.yaml")))
+def test_every_packaged_preset_validates(preset):
+    cfg = load_config(preset, quiet=True)
+    assert cfg.SOLVER.EPOCHS >= 1
+
+
+def test_presets_mirror_the_reference_table():
+    c = load_config("cifar100/CAT_KD/res32x4_shuv1", quiet=True)
+    assert (c.SOLVER.LR, c.CAT_KD.LOSS.CAT_loss_weight, c.CAT_KD.LOSS.CAM_RESOLUTION, c.CAT_KD.IF_NORMALIZE) == (
+        0.01, 600.0, 4, True)
+    c = load_config("cifar100/CAT_KD/res56_res20", quiet=True)
+    assert (c.SOLVER.LR, c.CAT_KD.LOSS.CAT_loss_weight, c.CAT_KD.IF_NORMALIZE, c.SOLVER.WEIGHT_DECAY) == (
+        0.05, 0.7, False, 5e-4)
+    c = load_config("cifar100/CAT/CAT_Only_Transfer_Certain_Classes/res32x4_res8x4", quiet=True)
+    assert c.CAT_KD.onlyCAT and c.CAT_KD.CAMs_Nums == 75 and c.CAT_KD.Strategy == 1
+    c = load_config("imagenet/CAT-KD/r34_r18", quiet=True)  # reference bugs fixed: batch 2, TYPE "CAT-KD"
+    assert c.SOLVER.BATCH_SIZE == 512 and c.DISTILLER.TYPE == "CAT_KD" and c.SOLVER.EPOCHS == 100
+
+
+def test_train_cli_exits_2_naming_the_key_and_writes_nothing(tmp_path, capsys):
+    p = write(tmp_path, REFERENCE_YAML.replace("EPOCHS: 240", "EPOCHS: -4"))
+    rc = train_main(["--cfg", str(p), "LOG.PREFIX", str(tmp_path / "out")])
+    assert rc == 2
+    assert "SOLVER.EPOCHS" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_cli_missing_teacher_exits_2_saying_where_it_looked(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CATKD_TEACHERS", str(tmp_path / "teachers"))
+    rc = train_main(["--cfg", "cifar100/CAT_KD/res56_res20", "DATASET.TYPE", "synthetic",
+                     "LOG.PREFIX", str(tmp_path / "out"), "RUN.PROGRESS", "none"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "teachers" / "resnet56_vanilla" / "ckpt_epoch_240.pth") in err
