@@ -320,7 +320,8 @@ def run_stage(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from catkd.study.space import make_searcher, param_space
+    from catkd.study.search import make_searcher
+    from catkd.study.space import param_space
     from catkd.study.trainable import train_trial
 
     import ray

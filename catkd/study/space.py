@@ -40,54 +40,20 @@ def suggest(trial, name: str, dim: Dim) -> Any:
     raise ValueError(f"{name}: {dim.kind} cannot be suggested by Optuna")
 
 
-def define_by_run(spec: StudySpec) -> Callable[[Any], Optional[dict]]:
-    space = spec.subgrids[0]
-    order = _ordered(space)
-    seed = spec.seeds[0]
+class DefineByRun:
+    """Optuna define-by-run space of a study (a picklable object: Tune saves the searcher)."""
 
-    def sample(trial) -> dict:
+    def __init__(self, spec: StudySpec):
+        self.space = spec.subgrids[0]
+        self.order = _ordered(self.space)
+        self.seed = spec.seeds[0]
+
+    def __call__(self, trial) -> dict:
         params: dict[str, Any] = {}
-        for name in order:
-            if _active(space[name], params):
-                params[name] = suggest(trial, name, space[name])
-        return {"seed": seed}  # constants: OptunaSearch adds them to the trial's config
-
-    return sample
-
-
-class _HonestOptuna:
-    """Mixin for OptunaSearch: a trial the scheduler stopped early is told to Optuna as PRUNED.
-
-    Ray's OptunaSearch tells every completed trial as COMPLETE with its last (low-budget) value,
-    which makes TPE model early-stopped trials as if they had finished. Their intermediate values
-    were already reported step by step; telling them PRUNED keeps them out of TPE's "complete"
-    set while TPE still uses their last intermediate value, the way Optuna's own pruners do.
-    """
-
-    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False):
-        if result and not error and result.get("status") != "diverged":
-            budget = result.get("epochs_budget")
-            if budget is not None and result.get("epoch", budget) < budget:
-                return super().on_trial_complete(trial_id, None, error=False)  # -> PRUNED
-        return super().on_trial_complete(trial_id, result, error)
-
-
-def make_searcher(spec: StudySpec, metric: str, mode: str):
-    """Searcher (or None for grid) for the study's search.algorithm."""
-    algo = spec.search.algorithm
-    if algo == "grid":
-        return None
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    class HonestOptunaSearch(_HonestOptuna, OptunaSearch):
-        pass
-
-    if algo == "optuna":
-        sampler = optuna.samplers.TPESampler(seed=spec.search.seed, n_startup_trials=min(10, max(2, spec.search.num_samples // 4)))
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=spec.search.seed)
-    return HonestOptunaSearch(space=define_by_run(spec), metric=metric, mode=mode, sampler=sampler)
+        for name in self.order:
+            if _active(self.space[name], params):
+                params[name] = suggest(trial, name, self.space[name])
+        return {"seed": self.seed}  # constants: OptunaSearch adds them to the trial's config
 
 
 def param_space(spec: StudySpec) -> dict:

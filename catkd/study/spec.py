@@ -249,6 +249,10 @@ def apply_smoke(spec: StudySpec) -> StudySpec:
     })
     for k, v in sm.dataset.items():
         fixed[f"DATASET.SYNTHETIC.{k}"] = v
+    # "all classes" of the real data means all classes of the synthetic set
+    k = int(sm.dataset.get("NUM_CLASSES", 10))
+    fixed.setdefault("DATASET.RESERVED_CLASS_NUM", k)
+    fixed.setdefault("CAT_KD.CAMs_Nums", k)
     # keys of the real data that do not apply to the synthetic set
     for k in ("DATASET.ROOT", "DISTILLER.TEACHER_CKPT"):
         fixed.pop(k, None)
