@@ -217,20 +217,32 @@ class Trainer:
         return out
 
     @torch.no_grad()
-    def evaluate(self, loader) -> tuple[float, float]:
-        """Top-1 and top-5 accuracy (%) of the student on an evaluation loader."""
+    def evaluate(self, loader) -> dict[str, Any]:
+        """Top-1 / top-5 accuracy (%) of the student, and top-1 hits and counts per class."""
         self.distiller.eval()
+        k = self.data.num_classes
         c1 = torch.zeros((), dtype=torch.long, device=self.device)
         c5 = torch.zeros((), dtype=torch.long, device=self.device)
-        n = 0
+        hits = torch.zeros(k, dtype=torch.long, device=self.device)
+        counts = torch.zeros(k, dtype=torch.long, device=self.device)
         for images, targets in loader:
             with self._autocast():
                 logits = self.distiller.forward_test(self._images(images))
             a, b = topk_correct(logits.float(), targets)
             c1 += a
             c5 += b
-            n += targets.shape[0]
-        return 100.0 * c1.item() / n, 100.0 * c5.item() / n
+            hits += torch.bincount(targets[logits.argmax(1) == targets], minlength=k)
+            counts += torch.bincount(targets, minlength=k)
+        n = int(counts.sum().item())
+        return {"top1": 100.0 * c1.item() / n, "top5": 100.0 * c5.item() / n,
+                "hits": hits.cpu(), "counts": counts.cpu()}
+
+    def unseen_classes(self) -> list[int]:
+        """Classes removed from the training set by data reduction (the model still predicts them)."""
+        d = self.cfg.DATASET
+        if not d.REDUCTION or d.RESERVED_CLASS_NUM >= self.data.num_classes:
+            return []
+        return list(range(d.RESERVED_CLASS_NUM, self.data.num_classes))
 
     # ---- state --------------------------------------------------------------------------
     def _full_state(self, epoch: int) -> dict[str, Any]:
@@ -305,9 +317,14 @@ class Trainer:
                 return self._result("diverged", epoch - 1)
             self.scheduler.step()
             if self.data.val is not None:
-                metrics["val_acc"], metrics["val_acc_top5"] = self.evaluate(self.data.val)
+                ev = self.evaluate(self.data.val)
+                metrics["val_acc"], metrics["val_acc_top5"] = ev["top1"], ev["top5"]
                 self.best_val = max(self.best_val or 0.0, metrics["val_acc"])
-            metrics["test_acc"], metrics["test_acc_top5"] = self.evaluate(self.data.test)
+            ev = self.evaluate(self.data.test)
+            metrics["test_acc"], metrics["test_acc_top5"] = ev["top1"], ev["top5"]
+            unseen = self.unseen_classes()
+            if unseen:  # accuracy on test images of classes never seen in training
+                metrics["test_acc_unseen"] = 100.0 * ev["hits"][unseen].sum().item() / max(1, ev["counts"][unseen].sum().item())
             selected = metrics["val_acc"] if self.data.val is not None else metrics["test_acc"]
             improved = not self.history or selected > self.best_selected
             self.best_test = max(self.best_test, metrics["test_acc"])

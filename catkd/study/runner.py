@@ -99,6 +99,7 @@ def absolutise(spec: StudySpec) -> tuple[StudySpec, dict[str, str]]:
             Path(os.environ.get("CATKD_TEACHERS") or "./download_ckpts/cifar_teachers").expanduser().resolve()
         ),
     }
+    env.update({k: v for k, v in os.environ.items() if k.startswith("CATKD_INJECT_")})
     base = spec.base
     if Path(base).is_file():
         base = str(Path(base).resolve())

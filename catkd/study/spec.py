@@ -194,12 +194,22 @@ class StudySpec(_Strict):
 
 
 def _loc(e: dict) -> str:
-    return ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+    parts = []
+    for p in e["loc"]:
+        p = str(p)
+        if "[" in p and not p.startswith("space["):  # pydantic's union-branch tags
+            continue
+        parts.append(p)
+    return ".".join(parts)
 
 
-def _schema_errors(err: ValidationError, source: str) -> str:
+def _schema_errors(err: ValidationError, source: str, raw: dict) -> str:
     out = []
+    # a space is a mapping or a list of sub-grids: report only the branch the file uses
+    skip = "list[" if isinstance(raw.get("space"), dict) else "dict["
     for e in err.errors():
+        if len(e["loc"]) > 1 and e["loc"][0] == "space" and str(e["loc"][1]).startswith(skip):
+            continue
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
         if e["type"] not in ("extra_forbidden", "missing") and not isinstance(e.get("input"), dict):
             msg += f" (got {e.get('input')!r})"
@@ -295,7 +305,7 @@ def load_study(path: str | Path, smoke: bool = False, sets: Optional[dict[str, A
     try:
         spec = StudySpec.model_validate(raw)
     except ValidationError as e:
-        raise StudyError(_schema_errors(e, source)) from None
+        raise StudyError(_schema_errors(e, source, raw)) from None
     if smoke:
         spec = apply_smoke(spec)
     check_study(spec, source)

@@ -43,6 +43,7 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], env: dict[str, st
 
     def report(metrics: dict[str, Any], run_dir: Path) -> None:
         m = {**metrics, "status": "running", "epochs_budget": total}
+        _maybe_inject_worker_exit(m["epoch"], spec.name)
         if m["epoch"] % checkpoint_every == 0 or m["epoch"] == total:
             tune.report(m, checkpoint=tune.Checkpoint.from_directory(_checkpoint_dir(run_dir)))
         else:
@@ -65,3 +66,15 @@ def _checkpoint_dir(run_dir: Path) -> str:
         dst.unlink()
     os.link(run_dir / "checkpoint.pth", dst)
     return str(d)
+
+
+def _maybe_inject_worker_exit(epoch: int, study: str) -> None:
+    """Fault injection for the reliability tests: CATKD_INJECT_WORKER_EXIT=<epoch>:<marker file>
+    makes the first trial that reaches <epoch> kill its own worker process (os._exit), once."""
+    spec = os.environ.get("CATKD_INJECT_WORKER_EXIT")
+    if not spec:
+        return
+    at, marker = spec.split(":", 1)
+    if epoch == int(at) and not os.path.exists(marker):
+        Path(marker).write_text(f"{study} epoch {epoch} pid {os.getpid()}\n")
+        os._exit(1)

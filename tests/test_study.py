@@ -1,0 +1,293 @@
+"""Studies on Ray Tune (contracts C5-C7): validation, spaces, a real smoke study, faults, resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import optuna
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from catkd.study import runner
+from catkd.study.__main__ import main as study_main
+from catkd.study.space import DefineByRun
+from catkd.study.spec import StudyError, expand_grid, load_study
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = """\
+name: tiny
+description: a tiny CAT-KD study for the tests
+base: cifar100/CAT_KD/res56_res20
+space:
+  beta: {loguniform: [1, 100]}
+  partial_cams: {choice: [true, false]}
+  cam_count: {choice: [1, 2], when: {partial_cams: true}}
+search: {algorithm: optuna, num_samples: 6, seed: 0}
+scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
+metric: val_acc
+seeds: [0]
+max_concurrent: 1
+smoke:
+  epochs: 4
+  num_samples: 6
+  teacher: resnet8
+  student: resnet8
+  teacher_epochs: 2
+  grace_period: 1
+  dataset: {NUM_CLASSES: 4, TRAIN_PER_CLASS: 40, TEST_PER_CLASS: 20}
+  val_size: 40
+  max_concurrent: 1
+"""
+
+
+def study_file(tmp_path: Path, text: str = TINY, name: str = "study.yaml", **patch) -> Path:
+    data = yaml.safe_load(text)
+    for k, v in patch.items():
+        node = data
+        parts = k.split("__")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = v
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data, sort_keys=False))
+    return p
+
+
+# ---- validation: exit 2, nothing written, Ray not started -----------------------------------------
+BROKEN = [
+    ("unknown top-level key", {"colour": "red"}, "colour"),
+    ("negative beta", {"space__beta": {"loguniform": [-1, 10]}}, "space.beta"),
+    ("beta below zero in choice", {"space__beta": {"choice": [-3.0]}}, "CAT_KD.LOSS.CAT_loss_weight"),
+    ("CAM resolution 0", {"space__cam_resolution": {"choice": [0]}}, "CAT_KD.LOSS.CAM_RESOLUTION"),
+    ("CAM resolution larger than the CAMs", {"space__cam_resolution": {"choice": [64]}}, "CAM_RESOLUTION"),
+    ("cam_count above the classes", {"space__cam_count": {"choice": [50], "when": {"partial_cams": True}}}, "CAMs_Nums"),
+    ("reserved rate above 1", {"fixed": {"reserved_rate": 1.5}}, "DATASET.RESERVED_RATE"),
+    ("unknown model", {"fixed": {"student": "resnet9000"}, "smoke": None}, "DISTILLER.STUDENT"),
+    ("unknown distiller", {"space__distiller": {"choice": ["DKDX"]}}, "DISTILLER.TYPE"),
+    ("unknown dimension", {"space__betta": {"choice": [1.0]}}, "space.betta"),
+    ("grid dim under optuna", {"space__cam_resolution": {"grid": [1, 2]}}, "space.cam_resolution.grid"),
+    ("range under grid search", {"search": {"algorithm": "grid"}}, "space.beta"),
+    ("unknown searcher", {"search": {"algorithm": "hyperband"}}, "search.algorithm"),
+    ("grace period above epochs", {"scheduler": {"type": "asha", "grace_period": 50}, "fixed": {"SOLVER.EPOCHS": 3}, "metric": "test_acc",
+                                    "smoke": None}, "scheduler.grace_period"),
+    ("condition on a missing dimension", {"space__cam_count": {"choice": [1], "when": {"binarize": True}}}, "when.binarize"),
+    ("val metric without a validation split", {"smoke": {"val_size": 0}}, "metric"),
+    ("wrong type", {"search": {"num_samples": "many"}}, "search.num_samples"),
+    ("missing base", {"base": "cifar100/CAT_KD/no_such_pair"}, "base"),
+]
+
+
+@pytest.mark.parametrize("label, patch, key", BROKEN, ids=[b[0] for b in BROKEN])
+def test_broken_study_exits_2_naming_key_without_starting_ray_or_writing(tmp_path, monkeypatch, capsys, label, patch, key):
+    data = yaml.safe_load(TINY)
+    smoke = patch.get("smoke", {}) is not None  # None: check the full-scale study (smoke replaces models)
+    patch = {k: v for k, v in patch.items() if v is not None}
+    for k, v in patch.items():
+        if "__" in k:
+            a, b = k.split("__")
+            data[a][b] = v
+        elif isinstance(v, dict) and isinstance(data.get(k), dict):
+            data[k].update(v)
+        else:
+            data[k] = v
+    p = tmp_path / "broken.yaml"
+    p.write_text(yaml.safe_dump(data))
+    monkeypatch.setattr(runner, "start_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    rc = study_main([str(p), *(["--smoke"] if smoke else []), "--no-dashboard", "--storage", str(tmp_path / "store")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert str(p) in err and key in err, err
+    assert not (tmp_path / "store").exists()
+
+
+def test_unsafe_yaml_tag_in_a_study_is_refused(tmp_path, capsys):
+    p = tmp_path / "evil.yaml"
+    p.write_text("name: !!python/object/apply:os.system ['touch pwned']\nbase: x\n")
+    assert study_main([str(p), "--no-dashboard", "--storage", str(tmp_path / "s")]) == 2
+    assert not (tmp_path / "pwned").exists() and "yaml" in capsys.readouterr().err
+
+
+def test_missing_dataset_and_teacher_are_reported_before_ray(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CATKD_DATA", str(tmp_path / "nodata"))
+    monkeypatch.setattr(runner, "start_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    p = study_file(tmp_path, fixed={"DATASET.VAL_SIZE": 100})
+    assert study_main([str(p), "--no-dashboard", "--storage", str(tmp_path / "s")]) == 2
+    assert str(tmp_path / "nodata" / "cifar-100-python") in capsys.readouterr().err
+    (tmp_path / "nodata" / "cifar-100-python").mkdir(parents=True)
+    (tmp_path / "nodata" / "cifar-100-python" / "train").write_bytes(b"")
+    monkeypatch.setenv("CATKD_TEACHERS", str(tmp_path / "teachers"))
+    assert study_main([str(p), "--no-dashboard", "--storage", str(tmp_path / "s")]) == 2
+    assert "resnet56_vanilla/ckpt_epoch_240.pth" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+# ---- spaces ---------------------------------------------------------------------------------------
+def test_optuna_space_samples_count_only_when_partial_cams_is_on(tmp_path):
+    spec = load_study(study_file(tmp_path), smoke=True)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    space = DefineByRun(spec)
+    seen = set()
+    for _ in range(40):
+        trial = study.ask()
+        assert space(trial) == {"seed": 0}
+        p = trial.params
+        seen.add(p["partial_cams"])
+        assert ("cam_count" in p) == p["partial_cams"]
+        study.tell(trial, 1.0)
+    assert seen == {True, False}
+
+
+def test_grid_crosses_subgrids_with_seeds_and_honours_conditions(tmp_path):
+    spec = load_study(REPO / "studies" / "partial_cams.yaml")
+    grid = expand_grid(spec)
+    assert len(grid) == (1 + 2 * 4) * 3  # (all CAMs + strategy x n) x 3 seeds
+    assert sum(1 for g in grid if not g["partial_cams"]) == 3
+    assert all(("cam_count" in g) == g["partial_cams"] for g in grid)
+    assert sorted({g["seed"] for g in grid}) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "studies").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_study_validates_full_and_smoke(path):
+    full = load_study(path)
+    smoke = load_study(path, smoke=True)
+    assert full.description and smoke.smoke_mode
+    assert full.resources.gpu > 0  # sized for GPUs at real scale
+
+
+# ---- a real smoke study on Ray -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory, ray_session):
+    tmp = tmp_path_factory.mktemp("tiny")
+    spec = load_study(study_file(tmp), smoke=True)
+    rc = runner.run_study(spec, "tiny", tmp / "store", "tiny-smoke", dashboard=False)
+    assert rc == 0
+    return tmp / "store" / "tiny-smoke"
+
+
+@pytest.mark.ray
+def test_smoke_study_writes_parquet_with_contract_columns_and_statuses(tiny_study):
+    rows = pq.read_table(tiny_study / "results.parquet").to_pylist()
+    trials = pq.read_table(tiny_study / "trials.parquet").to_pylist()
+    assert len(trials) == 6
+    for col in ("trial_id", "study", "seed", "epoch", "lr", "train_loss", "loss_ce", "loss_cat", "train_acc",
+                "val_acc", "test_acc", "test_acc_top5", "epoch_seconds", "images_per_second",
+                "CAT_KD.LOSS.CAT_loss_weight", "CAT_KD.IF_OnlyTransferPartialCAMs"):
+        assert col in rows[0], col
+    for col in ("status", "epochs_done", "best_val_acc", "best_test_acc", "last_test_acc", "wall_seconds"):
+        assert col in trials[0], col
+    # one row per trial per epoch, each exactly once
+    pairs = [(r["trial_id"], r["epoch"]) for r in rows]
+    assert len(pairs) == len(set(pairs)) == sum(t["epochs_done"] for t in trials)
+    statuses = {t["status"] for t in trials}
+    assert statuses <= {"finished", "stopped"}
+    assert "stopped" in statuses and "finished" in statuses  # ASHA stopped some trials
+    for t in trials:
+        if t["status"] == "stopped":
+            assert t["epochs_done"] < 4
+    spec = yaml.safe_load((tiny_study / "study.yaml").read_text())
+    assert spec["smoke_mode"] is True and spec["fixed"]["DATASET.TYPE"] == "synthetic"
+    # TensorBoard event files where Tune puts them
+    assert list(tiny_study.glob("trial_*/events.out.tfevents*"))
+
+
+@pytest.mark.ray
+def test_asha_stopped_trials_are_pruned_not_complete_in_optuna(tiny_study):
+    import pickle
+
+    saved = list(tiny_study.glob("searcher-state-*.pkl"))
+    assert saved
+    with open(saved[0], "rb") as f:
+        state = pickle.load(f)
+    study = state["_ot_study"] if isinstance(state, dict) else state[0]
+    trials = pq.read_table(tiny_study / "trials.parquet").to_pylist()
+    n_stopped = sum(t["status"] == "stopped" for t in trials)
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert len(pruned) == n_stopped > 0
+
+
+@pytest.mark.ray
+def test_diverging_trial_is_marked_diverged_not_retried_and_others_finish(tmp_path, ray_session):
+    p = study_file(tmp_path, space={"lr": {"grid": [0.05, 1.0e12]}}, search={"algorithm": "grid"},
+                   scheduler={"type": "fifo"}, metric="test_acc")
+    spec = load_study(p, smoke=True, sets={"smoke.epochs": 2, "smoke.val_size": 0})
+    assert runner.run_study(spec, str(p), tmp_path / "s", "div", dashboard=False) == 0
+    trials = {t["SOLVER.LR"]: t for t in pq.read_table(tmp_path / "s" / "div" / "trials.parquet").to_pylist()}
+    assert trials[1.0e12]["status"] == "diverged"
+    assert trials[0.05]["status"] == "finished" and trials[0.05]["epochs_done"] == 2
+    bad_dir = Path(trials[1.0e12]["trial_dir"])
+    assert not (bad_dir / "error.txt").exists()  # returned normally: nothing for FailureConfig to retry
+
+
+@pytest.mark.ray
+def test_trial_whose_worker_dies_is_retried_from_its_checkpoint(tmp_path, ray_session, monkeypatch):
+    marker = tmp_path / "worker_killed"
+    monkeypatch.setenv("CATKD_INJECT_WORKER_EXIT", f"3:{marker}")
+    p = study_file(tmp_path, space={"beta": {"grid": [10.0]}}, search={"algorithm": "grid"},
+                   scheduler={"type": "fifo"})
+    spec = load_study(p, smoke=True)
+    assert runner.run_study(spec, str(p), tmp_path / "s", "crash", dashboard=False) == 0
+    assert marker.exists()  # the worker really died once
+    rows = pq.read_table(tmp_path / "s" / "crash" / "results.parquet").to_pylist()
+    assert sorted(r["epoch"] for r in rows) == [1, 2, 3, 4]
+    (trial,) = pq.read_table(tmp_path / "s" / "crash" / "trials.parquet").to_pylist()
+    assert trial["status"] == "finished"
+    results = [json.loads(l) for l in (Path(trial["trial_dir"]) / "result.json").read_text().splitlines()]
+    epochs = [r["epoch"] for r in results]
+    assert epochs == [1, 2, 3, 4]  # restored from epoch 2's checkpoint: epoch 3 reported once, not 1 again
+
+
+# ---- resume after SIGKILL of the driver ---------------------------------------------------------------
+def _kill_orphans(ray_tmp: Path) -> None:
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        if str(ray_tmp) in args and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.mark.ray
+def test_study_resumes_after_driver_sigkill_without_loss_or_duplicates(tmp_path):
+    p = study_file(tmp_path, space={"beta": {"grid": [5.0, 50.0]}, "cam_resolution": {"grid": [1, 2]}},
+                   search={"algorithm": "grid"}, scheduler={"type": "fifo"})
+    ray_tmp = Path(os.environ["RAY_TMPDIR"]) / "kill"
+    ray_tmp.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "catkd.study", str(p), "--smoke", "--no-dashboard", "--storage", str(tmp_path / "s")]
+    exp = tmp_path / "s" / "tiny-smoke"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:  # kill mid-study: after some epochs were reported
+            if (exp / "results.parquet").exists() and pq.read_table(exp / "results.parquet").num_rows >= 3:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("study made no progress")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        _kill_orphans(ray_tmp)
+    before = pq.read_table(exp / "trials.parquet").to_pylist()
+    assert any(t["status"] in ("running",) for t in before) or len(before) < 4
+    done = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
+    _kill_orphans(ray_tmp)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    trials = pq.read_table(exp / "trials.parquet").to_pylist()
+    rows = pq.read_table(exp / "results.parquet").to_pylist()
+    assert len(trials) == 4 and len({t["trial_id"] for t in trials}) == 4
+    assert all(t["status"] == "finished" for t in trials)
+    pairs = [(r["trial_id"], r["epoch"]) for r in rows]
+    assert len(pairs) == len(set(pairs)) == 4 * 4
+    combos = {(t["CAT_KD.LOSS.CAT_loss_weight"], t["CAT_KD.LOSS.CAM_RESOLUTION"]) for t in trials}
+    assert combos == {(5.0, 1), (5.0, 2), (50.0, 1), (50.0, 2)}
