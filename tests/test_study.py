@@ -26,6 +26,8 @@ TINY = """\
 name: tiny
 description: a tiny CAT-KD study for the tests
 base: cifar100/CAT_KD/res56_res20
+fixed:
+  normalize: true
 space:
   beta: {loguniform: [1, 100]}
   partial_cams: {choice: [true, false]}
@@ -42,8 +44,9 @@ smoke:
   student: resnet8
   teacher_epochs: 2
   grace_period: 1
-  dataset: {NUM_CLASSES: 4, TRAIN_PER_CLASS: 40, TEST_PER_CLASS: 20}
-  val_size: 40
+  dataset: {NUM_CLASSES: 4, TRAIN_PER_CLASS: 100, TEST_PER_CLASS: 30}
+  val_size: 60
+  fixed: {lr: 0.1}
   max_concurrent: 1
 """
 
