@@ -294,3 +294,44 @@ def test_study_resumes_after_driver_sigkill_without_loss_or_duplicates(tmp_path)
     assert len(pairs) == len(set(pairs)) == 4 * 4
     combos = {(t["CAT_KD.LOSS.CAT_loss_weight"], t["CAT_KD.LOSS.CAM_RESOLUTION"]) for t in trials}
     assert combos == {(5.0, 1), (5.0, 2), (50.0, 1), (50.0, 2)}
+
+
+@pytest.mark.ray
+def test_dashboard_answers_on_localhost_and_shows_running_trials(tmp_path):
+    import re
+    import urllib.request
+
+    p = study_file(tmp_path, space={"beta": {"grid": [5.0, 50.0]}}, search={"algorithm": "grid"},
+                   scheduler={"type": "fifo"})
+    ray_tmp = Path(os.environ["RAY_TMPDIR"]) / "dash"
+    ray_tmp.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled"}
+    cmd = [sys.executable, "-m", "catkd.study", str(p), "--smoke", "--dashboard", "--storage", str(tmp_path / "s"),
+           "--set", "smoke.epochs=8"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url, seen_trial, lines = None, False, []
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and url is None:
+            line = proc.stdout.readline()
+            lines.append(line)
+            m = re.search(r"Ray dashboard: (http://[\d.:]+)", line)
+            if m:
+                url = m.group(1)
+        assert url and url.startswith("http://127.0.0.1:"), "".join(lines)
+        assert urllib.request.urlopen(url, timeout=10).status == 200
+        while time.time() < deadline and not seen_trial:
+            try:
+                body = urllib.request.urlopen(f"{url}/api/v0/actors?detail=1", timeout=10).read().decode()
+                seen_trial = "ImplicitFunc" in body and "ALIVE" in body
+            except OSError:
+                pass
+            time.sleep(1)
+        assert seen_trial, "no running trial visible through the state API"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        _kill_orphans(ray_tmp)

@@ -302,9 +302,8 @@ def start_ray(address: Optional[str], dashboard: bool) -> Any:
         url = url if url.startswith("http") else f"http://{url}"
         say(f"Ray dashboard: {url}")
         if os.environ.get("RAY_AUTH_MODE", "").lower() != "disabled" and not address:
-            say("  the dashboard's API asks for a token (Ray's local token authentication): "
-                f"open the page and paste the token from {Path.home() / '.ray'} "
-                "(or send 'Authorization: Bearer <token>')")
+            say("  Ray's token authentication is on: the page asks for the token in "
+                f"{Path.home() / '.ray' / 'auth_token'} (API clients send 'Authorization: Bearer <token>')")
     return ctx
 
 
