@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m catkd.demo
+	$(BIN)/python -m catkd.study studies/beta_sweep.yaml --smoke --storage results/demo --name beta_sweep-smoke-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
 	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q tests

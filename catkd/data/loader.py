@@ -1,0 +1,176 @@
+"""Loaders for in-memory datasets (CIFAR-100, synthetic): the whole set lives on the device as uint8.
+
+Training augmentation is batched but drawn per image: zero padding of `padding` pixels in raw uint8
+space, a random crop back to H x W with its own offset for every image, and a horizontal flip with
+p = 0.5 for every image; then conversion to float and normalisation (a padded pixel becomes
+(0 - mean) / std). Every random number of an epoch (the order, the offsets, the flips) is drawn up
+front from a CPU `torch.Generator` seeded from (seed, epoch) alone, so an epoch's batches are the
+same after a restart, and the same on CPU and GPU.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator, Optional, Protocol, Sequence, Union
+
+import torch
+
+from catkd.data.common import mix_seed
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+Stats = Union[Sequence[float], torch.Tensor]
+
+
+class TrainBatches(Protocol):
+    """What the trainer uses of a training loader (in-memory or ImageFolder)."""
+
+    num_samples: int
+    batch_size: int
+
+    def __len__(self) -> int: ...
+
+    def epoch_batches(self, epoch: int, seed: int) -> Iterator[Batch]: ...
+
+
+class EvalBatches(Protocol):
+    """What the trainer uses of an evaluation loader: fixed order, no augmentation."""
+
+    num_samples: int
+    batch_size: int
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Batch]: ...
+
+
+# ----------------------------------------------------------------------------------------------
+# pure functions
+
+
+def _affine(mean: Stats, std: Stats, channels: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with x_uint8 * scale + shift == (x / 255 - mean) / std, shaped 1 x C x 1 x 1."""
+    m = torch.as_tensor(mean, dtype=torch.float64).reshape(-1)
+    s = torch.as_tensor(std, dtype=torch.float64).reshape(-1)
+    if m.numel() != channels or s.numel() != channels:
+        raise ValueError(f"mean/std have {m.numel()}/{s.numel()} values for {channels} channels")
+    scale = (1.0 / (255.0 * s)).to(torch.float32).view(1, channels, 1, 1)
+    shift = (-m / s).to(torch.float32).view(1, channels, 1, 1)
+    return scale.to(device), shift.to(device)
+
+
+def normalize(images: torch.Tensor, mean: Stats, std: Stats) -> torch.Tensor:
+    """uint8 N x C x H x W (0..255) -> float32 (x / 255 - mean) / std."""
+    scale, shift = _affine(mean, std, images.shape[1], images.device)
+    return torch.addcmul(shift, images.to(torch.float32), scale)
+
+
+def draw_crop_flip(
+    n: int, generator: torch.Generator, padding: int = 4
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image crop offsets into the padded image (0..2*padding) and flips, drawn on the generator."""
+    dev = generator.device
+    oy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=dev)
+    ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=dev)
+    flip = torch.randint(0, 2, (n,), generator=generator, device=dev).bool()
+    return oy, ox, flip
+
+
+def crop_flip(
+    images: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: torch.Tensor, padding: int = 4
+) -> torch.Tensor:
+    """Crop H x W out of the zero-padded images at per-image offsets (oy, ox), then flip where `flip`.
+
+    Output pixel (i, j) of image n is padded[n, :, oy + i, ox + j'] with j' = W-1-j when flipped,
+    where padded has `padding` zero pixels on every side. Implemented as one gather plus a mask,
+    without materialising the padded batch.
+    """
+    n, c, h, w = images.shape
+    dev = images.device
+    oy, ox, flip = oy.to(dev), ox.to(dev), flip.to(dev)
+    rows = oy[:, None] + (torch.arange(h, device=dev) - padding)  # N x H, source rows (may be outside)
+    cols = ox[:, None] + (torch.arange(w, device=dev) - padding)  # N x W
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]  # N x H x W
+    lin = rows.clamp(0, h - 1)[:, :, None] * w + cols.clamp(0, w - 1)[:, None, :]
+    out = images.reshape(n, c, h * w).gather(2, lin.reshape(n, 1, h * w).expand(n, c, h * w))
+    return out.view(n, c, h, w) * inside[:, None].to(images.dtype)
+
+
+def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """Zero-pad, random crop (independent offset per image) and random horizontal flip (p = 0.5 per
+    image) of a uint8 batch N x C x H x W; returns uint8 of the same shape."""
+    oy, ox, flip = draw_crop_flip(images.shape[0], generator, padding)
+    return crop_flip(images, oy, ox, flip, padding)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The CPU generator an epoch's randomness comes from: a function of (seed, epoch) only."""
+    return torch.Generator().manual_seed(mix_seed(seed, epoch))
+
+
+# ----------------------------------------------------------------------------------------------
+# loaders
+
+
+class _InMemory:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        mean: Stats,
+        std: Stats,
+        batch_size: int,
+        device: Optional[torch.device] = None,
+    ):
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"images must be uint8 N x C x H x W, got {images.dtype} {tuple(images.shape)}")
+        if len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if batch_size < 1:
+            raise ValueError(f"batch size must be positive, got {batch_size}")
+        device = torch.device(device) if device is not None else images.device
+        self.device = device
+        self.images = images.to(device).contiguous()
+        self.labels = torch.as_tensor(labels, dtype=torch.int64).to(device)
+        self.batch_size = int(batch_size)
+        self.num_samples = int(len(images))
+        self.mean = tuple(float(v) for v in torch.as_tensor(mean).reshape(-1).tolist())
+        self.std = tuple(float(v) for v in torch.as_tensor(std).reshape(-1).tolist())
+        self._scale, self._shift = _affine(self.mean, self.std, images.shape[1], device)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self._shift, x.to(torch.float32), self._scale)
+
+
+class TrainLoader(_InMemory):
+    """Shuffled, augmented batches of an in-memory training set; last partial batch kept."""
+
+    def __init__(self, *args, padding: int = 4, augment: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.padding = int(padding)
+        self.augment = bool(augment)
+
+    def epoch_batches(self, epoch: int, seed: int) -> Iterator[Batch]:
+        g = epoch_generator(seed, epoch)
+        perm = torch.randperm(self.num_samples, generator=g)
+        if self.augment:
+            oy, ox, flip = (t.to(self.device) for t in draw_crop_flip(self.num_samples, g, self.padding))
+        perm = perm.to(self.device)
+        for start in range(0, self.num_samples, self.batch_size):
+            sl = slice(start, start + self.batch_size)
+            idx = perm[sl]
+            x = self.images.index_select(0, idx)
+            if self.augment:
+                x = crop_flip(x, oy[sl], ox[sl], flip[sl], self.padding)
+            yield self._normalize(x), self.labels.index_select(0, idx)
+
+
+class EvalLoader(_InMemory):
+    """Normalised batches in dataset order, no augmentation."""
+
+    def __iter__(self) -> Iterator[Batch]:
+        for start in range(0, self.num_samples, self.batch_size):
+            sl = slice(start, start + self.batch_size)
+            yield self._normalize(self.images[sl]), self.labels[sl]
