@@ -169,7 +169,7 @@ def test_every_shipped_study_validates_full_and_smoke(path):
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory, ray_session):
     tmp = tmp_path_factory.mktemp("tiny")
-    spec = load_study(study_file(tmp), smoke=True)
+    spec = load_study(study_file(tmp), smoke=True, sets={"confirm": {"top_k": 1, "seeds": [0, 1]}})
     rc = runner.run_study(spec, "tiny", tmp / "store", "tiny-smoke", dashboard=False)
     assert rc == 0
     return tmp / "store" / "tiny-smoke"
@@ -177,8 +177,8 @@ def tiny_study(tmp_path_factory, ray_session):
 
 @pytest.mark.ray
 def test_smoke_study_writes_parquet_with_contract_columns_and_statuses(tiny_study):
-    rows = pq.read_table(tiny_study / "results.parquet").to_pylist()
-    trials = pq.read_table(tiny_study / "trials.parquet").to_pylist()
+    rows = [r for r in pq.read_table(tiny_study / "results.parquet").to_pylist() if r["stage"] == "search"]
+    trials = [t for t in pq.read_table(tiny_study / "trials.parquet").to_pylist() if t["stage"] == "search"]
     assert len(trials) == 6
     for col in ("trial_id", "study", "seed", "epoch", "lr", "train_loss", "loss_ce", "loss_cat", "train_acc",
                 "val_acc", "test_acc", "test_acc_top5", "epoch_seconds", "images_per_second",
@@ -202,6 +202,21 @@ def test_smoke_study_writes_parquet_with_contract_columns_and_statuses(tiny_stud
 
 
 @pytest.mark.ray
+def test_confirm_stage_reruns_the_best_search_config_with_each_seed_at_full_budget(tiny_study):
+    trials = pq.read_table(tiny_study / "trials.parquet").to_pylist()
+    search = [t for t in trials if t["stage"] == "search"]
+    confirm = [t for t in trials if t["stage"] == "confirm"]
+    best = max(search, key=lambda t: t["best_val_acc"] if t["status"] == "finished" else -1)
+    assert sorted(t["EXPERIMENT.SEED"] for t in confirm) == [0, 1]
+    for t in confirm:
+        assert t["status"] == "finished" and t["epochs_done"] == 4
+        assert t["CAT_KD.LOSS.CAT_loss_weight"] == best["CAT_KD.LOSS.CAT_loss_weight"]
+        assert t["CAT_KD.IF_OnlyTransferPartialCAMs"] == best["CAT_KD.IF_OnlyTransferPartialCAMs"]
+    assert (tiny_study / "confirm").is_dir()
+    assert json.loads((tiny_study / "stage.json").read_text()) == {"search": "done", "confirm": "done"}
+
+
+@pytest.mark.ray
 def test_asha_stopped_trials_are_pruned_not_complete_in_optuna(tiny_study):
     import pickle
 
@@ -210,7 +225,7 @@ def test_asha_stopped_trials_are_pruned_not_complete_in_optuna(tiny_study):
     with open(saved[0], "rb") as f:
         state = pickle.load(f)
     study = state["_ot_study"] if isinstance(state, dict) else state[0]
-    trials = pq.read_table(tiny_study / "trials.parquet").to_pylist()
+    trials = [t for t in pq.read_table(tiny_study / "trials.parquet").to_pylist() if t["stage"] == "search"]
     n_stopped = sum(t["status"] == "stopped" for t in trials)
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     assert len(pruned) == n_stopped > 0

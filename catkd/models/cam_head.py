@@ -63,3 +63,20 @@ class CAMHeadMixin:
     def _cam_outputs(self, fmap: Tensor, stage_feats: list[Tensor] | None = None
                      ) -> tuple[Tensor, dict[str, Any]]:
         return cam_outputs(fmap, self.head, stage_feats)
+
+
+def init_weights(model: nn.Module, linear_std: float | None = None) -> None:
+    """The initialisation the MDistiller CIFAR zoo shares: Kaiming-normal (fan_out) convolutions,
+    unit/zero BatchNorm, and optionally N(0, linear_std) Linear weights with zero bias."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and linear_std is not None:
+            nn.init.normal_(m.weight, 0, linear_std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

@@ -7,13 +7,12 @@ Parameter names equal MDistiller's (`blocks.i.j.conv.k`, head `classifier.0`).
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from torch import Tensor, nn
 
 from catkd.models import CIFAR_MODELS
-from catkd.models.cam_head import CAMHeadMixin
+from catkd.models.cam_head import CAMHeadMixin, init_weights
 
 
 def _conv_bn(inp: int, oup: int, kernel: int, stride: int) -> nn.Sequential:
@@ -77,19 +76,7 @@ class MobileNetV2(CAMHeadMixin, nn.Module):
         self.conv2 = _conv_bn(input_channel, self.last_channel, 1, 1)
         self.classifier = nn.Sequential(nn.Linear(self.last_channel, num_classes, bias=head_bias))
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                m.weight.data.normal_(0, math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    m.bias.data.zero_()
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.data.fill_(1)
-                m.bias.data.zero_()
-            elif isinstance(m, nn.Linear):
-                m.weight.data.normal_(0, 0.01)
-                if m.bias is not None:
-                    m.bias.data.zero_()
+        init_weights(self, linear_std=0.01)
 
     def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
         f0 = self.conv1(x)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from catkd.models import CIFAR_MODELS
-from catkd.models.cam_head import CAMHeadMixin
+from catkd.models.cam_head import CAMHeadMixin, init_weights
 
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -89,12 +89,7 @@ class ResNet(CAMHeadMixin, nn.Module):
         self.fc = nn.Linear(num_filters[3] * block.expansion, num_classes, bias=head_bias)
         self.stage_channels = num_filters
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
+        init_weights(self)
 
     def _make_layer(self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int,
                     stride: int = 1) -> nn.Sequential:

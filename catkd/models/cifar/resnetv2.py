@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from catkd.models import CIFAR_MODELS
-from catkd.models.cam_head import CAMHeadMixin
+from catkd.models.cam_head import CAMHeadMixin, init_weights
 
 
 def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
@@ -79,12 +79,7 @@ class ResNetV2(CAMHeadMixin, nn.Module):
         self.layer4 = self._make_layer(block, 512, num_blocks[3], stride=2)
         self.linear = nn.Linear(512 * block.expansion, num_classes, bias=head_bias)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
+        init_weights(self)
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, Bottleneck):

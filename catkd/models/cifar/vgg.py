@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from catkd.models import CIFAR_MODELS
-from catkd.models.cam_head import CAMHeadMixin
+from catkd.models.cam_head import CAMHeadMixin, init_weights
 
 # Channels per conv in each of the five blocks.
 CFGS: dict[str, list[list[int]]] = {
@@ -56,18 +56,7 @@ class VGG(CAMHeadMixin, nn.Module):
         self.pool3 = nn.MaxPool2d(kernel_size=2, stride=2)
         self.classifier = nn.Linear(in_ch, num_classes, bias=head_bias)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    m.bias.data.zero_()
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.data.fill_(1)
-                m.bias.data.zero_()
-            elif isinstance(m, nn.Linear):
-                m.weight.data.normal_(0, 0.01)
-                if m.bias is not None:
-                    m.bias.data.zero_()
+        init_weights(self, linear_std=0.01)
 
     def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
         h = x.shape[2]
