@@ -35,9 +35,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--teacher", default="resnet32")
+    ap.add_argument("--teacher", default="resnet20")
     ap.add_argument("--student", default="resnet8")
-    ap.add_argument("--beta", type=float, default=50.0)
+    ap.add_argument("--betas", type=float, nargs="+", default=[50.0])
     ap.add_argument("--out", default="results/compare_synthetic")
     args = ap.parse_args()
     out = Path(args.out)
@@ -49,15 +49,17 @@ def main() -> None:
     methods = {
         "student alone": {"DISTILLER.TYPE": "NONE"},
         "KD": {"DISTILLER.TYPE": "KD"},
-        f"CAT-KD (β={args.beta:g}, R=2)": {"DISTILLER.TYPE": "CAT_KD", "CAT_KD.LOSS.CAT_loss_weight": args.beta,
-                                          "CAT_KD.LOSS.CAM_RESOLUTION": 2, "CAT_KD.IF_NORMALIZE": True},
     }
+    for b in args.betas:
+        methods[f"CAT-KD (β={b:g}, R=2, normalized)"] = {
+            "DISTILLER.TYPE": "CAT_KD", "CAT_KD.LOSS.CAT_loss_weight": b, "CAT_KD.LOSS.CAM_RESOLUTION": 2,
+            "CAT_KD.IF_NORMALIZE": True}
     rows = []
     for label, over in methods.items():
         print(f"{label}:", flush=True)
         best, last = [], []
         for s in args.seeds:
-            r = run(out, f"{label.split()[0]}_{s}", **sched, **over, **{
+            r = run(out, f"{label.split(',')[0].replace(' ', '_').replace('(', '').replace('=', '')}_{s}", **sched, **over, **{
                 "DISTILLER.STUDENT": args.student, "DISTILLER.TEACHER": args.teacher,
                 "DISTILLER.TEACHER_CKPT": ckpt, "EXPERIMENT.SEED": s})
             best.append(r.best_test_acc)

@@ -469,8 +469,9 @@ def run_study(
     say(f"done in {time.time() - t0:.0f}s: " + ", ".join(
         f"{sum(1 for t in trials if t['status'] == s)} {s}" for s in res.STATUSES if any(t["status"] == s for t in trials)))
     print(summary_table(trials, spec), flush=True)
-    say(f"results: {exp_dir / 'results.parquet'} and {exp_dir / 'trials.parquet'}; "
-        f"report: python analysis/report.py {exp_dir}")
+    report = Path("analysis/report.py")
+    hint = f"; report: python {report} {exp_dir}" if report.is_file() else ""
+    say(f"results: {exp_dir / 'results.parquet'} and {exp_dir / 'trials.parquet'}{hint}")
     return 0
 
 
