@@ -29,7 +29,10 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], env: dict[str, st
     cfg = run_config(spec, trial_params(config)).model_copy(deep=True)
     cfg.RUN.PROGRESS = "none"
 
-    out_dir = Path.cwd() / "run"  # the trial's directory (Tune chdirs there)
+    # the trial's own files (metrics.jsonl, student_best.pth, ckpt_epoch_*.pth) go to its directory
+    # in the study's storage when that is a local/shared path; else to the worker's working dir
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    out_dir = (trial_dir if trial_dir.is_dir() else Path.cwd()) / "run"
     resume_from = None
     restored = tune.get_checkpoint()
     if restored is not None:

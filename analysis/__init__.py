@@ -1,0 +1,1 @@
+"""Reports of catkd studies: `python analysis/report.py EXPERIMENT_DIR` (tables, plots, importance)."""

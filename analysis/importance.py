@@ -1,0 +1,105 @@
+"""Parameter importance of a searched (optuna / random) study, from trials.parquet rows.
+
+An Optuna study is rebuilt in memory (distributions from study.yaml's space) and
+`optuna.importance.get_param_importances` is asked; nothing of Ray is needed.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+from analysis.load import Study, canonical
+from analysis.tables import Table, marker
+
+MIN_TRIALS = 3
+
+
+def distributions(spec: dict[str, Any]):
+    """{dotted key: optuna distribution} for the space of study.yaml (sub-grids merged)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    space = spec.get("space") or {}
+    dims: dict[str, Any] = {}
+    for grid in (space if isinstance(space, list) else [space]):
+        for name, dim in (grid or {}).items():
+            key, dim = canonical(name), dim or {}
+            if "loguniform" in dim:
+                lo, hi = dim["loguniform"]
+                dims[key] = FloatDistribution(float(lo), float(hi), log=True)
+            elif "uniform" in dim:
+                lo, hi = dim["uniform"]
+                dims[key] = FloatDistribution(float(lo), float(hi))
+            elif "randint" in dim:
+                lo, hi = dim["randint"]
+                dims[key] = IntDistribution(int(lo), int(hi))
+            elif "choice" in dim or "grid" in dim:
+                dims[key] = CategoricalDistribution(list(dim.get("choice") or dim.get("grid")))
+    return dims
+
+
+def _cast(dist, v: Any) -> Any:
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(dist, IntDistribution):
+        return int(v)
+    if isinstance(dist, CategoricalDistribution):
+        for c in dist.choices:  # match the choice's own type (parquet may store 2 as 2.0)
+            if c == v or str(c) == str(v):
+                return c
+        return v
+    return float(v)
+
+
+def importances(study: Study) -> tuple[dict[str, float], list[str]]:
+    """({dotted key: importance}, notes). Empty when not searched or fewer than MIN_TRIALS values."""
+    algo = (study.spec.get("search") or {}).get("algorithm")
+    if algo not in ("optuna", "random"):
+        return {}, [f"no parameter importance: search algorithm is {algo!r}, not optuna/random"]
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    dists = distributions(study.spec)
+    value_col = "best_val_acc" if study.spec.get("metric") == "val_acc" else "best_test_acc"
+    t = study.trials
+    if "stage" in t:
+        t = t[t["stage"] != "confirm"]
+    t = t[t["status"] == "finished"] if "status" in t else t
+    direction = "minimize" if study.spec.get("mode") == "min" else "maximize"
+    ostudy = optuna.create_study(direction=direction)
+    used = 0
+    for _, row in t.iterrows():
+        value = row.get(value_col)
+        if value is None or not math.isfinite(float(value)):
+            continue
+        params, pdists = {}, {}
+        for key, dist in dists.items():
+            v = row.get(key)
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                continue  # a conditional dimension that was not active
+            try:
+                params[key] = _cast(dist, v)
+            except (ValueError, TypeError):
+                continue
+            pdists[key] = dist
+        try:
+            ostudy.add_trial(optuna.trial.create_trial(params=params, distributions=pdists, value=float(value)))
+        except ValueError:
+            continue  # a value outside its distribution (e.g. --set changed the space)
+        used += 1
+    if used < MIN_TRIALS:
+        return {}, [f"no parameter importance: {used} finished trial(s) with a value, need {MIN_TRIALS}"]
+    try:
+        imp = optuna.importance.get_param_importances(ostudy)
+    except (ValueError, RuntimeError) as exc:
+        return {}, [f"no parameter importance: {exc}"]
+    return dict(imp), [f"from {used} finished search trials, value = {value_col}"]
+
+
+def table(study: Study, imp: dict[str, float], notes: list[str]) -> Optional[Table]:
+    if not imp and not notes:
+        return None
+    rows = [[k, f"{v:.3f}"] for k, v in imp.items()]
+    return Table("importance", f"{study.name}: parameter importance (optuna fANOVA){marker(study)}",
+                 ["parameter", "importance"], rows, notes)

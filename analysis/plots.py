@@ -1,0 +1,163 @@
+"""Plots of a study (matplotlib, Agg backend, PNG files)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.load import Study  # noqa: E402
+from analysis.tables import BETA, RES, groups, marker, stats, value_column  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _title(study: Study, text: str) -> str:
+    return f"{study.name}: {text}{marker(study)}"
+
+
+def accuracy_vs(study: Study, key: str, label: str, out: Path, epoch: str, log: bool) -> Optional[Path]:
+    """Mean ± std of top-1 per value of `key` (search and confirm trials, grouped over seeds)."""
+    value = value_column(epoch)
+    t = study.trials
+    if key not in t or t.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    stage = t["stage"] if "stage" in t else pd.Series(["search"] * len(t), index=t.index)
+    for name, sub in (("search", t[stage != "confirm"]), ("confirm", t[stage == "confirm"])):
+        if sub.empty:
+            continue
+        pts = []
+        for g in groups(sub):
+            mean, std, n = stats(g.trials[value])
+            if n and g.get(key) is not None:
+                pts.append((float(g.get(key)), mean, std or 0.0))
+        if not pts:
+            continue
+        pts.sort()
+        x, y, e = map(np.array, zip(*pts))
+        ax.errorbar(x, y, yerr=e, fmt="o", capsize=3, label=name)
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(label)
+    ax.set_ylabel(f"test top-1 % ({epoch} epoch)")
+    ax.set_title(_title(study, f"top-1 vs {label}"), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, out)
+
+
+def learning_curves(study: Study, out: Path, epoch: str, top: int = 5) -> Optional[Path]:
+    """test_acc per epoch of the `top` best trials (by the reported top-1)."""
+    e, t = study.epochs, study.trials
+    if e.empty or "test_acc" not in e:
+        return None
+    value = value_column(epoch)
+    best = t.sort_values(value, ascending=False).head(top)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for _, row in best.iterrows():
+        c = e[e["trial_id"] == row["trial_id"]].sort_values("epoch")
+        if len(c):
+            ax.plot(c["epoch"], c["test_acc"], marker=".", label=f"{row['trial_id']} ({row.get('stage', '')})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test top-1 %")
+    ax.set_title(_title(study, f"learning curves, best {len(best)} trials"), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, out)
+
+
+def _search(study: Study) -> pd.DataFrame:
+    t = study.trials
+    return t[t["stage"] != "confirm"] if "stage" in t else t
+
+
+def asha_picture(study: Study, out: Path) -> Optional[Path]:
+    """Epochs each search trial ran (bar per trial, colour by status), budget as a dashed line."""
+    t = _search(study)
+    if t.empty or "epochs_done" not in t:
+        return None
+    t = t.reset_index(drop=True)
+    colours = {"finished": "tab:green", "stopped": "tab:orange", "diverged": "tab:red",
+               "error": "black", "running": "tab:blue"}
+    fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(t) + 2), 4))
+    ax.bar(range(len(t)), t["epochs_done"], color=[colours.get(s, "grey") for s in t.get("status", [])])
+    if "epochs_budget" in t and t["epochs_budget"].notna().any():
+        ax.axhline(float(t["epochs_budget"].max()), ls="--", color="grey", lw=1, label="budget")
+    ax.set_xticks(range(len(t)))
+    ax.set_xticklabels([str(x)[-5:] for x in t["trial_id"]], rotation=90, fontsize=7)
+    ax.set_ylabel("epochs run")
+    for s, c in colours.items():
+        if "status" in t and (t["status"] == s).any():
+            ax.bar([0], [0], color=c, label=s)
+    ax.legend(fontsize=7)
+    ax.set_title(_title(study, "epochs each trial ran (ASHA)"), fontsize=9)
+    return _save(fig, out)
+
+
+def parallel_coordinates(study: Study, out: Path, dims: list[str], epoch: str) -> Optional[Path]:
+    """Searched dimensions and the metric on normalised [0, 1] axes, one line per search trial."""
+    t = _search(study)
+    value = value_column(epoch)
+    dims = [d for d in dims if d in t]
+    if t.empty or not dims:
+        return None
+    cols = dims + [value]
+    data = []
+    for c in cols:
+        s = t[c]
+        if c == BETA or (s.dtype.kind == "f" and (s > 0).all() and s.max() / max(s.min(), 1e-12) > 100):
+            s = np.log10(s.astype(float))
+        elif s.dtype.kind not in "fiu":
+            s = pd.Series(pd.Categorical(s.astype(str)).codes, index=s.index).astype(float)
+        s = s.astype(float)
+        lo, hi = s.min(), s.max()
+        data.append((s - lo) / (hi - lo) if hi > lo else s * 0 + 0.5)
+    m = np.vstack([d.to_numpy() for d in data]).T
+    acc = t[value].astype(float).to_numpy()
+    norm = plt.Normalize(np.nanmin(acc), np.nanmax(acc))
+    fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(cols)), 4))
+    for row, a in zip(m, acc):
+        ax.plot(range(len(cols)), row, color=plt.cm.viridis(norm(a)), alpha=0.8)
+    ax.set_xticks(range(len(cols)))
+    ax.set_xticklabels([c.split(".")[-1] + (" (log)" if c == BETA else "") for c in cols], fontsize=8)
+    ax.set_ylabel("normalised")
+    ax.set_title(_title(study, "parallel coordinates (search trials)"), fontsize=8)
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax, label="top-1 %")
+    return _save(fig, out)
+
+
+def importance_bar(importances: dict[str, float], study: Study, out: Path) -> Optional[Path]:
+    if not importances:
+        return None
+    names = list(importances)
+    fig, ax = plt.subplots(figsize=(6, 1 + 0.5 * len(names)))
+    ax.barh(names[::-1], [importances[n] for n in names][::-1])
+    ax.set_xlabel("importance (fANOVA, optuna)")
+    ax.set_title(_title(study, "parameter importance"), fontsize=9)
+    return _save(fig, out)
+
+
+def all_plots(study: Study, out_dir: Path, epoch: str = "best") -> list[Path]:
+    out_dir = Path(out_dir)
+    made: list[Optional[Path]] = []
+    if study.name == "beta_sweep":
+        made.append(accuracy_vs(study, BETA, "β (CAT loss weight)", out_dir / "accuracy_vs_beta.png", epoch, True))
+    if study.name in ("cam_resolution", "beta_sweep"):
+        made.append(accuracy_vs(study, RES, "CAM resolution R", out_dir / "accuracy_vs_R.png", epoch, False))
+    made.append(learning_curves(study, out_dir / "learning_curves.png", epoch))
+    made.append(asha_picture(study, out_dir / "epochs_per_trial.png"))
+    if (study.spec.get("search") or {}).get("algorithm") in ("optuna", "random"):
+        made.append(parallel_coordinates(study, out_dir / "parallel_coordinates.png", study.space_keys(), epoch))
+    return [p for p in made if p is not None]

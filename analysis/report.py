@@ -1,0 +1,84 @@
+"""Report of one study: its table(s), plots and parameter importance.
+
+    python analysis/report.py EXPERIMENT_DIR [--format md|latex|csv] [--out DIR] [--epoch best|last]
+
+Reads EXPERIMENT_DIR/study.yaml, results.parquet and trials.parquet (or, when the Parquet files
+are missing, Tune's per-trial result.json / params.json). Writes into --out (default
+EXPERIMENT_DIR/report): report.md | report.tex | one CSV per table, plus PNG plots.
+Exit 0 on success, 2 when EXPERIMENT_DIR is not a study's experiment directory.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+if __package__ in (None, ""):  # run as a script: the repository root, not analysis/, on sys.path
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
+
+from analysis import importance as imp_mod  # noqa: E402
+from analysis import plots, tables  # noqa: E402
+from analysis.load import NotAStudy, load  # noqa: E402
+
+EXIT_NOT_A_STUDY = 2
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="analysis/report.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("experiment_dir", help="a study's experiment directory (results/<study>)")
+    p.add_argument("--format", choices=("md", "latex", "csv"), default="md")
+    p.add_argument("--out", default=None, help="output folder (default EXPERIMENT_DIR/report)")
+    p.add_argument("--epoch", choices=("best", "last"), default="best",
+                   help="best-epoch test top-1 (best_test_acc, default) or the last epoch's")
+    p.add_argument("--no-plots", action="store_true", help="tables only")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        study = load(args.experiment_dir)
+    except NotAStudy as exc:
+        print(f"report: {exc}", file=sys.stderr)
+        return EXIT_NOT_A_STUDY
+    out = Path(args.out) if args.out else study.path / "report"
+    out.mkdir(parents=True, exist_ok=True)
+
+    tbls = tables.build(study, args.epoch)
+    png: list[Path] = []
+    imp, notes = {}, []
+    if (study.spec.get("search") or {}).get("algorithm") in ("optuna", "random"):
+        imp, notes = imp_mod.importances(study)
+        t = imp_mod.table(study, imp, notes)
+        if t is not None:
+            tbls.append(t)
+    if not args.no_plots:
+        png = plots.all_plots(study, out, args.epoch)
+        bar = plots.importance_bar(imp, study, out / "importance.png")
+        if bar:
+            png.append(bar)
+
+    if args.format == "csv":
+        for t in tbls:
+            path = out / f"{t.name}.csv"
+            path.write_text(tables.csv_text(t), newline="")
+            print(f"wrote {path}")
+    else:
+        text = tables.render(tbls, args.format)
+        path = out / ("report.md" if args.format == "md" else "report.tex")
+        path.write_text(text)
+        print(text)
+        print(f"wrote {path}")
+    for p in png:
+        print(f"wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # output piped into `head`
+        sys.exit(0)

@@ -1,0 +1,308 @@
+"""analysis/report.py: tables, published numbers, formats, plots, importance, markers (no Ray)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from analysis import importance, plots, report, tables  # noqa: E402
+from analysis.load import load, load_paper  # noqa: E402
+
+BETA = "CAT_KD.LOSS.CAT_loss_weight"
+RES = "CAT_KD.LOSS.CAM_RESOLUTION"
+
+
+def _trial(tid, seed, best, last=None, status="finished", stage="search", epochs=3, **settings):
+    base = {"DISTILLER.TYPE": "CAT_KD", "DISTILLER.TEACHER": "resnet32x4", "DISTILLER.STUDENT": "resnet32x4",
+            BETA: 50.0, RES: 2, "CAT_KD.onlyCAT": True, "DATASET.RESERVED_CLASS_NUM": 100,
+            "DATASET.RESERVED_RATE": 1.0, "DATASET.TYPE": "cifar100"}
+    base.update(settings)
+    return {"trial_id": tid, "study": "x", "stage": stage, "seed": seed, **base, "EXPERIMENT.SEED": seed,
+            "status": status, "epochs_done": epochs, "epochs_budget": 3, "best_val_acc": best + 1.0,
+            "best_test_acc": float(best), "last_test_acc": float(best if last is None else last),
+            "last_val_acc": best + 0.5, "test_acc_at_best_val": float(best), "wall_seconds": 1.0,
+            "trial_dir": f"/nowhere/{tid}"}
+
+
+def _epochs(trials):
+    rows = []
+    for t in trials:
+        for ep in range(1, t["epochs_done"] + 1):
+            rows.append({"trial_id": t["trial_id"], "study": t["study"], "stage": t["stage"], "seed": t["seed"],
+                         "epoch": ep, "test_acc": t["best_test_acc"] - (t["epochs_done"] - ep),
+                         "val_acc": t["best_val_acc"], "loss_cat": t[BETA] * 0.1 / ep,
+                         "test_acc_unseen": 5.0 * ep if t["DATASET.RESERVED_CLASS_NUM"] < 100 else None,
+                         BETA: t[BETA], RES: t[RES]})
+    return rows
+
+
+def make_study(path: Path, spec: dict, trials: list[dict], parquet: bool = True) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "study.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True))
+    if parquet:
+        pq.write_table(pa.Table.from_pylist(trials), path / "trials.parquet")
+        pq.write_table(pa.Table.from_pylist(_epochs(trials)), path / "results.parquet")
+    return path
+
+
+def grid_spec(name, **kw):
+    return {"name": name, "base": "x", "search": {"algorithm": "grid"}, "scheduler": {"type": "fifo"},
+            "metric": "test_acc", "mode": "max", "seeds": [0, 1, 2], **kw}
+
+
+@pytest.fixture()
+def cam_study(tmp_path):
+    trials = [_trial("a0", 0, 70), _trial("a1", 1, 72), _trial("a2", 2, 74),
+              _trial("b0", 0, 65, **{RES: 4})]
+    return make_study(tmp_path / "cam", grid_spec("cam_resolution", space={"cam_resolution": {"grid": [2, 4]}}),
+                      trials)
+
+
+def test_cells_are_mean_std_ddof1_and_n_grouped_over_seeds(cam_study):
+    t = tables.build(load(cam_study))[0]
+    assert t.headers == ["R = 2", "R = 4"]
+    assert t.rows == [["72.00 ± 2.00 (3)", "65.00 (1)"]]  # std ddof=1 of 70,72,74 is 2; n=1: no ±
+
+
+def test_cell_with_no_values_is_a_dash_and_nan_is_ignored():
+    assert tables.cell([]) == "-"
+    assert tables.cell([float("nan"), 10.0]) == "10.00 (1)"
+    assert tables.stats([1.0, 2.0, 3.0]) == (2.0, 1.0, 3)
+
+
+def test_epoch_last_uses_last_test_acc(tmp_path):
+    trials = [_trial("a0", 0, 70, last=60), _trial("a1", 1, 72, last=62)]
+    d = make_study(tmp_path / "c", grid_spec("cam_resolution"), trials)
+    assert tables.build(load(d), epoch="last")[0].rows == [["61.00 ± 1.41 (2)"]]
+    assert tables.build(load(d), epoch="best")[0].rows == [["71.00 ± 1.41 (2)"]]
+
+
+def _main_results_study(tmp_path, smoke=False):
+    pair = {"DISTILLER.TEACHER": "resnet32x4", "DISTILLER.STUDENT": "resnet8x4", "CAT_KD.onlyCAT": False}
+    trials = [_trial("c0", 0, 76.0, **pair), _trial("c1", 1, 77.0, **pair),
+              _trial("k0", 0, 73.0, **{**pair, "DISTILLER.TYPE": "KD"}),
+              _trial("v0", 0, 72.0, **{**pair, "DISTILLER.TYPE": "NONE"}),
+              _trial("w0", 0, 75.0, **{"DISTILLER.TEACHER": "wrn_40_2", "DISTILLER.STUDENT": "wrn_16_2",
+                                        "CAT_KD.onlyCAT": False})]
+    spec = grid_spec("main_results", space={"preset": {"grid": ["a", "b"]}})
+    if smoke:
+        spec["smoke_mode"] = True
+    return make_study(tmp_path / "main", spec, trials)
+
+
+def test_main_results_joins_published_numbers_to_the_right_pair(tmp_path):
+    t = tables.build(load(_main_results_study(tmp_path)))[0]
+    rows = {r[0]: dict(zip(t.headers, r)) for r in t.rows}
+    r = rows["resnet32x4->resnet8x4"]
+    assert r["teacher (published)"] == "79.42"
+    assert r["student alone (ours)"] == "72.00 (1)" and r["student alone (published)"] == "72.50"
+    assert r["KD (ours)"] == "73.00 (1)" and r["KD (published)"] == "73.33"
+    assert r["CAT-KD (ours)"] == "76.50 ± 0.71 (2)" and r["CAT-KD (published)"] == "76.91"
+    assert r["gap (ours - published)"] == "-0.41"
+    assert "secondary" in r["CAT-KD source"]
+    w = rows["wrn_40_2->wrn_16_2"]
+    assert w["CAT-KD (published)"] == "75.60" and w["gap (ours - published)"] == "-0.60"
+    assert w["student alone (ours)"] == "-"
+
+
+def test_main_results_smoke_does_not_join_cifar_numbers(tmp_path):
+    t = tables.build(load(_main_results_study(tmp_path, smoke=True)))[0]
+    assert "SYNTHETIC/SMOKE" in t.title
+    assert all(r[7] == "-" for r in t.rows)
+
+
+def test_paper_yaml_gives_a_source_for_every_number():
+    paper = load_paper()
+    entries = list(paper["vanilla"].values())
+    entries += [e for p in paper["pairs"].values() for e in p.values()]
+    entries += [e for p in paper["imagenet"].values() for e in p.values()]
+    assert len(paper["vanilla"]) == 15 and len(paper["pairs"]) == 11
+    assert all(e.get("source") and isinstance(e["top1"], float) for e in entries)
+
+
+def test_latex_has_booktabs_and_csv_parses_back(tmp_path, capsys):
+    d = _main_results_study(tmp_path)
+    out = tmp_path / "out"
+    assert report.main([str(d), "--format", "latex", "--out", str(out), "--no-plots"]) == 0
+    tex = (out / "report.tex").read_text()
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "76.91" in tex
+    assert report.main([str(d), "--format", "csv", "--out", str(out), "--no-plots"]) == 0
+    with open(out / "main_results.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    expected = tables.build(load(d))[0]
+    assert rows[0] == expected.headers
+    assert rows[1:] == [[str(c) for c in r] for r in expected.rows]
+
+
+def test_markdown_is_printed_and_written(cam_study, capsys):
+    assert report.main([str(cam_study), "--no-plots"]) == 0
+    printed = capsys.readouterr().out
+    assert "72.00 ± 2.00 (3)" in printed
+    assert "72.00 ± 2.00 (3)" in (cam_study / "report" / "report.md").read_text()
+
+
+def test_partial_marker_when_a_trial_is_running(tmp_path):
+    trials = [_trial("a0", 0, 70), _trial("a1", 1, 40, status="running", epochs=1)]
+    t = tables.build(load(make_study(tmp_path / "p", grid_spec("cam_resolution"), trials)))
+    assert "PARTIAL" in t[0].title and "SMOKE" not in t[0].title
+    assert any("running" in n for n in t[0].notes)
+
+
+def test_smoke_marker_from_study_yaml(tmp_path):
+    d = make_study(tmp_path / "s", grid_spec("binarization", smoke_mode=True),
+                   [_trial("a0", 0, 70, **{"CAT_KD.IF_BINARIZE": True})])
+    t = tables.build(load(d))[0]
+    assert "SYNTHETIC/SMOKE" in t.title and "PARTIAL" not in t.title
+
+
+def test_not_a_study_directory_exits_2_with_a_message(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert report.main([str(tmp_path / "empty")]) == 2
+    assert "not a study" in capsys.readouterr().err
+    assert report.main([str(tmp_path / "missing")]) == 2
+
+
+def _beta_study(tmp_path, confirm_rows=True, n=6):
+    spec = {"name": "beta_sweep", "base": "x", "metric": "val_acc", "mode": "max", "seeds": [0],
+            "space": {"beta": {"loguniform": [10, 3000]}, "cam_resolution": {"choice": [2, 4]}},
+            "search": {"algorithm": "optuna", "num_samples": n}, "scheduler": {"type": "asha"},
+            "confirm": {"top_k": 1, "seeds": [0, 1]}}
+    betas = [12.0, 40.0, 150.0, 400.0, 900.0, 2500.0][:n]
+    accs = [60.0, 66.0, 70.0, 64.0, 55.0, 40.0][:n]
+    trials = [_trial(f"s{i}", 0, a, stage="search", **{BETA: b, RES: 2 + 2 * (i % 2)})
+              for i, (b, a) in enumerate(zip(betas, accs))]
+    if confirm_rows:
+        trials += [_trial("c0", 0, 69.0, stage="confirm", **{BETA: 150.0, RES: 2}),
+                   _trial("c1", 1, 71.0, stage="confirm", **{BETA: 150.0, RES: 2})]
+    return make_study(tmp_path / "beta", spec, trials)
+
+
+def test_beta_sweep_sorts_beta_and_reports_confirm_and_advised_range(tmp_path):
+    ts = {t.name: t for t in tables.build(load(_beta_study(tmp_path)))}
+    assert [r[0] for r in ts["beta_sweep_search"].rows] == ["12", "40", "150", "400", "900", "2500"]
+    best = ts["beta_sweep_best"].rows[0]
+    assert best[0] == "150" and best[2] == "70.00 ± 1.41 (2)"
+    assert best[3] == "15" and best[4] == "yes"  # fixture: loss_cat at epoch 1 = 0.1 * β
+
+
+def test_val_tuned_study_without_confirm_rows_says_so(tmp_path):
+    ts = tables.build(load(_beta_study(tmp_path, confirm_rows=False)))
+    text = tables.render(ts, "md")
+    assert "no confirm rows" in text
+    assert "beta_sweep_confirm" not in [t.name for t in ts]
+
+
+def test_plots_are_written_and_non_empty(tmp_path):
+    study = load(_beta_study(tmp_path))
+    made = plots.all_plots(study, tmp_path / "png")
+    names = {p.name for p in made}
+    assert {"accuracy_vs_beta.png", "accuracy_vs_R.png", "learning_curves.png", "epochs_per_trial.png",
+            "parallel_coordinates.png"} <= names
+    assert all(p.stat().st_size > 1024 for p in made)
+
+
+def test_importance_runs_on_five_finished_trials_with_plot(tmp_path):
+    study = load(_beta_study(tmp_path, n=5))
+    imp, notes = importance.importances(study)
+    assert set(imp) == {BETA, RES}
+    assert abs(sum(imp.values()) - 1.0) < 1e-6
+    assert "5 finished" in notes[0]
+    bar = plots.importance_bar(imp, study, tmp_path / "imp.png")
+    assert bar.stat().st_size > 1024
+
+
+def test_importance_skipped_with_fewer_than_three_trials(tmp_path):
+    imp, notes = importance.importances(load(_beta_study(tmp_path, n=2)))
+    assert imp == {} and "need 3" in notes[0]
+
+
+def test_partial_cams_rows_are_strategy_with_all_cams_row(tmp_path):
+    P, N, S = "CAT_KD.IF_OnlyTransferPartialCAMs", "CAT_KD.CAMs_Nums", "CAT_KD.Strategy"
+    trials = [_trial("a", 0, 70, **{P: False, N: 100, S: 0}), _trial("t", 0, 68, **{P: True, N: 10, S: 0}),
+              _trial("l", 0, 66, **{P: True, N: 10, S: 1}), _trial("l2", 0, 67, **{P: True, N: 50, S: 1})]
+    t = tables.build(load(make_study(tmp_path / "pc", grid_spec("partial_cams"), trials)))[0]
+    assert t.headers == ["CAMs transferred", "n = 10", "n = 50", "all (100)"]
+    assert t.rows == [["all CAMs", "-", "-", "70.00 (1)"], ["lowest-n", "66.00 (1)", "67.00 (1)", "-"],
+                      ["top-n", "68.00 (1)", "-", "-"]]
+
+
+def test_data_reduction_methods_and_unseen_class_accuracy(tmp_path):
+    R = "DATASET.RESERVED_RATE"
+    trials = [_trial("c", 0, 60, **{R: 0.5, "CAT_KD.onlyCAT": False}),
+              _trial("k", 0, 58, **{R: 0.5, "DISTILLER.TYPE": "KD"}),
+              _trial("n", 0, 50, **{R: 0.5, "DISTILLER.TYPE": "NONE"}),
+              _trial("u", 0, 70, **{"DATASET.RESERVED_CLASS_NUM": 99})]
+    ts = tables.build(load(make_study(tmp_path / "dr", grid_spec("data_reduction"), trials)))
+    assert ts[0].headers == ["kept rate", "CAT-KD", "KD", "student alone"]
+    assert ts[0].rows == [["0.5", "60.00 (1)", "58.00 (1)", "50.00 (1)"]]
+    unseen = ts[1].rows[0]
+    assert unseen[0] == "CAT (alone)" and unseen[1] == "99 of 100"
+    assert unseen[4] == "15.00 (1)"  # the fixture's test_acc_unseen at the last epoch (3)
+
+
+def test_unknown_study_gets_a_generic_table_over_varied_settings(tmp_path):
+    trials = [_trial("a", 0, 70, **{"SOLVER.LR": 0.05}), _trial("b", 1, 72, **{"SOLVER.LR": 0.05}),
+              _trial("c", 0, 60, **{"SOLVER.LR": 0.01})]
+    t = tables.build(load(make_study(tmp_path / "g", grid_spec("my_lr_study"), trials)))[0]
+    assert t.headers[0] == "SOLVER.LR"
+    assert t.rows[0][:2] == ["0.01", "60.00 (1)"] and t.rows[1][:2] == ["0.05", "71.00 ± 1.41 (2)"]
+
+
+def test_tune_files_are_read_when_parquet_is_missing(tmp_path):
+    d = make_study(tmp_path / "tune", grid_spec("cam_resolution", fixed={"SOLVER.EPOCHS": 2}), [], parquet=False)
+    for i, (r, seed, accs) in enumerate([(2, 0, [50, 60]), (2, 1, [55, 62]), (4, 0, [40, 45])]):
+        td = d / f"trial_{i}"
+        td.mkdir()
+        (td / "params.json").write_text(json.dumps({"grid": {"cam_resolution": r, "seed": seed}}))
+        (td / "result.json").write_text("".join(
+            json.dumps({"epoch": e + 1, "test_acc": a, "val_acc": a, "trial_id": f"t{i}", "epochs_budget": 2}) + "\n"
+            for e, a in enumerate(accs)))
+    study = load(d)
+    assert study.source == "tune" and len(study.trials) == 3 and len(study.epochs) == 6
+    assert tables.build(study)[0].rows == [["61.00 ± 1.41 (2)", "45.00 (1)"]]
+
+
+def test_render_md_and_csv_text_roundtrip():
+    t = tables.Table("x", "T", ["a", "b"], [["1.00 ± 0.10 (2)", "x,y"]])
+    assert "## T" in tables.render([t], "md")
+    assert list(csv.reader(io.StringIO(tables.csv_text(t)))) == [["a", "b"], ["1.00 ± 0.10 (2)", "x,y"]]
+
+
+def test_tune_fallback_resolves_presets_and_marks_unfinished_trials_running(tmp_path):
+    spec = grid_spec("main_results", base="cifar100/CAT_KD/res32x4_res8x4", fixed={"SOLVER.EPOCHS": 2},
+                     space={"preset": {"grid": ["cifar100/KD/res32x4_res8x4"]}})
+    d = make_study(tmp_path / "mr", spec, [], parquet=False)
+    for i, accs in enumerate([[70, 73], [71]]):  # trial 1 did 1 of 2 epochs, study not done
+        td = d / f"trial_{i}"
+        td.mkdir()
+        (td / "params.json").write_text(json.dumps({"grid": {"preset": "cifar100/KD/res32x4_res8x4", "seed": i}}))
+        (td / "result.json").write_text("".join(
+            json.dumps({"epoch": e + 1, "test_acc": a, "trial_id": f"t{i}", "done": False}) + "\n"
+            for e, a in enumerate(accs)))
+    study = load(d)
+    assert list(study.trials["status"]) == ["finished", "running"]
+    t = tables.build(study)[0]
+    row = dict(zip(t.headers, t.rows[0]))
+    assert row["teacher->student"] == "resnet32x4->resnet8x4"
+    assert row["KD (ours)"] == "72.00 ± 1.41 (2)" and row["KD (published)"] == "73.33"
+    assert "PARTIAL" in t.title
+
+
+def test_script_exits_2_on_a_non_study_directory(tmp_path):
+    import subprocess
+
+    (tmp_path / "notes.txt").write_text("not a study")
+    p = subprocess.run([sys.executable, str(ROOT / "analysis" / "report.py"), str(tmp_path), "--no-plots"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert p.returncode == 2 and "not a study" in p.stderr and p.stdout == ""
