@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m catkd.study studies/beta_sweep.yaml --smoke --storage results/demo --name beta_sweep-smoke-$$(date +%Y%m%d-%H%M%S)
+	@name=beta_sweep-smoke-$$(date +%Y%m%d-%H%M%S); \
+	$(BIN)/python -m catkd.study studies/beta_sweep.yaml --smoke --storage results/demo --name $$name && \
+	$(BIN)/python analysis/report.py results/demo/$$name
 
 test: $(STAMP)
 	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q tests
