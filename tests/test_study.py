@@ -350,3 +350,15 @@ def test_dashboard_answers_on_localhost_and_shows_running_trials(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
         _kill_orphans(ray_tmp)
+
+
+@pytest.mark.ray
+def test_report_turns_a_real_smoke_study_into_tables_and_plots(tiny_study, tmp_path, capsys):
+    sys.path.insert(0, str(REPO))
+    from analysis import report
+
+    assert report.main([str(tiny_study), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "SMOKE" in md and "confirm" in md.lower()
+    pngs = list((tmp_path / "rep").glob("*.png"))
+    assert pngs and all(p.stat().st_size > 1000 for p in pngs)
