@@ -1,11 +1,14 @@
 """Report of one study: its table(s), plots and parameter importance.
 
     python analysis/report.py EXPERIMENT_DIR [--format md|latex|csv] [--out DIR] [--epoch best|last]
+    python analysis/report.py EXPERIMENT_DIR --cams [--trial TRIAL_ID] [--images 6] [--out DIR]
 
 Reads EXPERIMENT_DIR/study.yaml, results.parquet and trials.parquet (or, when the Parquet files
 are missing, Tune's per-trial result.json / params.json). Writes into --out (default
 EXPERIMENT_DIR/report): report.md | report.tex | one CSV per table, plus PNG plots.
-Exit 0 on success, 2 when EXPERIMENT_DIR is not a study's experiment directory.
+--cams draws only the teacher/student CAM picture of one trial, cams_<trial_id>.png (analysis/cams.py).
+Exit 0 on success, 2 when EXPERIMENT_DIR is not a study's experiment directory (or, with --cams,
+when no trial has a checkpoint or the teacher file is missing).
 """
 from __future__ import annotations
 
@@ -34,6 +37,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--epoch", choices=("best", "last"), default="best",
                    help="best-epoch test top-1 (best_test_acc, default) or the last epoch's")
     p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument("--cams", action="store_true",
+                   help="only draw teacher/student CAMs of the best (or --trial) trial: cams_<trial>.png")
+    p.add_argument("--trial", default=None, help="with --cams: the trial id (default: best finished trial)")
+    p.add_argument("--images", type=int, default=6, help="with --cams: first N test images (default 6)")
     return p.parse_args(argv)
 
 
@@ -46,6 +53,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_NOT_A_STUDY
     out = Path(args.out) if args.out else study.path / "report"
     out.mkdir(parents=True, exist_ok=True)
+    if args.cams:
+        from analysis.cams import CamError, cams_report
+
+        try:
+            print(f"wrote {cams_report(study, out, args.trial, args.images)}")
+        except CamError as exc:
+            print(f"report: {exc}", file=sys.stderr)
+            return EXIT_NOT_A_STUDY
+        return 0
 
     tbls = tables.build(study, args.epoch)
     png: list[Path] = []
