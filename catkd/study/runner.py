@@ -384,7 +384,7 @@ def run_stage(
     return tuner.fit()
 
 
-def confirm_params(spec: StudySpec, trials: list[dict[str, Any]], settings: Settings) -> list[dict[str, Any]]:
+def confirm_params(spec: StudySpec, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Top-k search configurations (by the study metric at their best epoch) x the confirm seeds."""
     assert spec.confirm is not None
     key = "best_val_acc" if spec.metric == "val_acc" else "best_test_acc"
@@ -452,10 +452,9 @@ def run_study(
         run_stage(spec, "search", storage, name, resume, env, writer)
         state["search"] = "done"
         atomic_write_json(state_path, state)
-    trials = writer.write(study_done=state.get("confirm") in (None, "done") and spec.confirm is None)
     if spec.confirm is not None and state.get("confirm") != "done":
         trials = writer.write(study_done=False)
-        params = confirm_params(spec, trials, writer.settings)
+        params = confirm_params(spec, trials)
         if params:
             say(f"[confirm] re-running the top {spec.confirm.top_k} configurations x seeds "
                 f"{spec.confirm.seeds} at full budget ({len(params)} trials), reporting test accuracy")

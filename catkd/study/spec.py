@@ -355,8 +355,6 @@ def check_study(spec: StudySpec, source: str) -> None:
                     raise StudyError(f"{source}: {gloc}{name}.when.{cond}: no such dimension in this space")
     if isinstance(spec.space, list) and algo != "grid":
         raise StudyError(f"{source}: space: a list of sub-grids needs search.algorithm: grid")
-    if spec.scheduler.type == "asha" and algo == "grid" and spec.search.num_samples > 1:
-        pass  # allowed: repeats of the grid
     # fixed alone
     base_cfg = run_config(spec, {}, source, "fixed.")
     if spec.metric == "val_acc" and base_cfg.DATASET.VAL_SIZE == 0:
@@ -379,12 +377,8 @@ def check_study(spec: StudySpec, source: str) -> None:
                     f"{', '.join(sorted([*ALIASES, PRESET_KEY]))}"
                 )
             for v in dim.probe_values():
-                cfg = run_config(spec, {**_conditions(dim), name: v}, source, f"{gloc}{name}.{dim.kind}: ")
+                cfg = run_config(spec, {**(dim.when or {}), name: v}, source, f"{gloc}{name}.{dim.kind}: ")
                 _check_trial_semantics(cfg, source, f"{gloc}{name}")
-
-
-def _conditions(dim: Dim) -> dict[str, Any]:
-    return dict(dim.when or {})
 
 
 def _check_trial_semantics(cfg: Config, source: str, where: str) -> None:
