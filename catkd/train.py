@@ -54,6 +54,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("catkd: interrupted; resume with --resume", file=sys.stderr)
         return 130
+    except OSError as e:  # unwritable output directory, disk full, ...
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"catkd: error: cannot write the run's files{where}: {e.strerror or e}. Files already written "
+              "(the last complete checkpoint) are intact; fix the cause and continue with --resume",
+              file=sys.stderr)
+        return 1
     best_val = f", best val {result.best_val_acc:.2f}" if result.best_val_acc is not None else ""
     print(
         f"catkd: {result.status} after {result.epochs_done} epochs: best test top-1 {result.best_test_acc:.2f}, "

@@ -433,7 +433,13 @@ def run_study(
     os.environ.update(env)
     if not spec.smoke_mode:
         preflight(spec, source)
-    exp_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        probe = exp_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise StudyError(f"{source}: --storage: cannot write to {exp_dir} ({e.strerror or e})") from None
     if spec.smoke_mode:
         teacher = ensure_smoke_teacher(spec, storage / ".cache" / "teachers")
         if teacher is not None:
