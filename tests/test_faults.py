@@ -1,0 +1,112 @@
+"""Fault injection on whole studies: the driver SIGKILLed several times in a row, each time
+`--resume`d; at the end every trial appears once, every epoch row once, and the results equal an
+uninterrupted run's. CI runs 2 kills; `python scripts/fault_injection.py --kills 5` the long one."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+STUDY = {
+    "name": "faults",
+    "description": "driver kills",
+    "base": "cifar100/CAT_KD/res56_res20",
+    "fixed": {"normalize": True, "lr": 0.1},
+    "space": {"beta": {"grid": [5.0, 50.0]}, "cam_resolution": {"grid": [1, 2]}},
+    "search": {"algorithm": "grid"},
+    "scheduler": {"type": "fifo"},
+    "metric": "test_acc",
+    "smoke": {"epochs": 4, "teacher": "resnet8", "student": "resnet8", "teacher_epochs": 2,
+              "dataset": {"NUM_CLASSES": 4, "TRAIN_PER_CLASS": 100, "TEST_PER_CLASS": 30}, "val_size": 0,
+              "max_concurrent": 2},
+}
+
+
+def _rows(exp: Path) -> int:
+    try:
+        return pq.read_table(exp / "results.parquet").num_rows
+    except Exception:
+        return 0
+
+
+def _kill_orphans(ray_tmp: Path) -> None:
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        if str(ray_tmp) in args and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def kill_and_resume(tmp: Path, kills: int, seed: int = 0) -> dict:
+    """Run the study, SIGKILL the driver `kills` times at random moments after some progress,
+    resume each time, then finish; also run it uninterrupted. Returns what was observed."""
+    import random
+
+    rnd = random.Random(seed)
+    study = tmp / "faults.yaml"
+    study.write_text(yaml.safe_dump(STUDY))
+    ray_tmp = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / f"faults-{os.getpid()}"
+    ray_tmp.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_AUTH_MODE": "disabled"}
+    base = [sys.executable, "-m", "catkd.study", str(study), "--smoke", "--no-dashboard", "--storage", str(tmp / "s")]
+    exp = tmp / "s" / "killed"
+    killed_at = []
+    try:
+        for k in range(kills):
+            cmd = base + ["--name", "killed"] + (["--resume"] if k else [])
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            start_rows = _rows(exp)
+            wait_rows = start_rows + rnd.randint(1, 3)
+            deadline = time.time() + 300
+            while _rows(exp) < wait_rows and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.2)
+            time.sleep(rnd.uniform(0, 2.0))  # a random point, possibly mid-write
+            if proc.poll() is not None:
+                break  # it finished before we could kill it
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            killed_at.append(_rows(exp))
+            _kill_orphans(ray_tmp)
+        final = subprocess.run(base + ["--name", "killed", "--resume"], env=env, capture_output=True, text=True,
+                               timeout=900)
+        _kill_orphans(ray_tmp)
+        assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
+        straight = subprocess.run(base + ["--name", "straight"], env=env, capture_output=True, text=True, timeout=900)
+        assert straight.returncode == 0, straight.stdout[-3000:]
+    finally:
+        _kill_orphans(ray_tmp)
+    return {"killed": exp, "straight": tmp / "s" / "straight", "killed_at_rows": killed_at}
+
+
+def check_equal_to_uninterrupted(obs: dict) -> None:
+    key = ("CAT_KD.LOSS.CAT_loss_weight", "CAT_KD.LOSS.CAM_RESOLUTION")
+    trials = pq.read_table(obs["killed"] / "trials.parquet").to_pylist()
+    rows = pq.read_table(obs["killed"] / "results.parquet").to_pylist()
+    straight = pq.read_table(obs["straight"] / "trials.parquet").to_pylist()
+    assert len(trials) == 4 and len({t["trial_id"] for t in trials}) == 4  # every trial exactly once
+    assert all(t["status"] == "finished" for t in trials)
+    pairs = [(r["trial_id"], r["epoch"]) for r in rows]
+    assert len(pairs) == len(set(pairs)) == 16  # every epoch row exactly once
+    for t in trials:  # epochs continuous 1..4
+        assert sorted(r["epoch"] for r in rows if r["trial_id"] == t["trial_id"]) == [1, 2, 3, 4]
+    got = {tuple(t[k] for k in key): t["last_test_acc"] for t in trials}
+    want = {tuple(t[k] for k in key): t["last_test_acc"] for t in straight}
+    assert got == want  # same set of trials, same results as a run never interrupted
+
+
+def test_study_killed_twice_and_resumed_equals_an_uninterrupted_run(tmp_path):
+    obs = kill_and_resume(tmp_path, kills=int(os.environ.get("CATKD_FAULT_KILLS", "2")))
+    assert obs["killed_at_rows"], "the driver was never killed"
+    check_equal_to_uninterrupted(obs)
