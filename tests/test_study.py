@@ -362,3 +362,45 @@ def test_report_turns_a_real_smoke_study_into_tables_and_plots(tiny_study, tmp_p
     assert "SMOKE" in md and "confirm" in md.lower()
     pngs = list((tmp_path / "rep").glob("*.png"))
     assert pngs and all(p.stat().st_size > 1000 for p in pngs)
+
+
+@pytest.mark.ray
+def test_dashboard_keeps_token_authentication_by_default(tmp_path):
+    import re
+    import urllib.error
+    import urllib.request
+
+    p = study_file(tmp_path, space={"beta": {"grid": [5.0]}}, search={"algorithm": "grid"}, scheduler={"type": "fifo"})
+    ray_tmp = Path(os.environ["RAY_TMPDIR"]) / "auth"
+    ray_tmp.mkdir(parents=True, exist_ok=True)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    env.update({"RAY_TMPDIR": str(ray_tmp), "PYTHONUNBUFFERED": "1", "HOME": str(home)})
+    cmd = [sys.executable, "-m", "catkd.study", str(p), "--smoke", "--storage", str(tmp_path / "s"),
+           "--set", "smoke.epochs=8"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url, lines = None, []
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and url is None:
+            line = proc.stdout.readline()
+            lines.append(line)
+            m = re.search(r"Ray dashboard: (http://[\d.:]+)", line)
+            url = m.group(1) if m else None
+        assert url and url.startswith("http://127.0.0.1:"), "".join(lines)
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(f"{url}/api/v0/actors", timeout=10)
+        assert denied.value.code == 401  # no token, no API
+        token = (home / ".ray" / "auth_token").read_text().strip()
+        req = urllib.request.Request(f"{url}/api/v0/actors", headers={"Authorization": f"Bearer {token}"})
+        assert urllib.request.urlopen(req, timeout=10).status == 200
+        lines.append(proc.stdout.readline())
+        assert any(str(home / ".ray" / "auth_token") in l for l in lines), "".join(lines)  # told where the token is
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        _kill_orphans(ray_tmp)

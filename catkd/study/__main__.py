@@ -26,6 +26,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--address", help="existing Ray cluster (default: RAY_ADDRESS, else a local one)")
     ap.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=True,
                     help="start the Ray dashboard on 127.0.0.1 (local clusters)")
+    ap.add_argument("--dashboard-without-auth", action="store_true",
+                    help="turn off Ray's token authentication (only on a machine no one else can reach: "
+                         "anyone who reaches an open dashboard can run code on the cluster)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="change a study key, e.g. --set search.num_samples=8 --set fixed.SOLVER.EPOCHS=30")
     args = ap.parse_args(argv)
@@ -40,6 +43,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     name = args.name or (spec.name + ("-smoke" if args.smoke else ""))
 
     from catkd.study.runner import run_study
+
+    if args.dashboard_without_auth:
+        import os
+
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+        print("catkd.study: WARNING: Ray token authentication disabled (--dashboard-without-auth)", file=sys.stderr)
 
     try:
         return run_study(spec, args.study, Path(args.storage), name, resume=args.resume,
