@@ -110,3 +110,75 @@ def test_study_killed_twice_and_resumed_equals_an_uninterrupted_run(tmp_path):
     obs = kill_and_resume(tmp_path, kills=int(os.environ.get("CATKD_FAULT_KILLS", "2")))
     assert obs["killed_at_rows"], "the driver was never killed"
     check_equal_to_uninterrupted(obs)
+
+
+NODE_LOSS_SCRIPT = r"""
+import json, sys, threading, time
+from pathlib import Path
+import pyarrow.parquet as pq
+import ray
+from ray.cluster_utils import Cluster
+from catkd.study import runner
+from catkd.study.spec import load_study
+
+study, storage = Path(sys.argv[1]), Path(sys.argv[2])
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+workers = [cluster.add_node(num_cpus=1), cluster.add_node(num_cpus=1)]
+ray.init(address=cluster.address, log_to_driver=False)
+spec = load_study(study, smoke=True)
+exp = storage / "nodeloss"
+removed = {}
+
+def remove_worker_mid_trial():
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        reported = sum(len(f.read_text().splitlines()) for f in exp.glob("trial_*/result.json"))
+        if reported >= 2:
+            from ray._private.state import actors  # straight from the GCS (no dashboard here)
+            nodes = {a["Address"]["NodeID"] for a in actors().values()
+                     if a.get("ActorClassName", "").endswith("ImplicitFunc") and a.get("State") in ("ALIVE", 2)}
+            victim = next((w for w in workers if w.node_id in nodes), None)
+            if victim is not None:  # the node a running trial is on
+                cluster.remove_node(victim)
+                removed["rows"] = reported
+                return
+        time.sleep(0.05)
+
+threading.Thread(target=remove_worker_mid_trial, daemon=True).start()
+rc = runner.run_study(spec, str(study), storage, "nodeloss", address=cluster.address, dashboard=False)
+print(json.dumps({"rc": rc, "removed_at_rows": removed.get("rows")}))
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+def test_losing_a_worker_node_mid_trial_retries_it_from_its_checkpoint(tmp_path):
+    import json
+
+    spec = dict(STUDY, space={"beta": {"grid": [5.0, 50.0]}})
+    spec["smoke"] = dict(STUDY["smoke"], epochs=8)
+    study = tmp_path / "nodeloss.yaml"
+    study.write_text(yaml.safe_dump(spec))
+    ray_tmp = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / f"nodeloss-{os.getpid()}"
+    ray_tmp.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_AUTH_MODE": "disabled"}
+    try:
+        out = subprocess.run([sys.executable, "-c", NODE_LOSS_SCRIPT, str(study), str(tmp_path / "s")], env=env,
+                             capture_output=True, text=True, timeout=600)
+    finally:
+        _kill_orphans(ray_tmp)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["rc"] == 0 and result["removed_at_rows"] is not None
+    exp = tmp_path / "s" / "nodeloss"
+    trials = pq.read_table(exp / "trials.parquet").to_pylist()
+    rows = pq.read_table(exp / "results.parquet").to_pylist()
+    assert len(trials) == 2 and all(t["status"] == "finished" for t in trials)
+    for t in trials:  # epoch rows continuous, each once
+        assert sorted(r["epoch"] for r in rows if r["trial_id"] == t["trial_id"]) == list(range(1, 9))
+    assert "FAILED (worker or node lost, failure 1)" in out.stdout, out.stdout[-3000:]  # the lost node's trial
+    retried = [t for t in trials if len((Path(t["trial_dir"]) / "result.json").read_text().splitlines()) > 0]
+    epochs = {t["trial_id"]: [json.loads(l)["epoch"] for l in (Path(t["trial_dir"]) / "result.json").read_text().splitlines()]
+              for t in retried}
+    # restarted from its last checkpoint: after the failure it does not start again at epoch 1
+    assert all(e.count(1) == 1 for e in epochs.values()), epochs

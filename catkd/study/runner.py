@@ -245,6 +245,10 @@ def make_callback(writer: ResultsWriter, metric: str, stage: str, table_every_s:
             say(f"[{stage}] trial {trial.trial_id} {what}")
             writer.write()
 
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            say(f"[{stage}] trial {trial.trial_id} FAILED (worker or node lost, failure {trial.num_failures}); "
+                "retrying from its last checkpoint")
+
         def on_trial_error(self, iteration, trials, trial, **info):
             say(f"[{stage}] trial {trial.trial_id} ERROR (failure {trial.num_failures}); see {trial.path}/error.txt")
             writer.write()
