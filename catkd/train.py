@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from catkd.config import ConfigError, load_config, parse_value
+from catkd.config import ConfigError, load_config, parse_value, resolve_preset
 
 EXIT_BAD_INPUT = 2
 
@@ -41,7 +41,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             overrides["RUN.RESUME"] = True
         if args.download:
             overrides["DATASET.DOWNLOAD"] = True
-        cfg = load_config(args.cfg, overrides)
+        cfg_path = resolve_preset(args.cfg)
+        cfg = load_config(cfg_path, overrides)
         trainer = Trainer(cfg, out_dir=args.out)
         print(f"catkd: {cfg.DISTILLER.TYPE} {cfg.DISTILLER.TEACHER if cfg.DISTILLER.TYPE != 'NONE' else ''}"
               f"{' -> ' if cfg.DISTILLER.TYPE != 'NONE' else ''}{cfg.DISTILLER.STUDENT} on {cfg.DATASET.TYPE}"
@@ -49,7 +50,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               flush=True)
         result = trainer.fit()
     except (ConfigError, DataError, TeacherWeightsError, CheckpointError) as e:
-        print(f"catkd: error: {e}", file=sys.stderr)
+        msg = str(e)
+        if args.cfg not in msg and "cfg_path" in locals() and str(cfg_path) not in msg:
+            msg = f"{cfg_path}: {msg}"  # errors found while building the run name the file too
+        print(f"catkd: error: {msg}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("catkd: interrupted; resume with --resume", file=sys.stderr)

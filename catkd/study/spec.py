@@ -59,7 +59,7 @@ def canonical(key: str) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Dim(_Strict):
@@ -132,7 +132,7 @@ class Resources(_Strict):
     @field_validator("gpu")
     @classmethod
     def _fraction(cls, v: float) -> float:
-        if v > 1 and v != int(v):
+        if v > 1 and not float(v).is_integer():
             raise ValueError("more than one GPU must be a whole number")
         return v
 
@@ -260,7 +260,13 @@ def apply_smoke(spec: StudySpec) -> StudySpec:
     for k, v in sm.dataset.items():
         fixed[f"DATASET.SYNTHETIC.{k}"] = v
     # "all classes" of the real data means all classes of the synthetic set
-    k = int(sm.dataset.get("NUM_CLASSES", 10))
+    k = sm.dataset.get("NUM_CLASSES", 10)
+    if not isinstance(k, int) or isinstance(k, bool) or k < 2:
+        raise ValueError(f"smoke.dataset.NUM_CLASSES: expected an integer >= 2, got {k!r}")
+    per_class = sm.dataset.get("TRAIN_PER_CLASS", 300)
+    if isinstance(per_class, int) and not isinstance(per_class, bool) and sm.val_size >= k * per_class:
+        raise ValueError(f"smoke.val_size: {sm.val_size} leaves no training images "
+                         f"({k} classes x {per_class} per class)")
     fixed.setdefault("DATASET.RESERVED_CLASS_NUM", k)
     fixed.setdefault("CAT_KD.CAMs_Nums", k)
     # keys of the real data that do not apply to the synthetic set
@@ -307,18 +313,23 @@ def load_study(path: str | Path, smoke: bool = False, sets: Optional[dict[str, A
     except ValidationError as e:
         raise StudyError(_schema_errors(e, source, raw)) from None
     if smoke:
-        spec = apply_smoke(spec)
+        try:
+            spec = apply_smoke(spec)
+        except ValueError as e:
+            raise StudyError(f"{source}: {e}") from None
     check_study(spec, source)
     return spec
 
 
 # ---- semantic checks ----------------------------------------------------------------------------
 def base_for(spec: StudySpec, preset: Optional[str], source: str, key: str = "base") -> tuple[dict, str]:
+    if preset is not None and not isinstance(preset, str):
+        raise StudyError(f"{source}: {key}: expected a preset name or a path, got {preset!r}")
     try:
         p = resolve_preset(preset or spec.base)
+        return read_yaml(p), str(p)
     except ConfigError as e:
         raise StudyError(f"{source}: {key}: {e}") from None
-    return read_yaml(p), str(p)
 
 
 def run_config(spec: StudySpec, params: dict[str, Any], source: str = "<study>", where: str = "") -> Config:
