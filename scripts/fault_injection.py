@@ -19,14 +19,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kills", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=10, help="epochs per trial (4 trials): room for the kills")
     args = ap.parse_args()
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="catkd-faults-") as tmp:
-        obs = kill_and_resume(Path(tmp), args.kills, args.seed)
+        obs = kill_and_resume(Path(tmp), args.kills, args.seed, args.epochs)
         check_equal_to_uninterrupted(obs)
     print(f"driver SIGKILLed {len(obs['killed_at_rows'])} times (epoch rows on disk at each kill: "
-          f"{obs['killed_at_rows']}), resumed each time: 4 trials once, 16 epoch rows once, results equal to "
-          f"an uninterrupted run; {time.time() - t0:.0f}s")
+          f"{obs['killed_at_rows']}), resumed each time: 4 trials once, {4 * args.epochs} epoch rows once, results "
+          f"equal to an uninterrupted run; {time.time() - t0:.0f}s")
 
 
 if __name__ == "__main__":

@@ -49,14 +49,14 @@ def _kill_orphans(ray_tmp: Path) -> None:
                 pass
 
 
-def kill_and_resume(tmp: Path, kills: int, seed: int = 0) -> dict:
+def kill_and_resume(tmp: Path, kills: int, seed: int = 0, epochs: int = 4) -> dict:
     """Run the study, SIGKILL the driver `kills` times at random moments after some progress,
     resume each time, then finish; also run it uninterrupted. Returns what was observed."""
     import random
 
     rnd = random.Random(seed)
     study = tmp / "faults.yaml"
-    study.write_text(yaml.safe_dump(STUDY))
+    study.write_text(yaml.safe_dump({**STUDY, "smoke": {**STUDY["smoke"], "epochs": epochs}}))
     ray_tmp = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / f"faults-{os.getpid()}"
     ray_tmp.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_AUTH_MODE": "disabled"}
@@ -87,7 +87,7 @@ def kill_and_resume(tmp: Path, kills: int, seed: int = 0) -> dict:
         assert straight.returncode == 0, straight.stdout[-3000:]
     finally:
         _kill_orphans(ray_tmp)
-    return {"killed": exp, "straight": tmp / "s" / "straight", "killed_at_rows": killed_at}
+    return {"killed": exp, "straight": tmp / "s" / "straight", "killed_at_rows": killed_at, "epochs": epochs}
 
 
 def check_equal_to_uninterrupted(obs: dict) -> None:
@@ -98,9 +98,10 @@ def check_equal_to_uninterrupted(obs: dict) -> None:
     assert len(trials) == 4 and len({t["trial_id"] for t in trials}) == 4  # every trial exactly once
     assert all(t["status"] == "finished" for t in trials)
     pairs = [(r["trial_id"], r["epoch"]) for r in rows]
-    assert len(pairs) == len(set(pairs)) == 16  # every epoch row exactly once
-    for t in trials:  # epochs continuous 1..4
-        assert sorted(r["epoch"] for r in rows if r["trial_id"] == t["trial_id"]) == [1, 2, 3, 4]
+    n = obs["epochs"]
+    assert len(pairs) == len(set(pairs)) == 4 * n  # every epoch row exactly once
+    for t in trials:  # epochs continuous 1..n
+        assert sorted(r["epoch"] for r in rows if r["trial_id"] == t["trial_id"]) == list(range(1, n + 1))
     got = {tuple(t[k] for k in key): t["last_test_acc"] for t in trials}
     want = {tuple(t[k] for k in key): t["last_test_acc"] for t in straight}
     assert got == want  # same set of trials, same results as a run never interrupted
