@@ -14,28 +14,10 @@ from typing import Any, Optional
 import pandas as pd
 import yaml
 
-# The study-file aliases (STUDIES.md); used only to name Tune's params in the fallback.
-ALIASES = {
-    "beta": "CAT_KD.LOSS.CAT_loss_weight",
-    "cam_resolution": "CAT_KD.LOSS.CAM_RESOLUTION",
-    "normalize": "CAT_KD.IF_NORMALIZE",
-    "binarize": "CAT_KD.IF_BINARIZE",
-    "only_cat": "CAT_KD.onlyCAT",
-    "ce_weight": "CAT_KD.LOSS.CE_WEIGHT",
-    "partial_cams": "CAT_KD.IF_OnlyTransferPartialCAMs",
-    "cam_count": "CAT_KD.CAMs_Nums",
-    "cam_strategy": "CAT_KD.Strategy",
-    "reduction": "DATASET.REDUCTION",
-    "reserved_classes": "DATASET.RESERVED_CLASS_NUM",
-    "reserved_rate": "DATASET.RESERVED_RATE",
-    "lr": "SOLVER.LR",
-    "epochs": "SOLVER.EPOCHS",
-    "teacher": "DISTILLER.TEACHER",
-    "student": "DISTILLER.STUDENT",
-    "distiller": "DISTILLER.TYPE",
-    "seed": "EXPERIMENT.SEED",
-    "val_size": "DATASET.VAL_SIZE",
-}
+# The study-file aliases and the settings recorded per trial: catkd's own definitions.
+from catkd.study.runner import SETTING_KEYS
+from catkd.study.spec import ALIASES
+
 SEED_KEY = "EXPERIMENT.SEED"
 # Columns of trials.parquet that are not settings.
 NON_SETTINGS = {
@@ -206,15 +188,6 @@ def from_tune(exp_dir: Path, spec: dict[str, Any]) -> tuple[pd.DataFrame, pd.Dat
     return pd.DataFrame(epoch_rows), pd.DataFrame(trial_rows)
 
 
-# Settings recorded for every trial (as catkd.study.runner records them in the Parquet files).
-SETTING_KEYS = [
-    "DISTILLER.TYPE", "DISTILLER.TEACHER", "DISTILLER.STUDENT", "SOLVER.LR", "SOLVER.EPOCHS",
-    "SOLVER.BATCH_SIZE", "CAT_KD.LOSS.CAT_loss_weight", "CAT_KD.LOSS.CAM_RESOLUTION",
-    "CAT_KD.LOSS.CE_WEIGHT", "CAT_KD.IF_NORMALIZE", "CAT_KD.IF_BINARIZE", "CAT_KD.onlyCAT",
-    "CAT_KD.IF_OnlyTransferPartialCAMs", "CAT_KD.CAMs_Nums", "CAT_KD.Strategy", "KD.TEMPERATURE",
-    "DATASET.TYPE", "DATASET.REDUCTION", "DATASET.RESERVED_CLASS_NUM", "DATASET.RESERVED_RATE",
-    "DATASET.VAL_SIZE", "EXPERIMENT.SEED",
-]
 
 
 def _resolved(spec: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:

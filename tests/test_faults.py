@@ -14,6 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from _helpers import kill_orphans
+
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 STUDY = {
@@ -36,17 +38,6 @@ def _rows(exp: Path) -> int:
         return pq.read_table(exp / "results.parquet").num_rows
     except Exception:
         return 0
-
-
-def _kill_orphans(ray_tmp: Path) -> None:
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        pid, _, args = line.strip().partition(" ")
-        if str(ray_tmp) in args and int(pid) != os.getpid():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def kill_and_resume(tmp: Path, kills: int, seed: int = 0, epochs: int = 4) -> dict:
@@ -78,15 +69,15 @@ def kill_and_resume(tmp: Path, kills: int, seed: int = 0, epochs: int = 4) -> di
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             killed_at.append(_rows(exp))
-            _kill_orphans(ray_tmp)
+            kill_orphans(ray_tmp)
         final = subprocess.run(base + ["--name", "killed", "--resume"], env=env, capture_output=True, text=True,
                                timeout=900)
-        _kill_orphans(ray_tmp)
+        kill_orphans(ray_tmp)
         assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
         straight = subprocess.run(base + ["--name", "straight"], env=env, capture_output=True, text=True, timeout=900)
         assert straight.returncode == 0, straight.stdout[-3000:]
     finally:
-        _kill_orphans(ray_tmp)
+        kill_orphans(ray_tmp)
     return {"killed": exp, "straight": tmp / "s" / "straight", "killed_at_rows": killed_at, "epochs": epochs}
 
 
@@ -167,7 +158,7 @@ def test_losing_a_worker_node_mid_trial_retries_it_from_its_checkpoint(tmp_path)
         out = subprocess.run([sys.executable, "-c", NODE_LOSS_SCRIPT, str(study), str(tmp_path / "s")], env=env,
                              capture_output=True, text=True, timeout=600)
     finally:
-        _kill_orphans(ray_tmp)
+        kill_orphans(ray_tmp)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["rc"] == 0 and result["removed_at_rows"] is not None

@@ -15,6 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from _helpers import kill_orphans
+
 from catkd.study import runner
 from catkd.study.__main__ import main as study_main
 from catkd.study.space import DefineByRun
@@ -263,17 +265,6 @@ def test_trial_whose_worker_dies_is_retried_from_its_checkpoint(tmp_path, ray_se
 
 
 # ---- resume after SIGKILL of the driver ---------------------------------------------------------------
-def _kill_orphans(ray_tmp: Path) -> None:
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        pid, _, args = line.strip().partition(" ")
-        if str(ray_tmp) in args and int(pid) != os.getpid():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
 @pytest.mark.ray
 def test_study_resumes_after_driver_sigkill_without_loss_or_duplicates(tmp_path):
     p = study_file(tmp_path, space={"beta": {"grid": [5.0, 50.0]}, "cam_resolution": {"grid": [1, 2]}},
@@ -295,11 +286,11 @@ def test_study_resumes_after_driver_sigkill_without_loss_or_duplicates(tmp_path)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:
-        _kill_orphans(ray_tmp)
+        kill_orphans(ray_tmp)
     before = pq.read_table(exp / "trials.parquet").to_pylist()
     assert any(t["status"] in ("running",) for t in before) or len(before) < 4
     done = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
-    _kill_orphans(ray_tmp)
+    kill_orphans(ray_tmp)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     trials = pq.read_table(exp / "trials.parquet").to_pylist()
     rows = pq.read_table(exp / "results.parquet").to_pylist()
@@ -349,7 +340,7 @@ def test_dashboard_answers_on_localhost_and_shows_running_trials(tmp_path):
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
-        _kill_orphans(ray_tmp)
+        kill_orphans(ray_tmp)
 
 
 @pytest.mark.ray
@@ -403,4 +394,4 @@ def test_dashboard_keeps_token_authentication_by_default(tmp_path):
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
-        _kill_orphans(ray_tmp)
+        kill_orphans(ray_tmp)
