@@ -8,6 +8,8 @@ named figures. (Not a test: nothing here asserts a time.)
   forward+backward+SGD step with CE only), resnet56 -> resnet20, batch 64 ("catkd_over_floor").
 - pipeline: our batched in-memory augmentation (per-image crop+flip) vs the reference's
   torchvision per-sample PIL transforms through a DataLoader with 2 workers ("speedup_vs_pil").
+- study: a --smoke study's training seconds summed over trials / (wall seconds x cores)
+  ("utilization"): how much of the machine Ray start-up, scheduling and checkpoints leave to training.
 """
 from __future__ import annotations
 
@@ -128,7 +130,31 @@ def bench_pipeline(n: int = 10000, batch: int = 64, repeats: int = 3) -> dict:
     return {"ours_images_per_s": ours_ips, "pil_images_per_s": ref_ips, "speedup_vs_pil": ours_ips / ref_ips}
 
 
-BENCHES = {"step": bench_step, "pipeline": bench_pipeline}
+def bench_study(study: str = "studies/beta_sweep.yaml") -> dict:
+    import os
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(prefix="catkd-bench-") as tmp:
+        cmd = [sys.executable, "-m", "catkd.study", study, "--smoke", "--no-dashboard", "--storage", tmp,
+               "--name", "bench"]
+        # the smoke teacher is trained (and cached) first, outside the timed run
+        subprocess.run(cmd + ["--name", "warm"], check=True, capture_output=True)
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        wall = time.perf_counter() - t0
+        rows = pq.read_table(Path(tmp) / "bench" / "results.parquet").to_pylist()
+    train = sum(r["epoch_seconds"] for r in rows)
+    print(f"study: {study} --smoke: {len(rows)} trial-epochs, {train:.0f} s of training in {wall:.0f} s wall "
+          f"x {cores} cores")
+    return {"study_wall_s": wall, "study_train_s": train, "utilization": train / (wall * cores)}
+
+
+BENCHES = {"step": bench_step, "pipeline": bench_pipeline, "study": bench_study}
 
 
 def main(argv=None) -> int:
@@ -140,7 +166,7 @@ def main(argv=None) -> int:
     out: dict = {"device": args.device, "threads": torch.get_num_threads()}
     for name in names:
         fn = BENCHES[name]
-        out.update(fn(device=args.device) if name == "step" else fn())
+        out.update(fn(device=args.device) if name == "step" else fn())  # each prints its own lines
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}))
     return 0
 
