@@ -6,6 +6,36 @@ import signal
 import subprocess
 from pathlib import Path
 
+# A tiny valid CAT-KD study (full and --smoke) shared by the study and bad-input tests.
+TINY = """\
+name: tiny
+description: a tiny CAT-KD study for the tests
+base: cifar100/CAT_KD/res56_res20
+fixed:
+  normalize: true
+space:
+  beta: {loguniform: [1, 100]}
+  partial_cams: {choice: [true, false]}
+  cam_count: {choice: [1, 2], when: {partial_cams: true}}
+search: {algorithm: optuna, num_samples: 6, seed: 0}
+scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
+metric: val_acc
+seeds: [0]
+max_concurrent: 1
+smoke:
+  epochs: 4
+  num_samples: 6
+  teacher: resnet8
+  student: resnet8
+  teacher_epochs: 2
+  grace_period: 1
+  dataset: {NUM_CLASSES: 4, TRAIN_PER_CLASS: 100, TEST_PER_CLASS: 30}
+  val_size: 60
+  fixed: {lr: 0.1}
+  max_concurrent: 1
+"""
+
+
 
 def kill_orphans(ray_tmp: Path) -> None:
     """SIGKILL the Ray processes a killed driver left behind (their command line names our RAY_TMPDIR).
@@ -18,3 +48,13 @@ def kill_orphans(ray_tmp: Path) -> None:
                 os.kill(int(pid), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def stop_study(proc: subprocess.Popen, ray_tmp: Path) -> None:
+    """Stop a study driver started by a test (SIGINT, then kill) and the Ray processes it left."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    kill_orphans(ray_tmp)

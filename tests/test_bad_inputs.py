@@ -28,6 +28,8 @@ from catkd.study.__main__ import main as study_main
 from catkd.study.spec import StudyError, StudySpec, load_study
 from catkd.train import main as train_main
 
+from _helpers import TINY as TINY_YAML  # noqa: E402
+
 CORPUS = Path(__file__).resolve().parent / "bad_inputs"
 FILES = sorted(CORPUS.glob("*.yaml"))
 
@@ -111,34 +113,8 @@ def test_bad_input_exits_2_naming_file_and_key_writing_nothing_and_never_startin
 
 
 # ---- fuzz: the study schema never raises anything but StudyError ------------------------------------
-# the TINY study of test_study.py: valid, full and --smoke
-TINY = yaml.safe_load("""\
-name: tiny
-description: a tiny CAT-KD study for the tests
-base: cifar100/CAT_KD/res56_res20
-fixed:
-  normalize: true
-space:
-  beta: {loguniform: [1, 100]}
-  partial_cams: {choice: [true, false]}
-  cam_count: {choice: [1, 2], when: {partial_cams: true}}
-search: {algorithm: optuna, num_samples: 6, seed: 0}
-scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
-metric: val_acc
-seeds: [0]
-max_concurrent: 1
-smoke:
-  epochs: 4
-  num_samples: 6
-  teacher: resnet8
-  student: resnet8
-  teacher_epochs: 2
-  grace_period: 1
-  dataset: {NUM_CLASSES: 4, TRAIN_PER_CLASS: 100, TEST_PER_CLASS: 30}
-  val_size: 60
-  fixed: {lr: 0.1}
-  max_concurrent: 1
-""")
+# the TINY study of the study tests: valid, full and --smoke
+TINY = yaml.safe_load(TINY_YAML)
 
 KEYS = ["name", "description", "base", "fixed", "space", "search", "scheduler", "metric", "mode", "seeds",
         "confirm", "resources", "max_concurrent", "max_failures", "smoke", "smoke_mode", "algorithm",

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from _helpers import kill_orphans
+from _helpers import TINY, kill_orphans, stop_study
 
 from catkd.study import runner
 from catkd.study.__main__ import main as study_main
@@ -24,33 +24,6 @@ from catkd.study.spec import StudyError, expand_grid, load_study
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY = """\
-name: tiny
-description: a tiny CAT-KD study for the tests
-base: cifar100/CAT_KD/res56_res20
-fixed:
-  normalize: true
-space:
-  beta: {loguniform: [1, 100]}
-  partial_cams: {choice: [true, false]}
-  cam_count: {choice: [1, 2], when: {partial_cams: true}}
-search: {algorithm: optuna, num_samples: 6, seed: 0}
-scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
-metric: val_acc
-seeds: [0]
-max_concurrent: 1
-smoke:
-  epochs: 4
-  num_samples: 6
-  teacher: resnet8
-  student: resnet8
-  teacher_epochs: 2
-  grace_period: 1
-  dataset: {NUM_CLASSES: 4, TRAIN_PER_CLASS: 100, TEST_PER_CLASS: 30}
-  val_size: 60
-  fixed: {lr: 0.1}
-  max_concurrent: 1
-"""
 
 
 def study_file(tmp_path: Path, text: str = TINY, name: str = "study.yaml", **patch) -> Path:
@@ -335,12 +308,7 @@ def test_dashboard_answers_on_localhost_and_shows_running_trials(tmp_path):
             time.sleep(1)
         assert seen_trial, "no running trial visible through the state API"
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        kill_orphans(ray_tmp)
+        stop_study(proc, ray_tmp)
 
 
 @pytest.mark.ray
@@ -389,9 +357,4 @@ def test_dashboard_keeps_token_authentication_by_default(tmp_path):
         lines.append(proc.stdout.readline())
         assert any(str(home / ".ray" / "auth_token") in l for l in lines), "".join(lines)  # told where the token is
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        kill_orphans(ray_tmp)
+        stop_study(proc, ray_tmp)
