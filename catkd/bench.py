@@ -14,6 +14,7 @@ named figures. (Not a test: nothing here asserts a time.)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -37,6 +38,7 @@ def bench_step(device: str = "cpu", teacher: str = "resnet56", student: str = "r
     import torch.nn.functional as F
 
     from catkd.distillers.cat_kd import CATKD
+    from catkd.engine.trainer import train_step
     from catkd.models import build_model
 
     dev = torch.device(device)
@@ -50,12 +52,8 @@ def bench_step(device: str = "cpu", teacher: str = "resnet56", student: str = "r
     y = torch.randint(0, 100, (batch,), device=dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
-    def catkd_step():
-        _, losses = dist.forward_train(x, y, {})
-        loss = sum(losses.values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def catkd_step():  # the trainer's own step
+        train_step(dist, opt, x, y, {}, contextlib.nullcontext())
         sync()
 
     def floor_step():

