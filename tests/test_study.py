@@ -192,6 +192,20 @@ def test_confirm_stage_reruns_the_best_search_config_with_each_seed_at_full_budg
 
 
 @pytest.mark.ray
+def test_every_trial_keeps_its_own_files_even_on_a_reused_worker(tiny_study):
+    # max_concurrent 1: trials 2..6 run on the first trial's reused actor
+    trials = pq.read_table(tiny_study / "trials.parquet").to_pylist()
+    assert len(trials) == 8
+    for t in trials:
+        run = Path(t["trial_dir"]) / "run"
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(x)["epoch"] for x in lines] == list(range(1, t["epochs_done"] + 1)), t["trial_id"]
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        assert cfg["CAT_KD"]["LOSS"]["CAT_loss_weight"] == t["CAT_KD.LOSS.CAT_loss_weight"]
+        assert (run / "student_best.pth").is_file()
+
+
+@pytest.mark.ray
 def test_asha_stopped_trials_are_pruned_not_complete_in_optuna(tiny_study):
     import pickle
 

@@ -336,12 +336,12 @@ def run_stage(
         say(f"no GPU in this Ray cluster: trials run on CPU only ({spec.resources.cpu:g} CPU each)")
         gpu = 0
     resources = {"cpu": spec.resources.cpu, "gpu": gpu}
-    # checkpoint every epoch, or less often when epochs are very short
+    exp_path = storage / name
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, study=spec.model_dump(mode="json"), env=env, cpus=spec.resources.cpu),
+        tune.with_parameters(train_trial, study=spec.model_dump(mode="json"), env=env, cpus=spec.resources.cpu,
+                             exp_path=str(exp_path)),
         resources,
     )
-    exp_path = storage / name
     if resume and tune.Tuner.can_restore(str(exp_path)):
         say(f"[{stage}] resuming {exp_path}")
         tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True)
@@ -373,7 +373,7 @@ def run_stage(
                 max_concurrent_trials=spec.max_concurrent,
                 metric=metric,
                 mode=spec.mode,
-                reuse_actors=False,
+                reuse_actors=True,  # a new trial reuses a finished one's worker: no process start or torch import
                 trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
             ),
             run_config=tune.RunConfig(

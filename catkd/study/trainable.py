@@ -15,7 +15,7 @@ from typing import Any
 
 
 def train_trial(config: dict[str, Any], study: dict[str, Any], env: dict[str, str], cpus: float,
-                checkpoint_every: int = 1) -> None:
+                exp_path: str = "", checkpoint_every: int = 1) -> None:
     import torch
     from ray import tune
 
@@ -29,10 +29,7 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], env: dict[str, st
     cfg = run_config(spec, trial_params(config)).model_copy(deep=True)
     cfg.RUN.PROGRESS = "none"
 
-    # the trial's own files (metrics.jsonl, student_best.pth, ckpt_epoch_*.pth) go to its directory
-    # in the study's storage when that is a local/shared path; else to the worker's working dir
-    trial_dir = Path(tune.get_context().get_trial_dir())
-    out_dir = (trial_dir if trial_dir.is_dir() else Path.cwd()) / "run"
+    out_dir = _run_dir(exp_path, Path(tune.get_context().get_trial_dir()).name)
     resume_from = None
     restored = tune.get_checkpoint()
     if restored is not None:
@@ -58,6 +55,24 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], env: dict[str, st
         nan = float("nan")
         tune.report({"epoch": result.epochs_done, "status": "diverged", "epochs_budget": total,
                      "val_acc": nan, "test_acc": nan})
+
+
+def _run_dir(exp_path: str, trial_dir_name: str) -> Path:
+    """Where the trial's own files (metrics.jsonl, student_best.pth, ckpt_epoch_*.pth) go.
+
+    <experiment>/<trial dir>/run when the experiment directory is reachable from this worker (a
+    local or shared --storage), else the worker's working directory. Written straight to the
+    experiment, not to Tune's per-trial staging directory: an actor reused for a new trial
+    (reuse_actors) gets no staging directory, and its files would never reach the experiment.
+    """
+    if exp_path:
+        d = Path(exp_path) / trial_dir_name / "run"
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            return d
+        except OSError:
+            pass
+    return Path.cwd() / "run"
 
 
 def _checkpoint_dir(run_dir: Path) -> str:

@@ -11,7 +11,6 @@ from typing import Any
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet as _TVResNet
 
-from catkd.models import IMAGENET_MODELS
 from catkd.models.cam_head import CAMHeadMixin
 
 
@@ -36,12 +35,7 @@ class ImageNetResNet(CAMHeadMixin, _TVResNet):
         return self._cam_outputs(f4, [f0, f1, f2, f3, f4])
 
 
-def _factory(block: type[BasicBlock] | type[Bottleneck], layers: list[int]):
-    def build(num_classes: int, head_bias: bool) -> ImageNetResNet:
-        return ImageNetResNet(block, layers, num_classes=num_classes, head_bias=head_bias)
-    return build
-
-
-IMAGENET_MODELS.add("ResNet18", _factory(BasicBlock, [2, 2, 2, 2]))
-IMAGENET_MODELS.add("ResNet34", _factory(BasicBlock, [3, 4, 6, 3]))
-IMAGENET_MODELS.add("ResNet50", _factory(Bottleneck, [3, 4, 6, 3]))
+def build_resnet(block: str, layers: list[int], num_classes: int, head_bias: bool) -> ImageNetResNet:
+    """block "basic" or "bottleneck"; registered lazily by `catkd.models.imagenet`."""
+    return ImageNetResNet(BasicBlock if block == "basic" else Bottleneck, layers, num_classes=num_classes,
+                          head_bias=head_bias)
