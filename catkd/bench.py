@@ -1,4 +1,4 @@
-"""python -m catkd.bench {step,pipeline,all}: ratios measured side by side in one run.
+"""python -m catkd.bench {step,pipeline,study,asha,all}: ratios measured side by side in one run.
 
 This machine is shared and noisy, so every figure is a ratio of two things timed interleaved in
 the same process, as the median of repeats. The last line printed is one JSON object of the
@@ -9,7 +9,14 @@ named figures. (Not a test: nothing here asserts a time.)
 - pipeline: our batched in-memory augmentation (per-image crop+flip) vs the reference's
   torchvision per-sample PIL transforms through a DataLoader with 2 workers ("speedup_vs_pil").
 - study: a --smoke study's training seconds summed over trials / (wall seconds x cores)
-  ("utilization"): how much of the machine Ray start-up, scheduling and checkpoints leave to training.
+  ("utilization"): how much of the machine Ray start-up, scheduling and checkpoints leave to
+  training. A trial's training seconds are the trainer's epochs: optimisation steps plus the
+  per-epoch evaluation ("utilization_steps_only" counts the steps alone). Median of 2 runs.
+- asha: a β grid on the synthetic data run to the end vs the same grid under ASHA: the share of
+  the grid's epochs ASHA trained ("asha_epoch_fraction") and whether its pick is within 0.5 pt of
+  the grid's best ("asha_found_best").
+- gpu (not in `all`; needs CUDA): one CAT-KD trial resnet32x4 -> ShuffleV1 in fp32 and in bf16 +
+  channels_last (images/s, projected 240-epoch wall time), and 4 trials at 0.25 GPU each vs one.
 """
 from __future__ import annotations
 
@@ -128,43 +135,226 @@ def bench_pipeline(n: int = 10000, batch: int = 64, repeats: int = 3) -> dict:
     return {"ours_images_per_s": ours_ips, "pil_images_per_s": ref_ips, "speedup_vs_pil": ours_ips / ref_ips}
 
 
-def bench_study(study: str = "studies/beta_sweep.yaml") -> dict:
-    import os
+def _run_smoke_study(study: str, storage: str, name: str) -> tuple[float, list[dict]]:
+    """Run `python -m catkd.study STUDY --smoke` in a subprocess; (wall seconds, epoch rows)."""
     import subprocess
-    import tempfile
     from pathlib import Path
 
     import pyarrow.parquet as pq
 
+    cmd = [sys.executable, "-m", "catkd.study", study, "--smoke", "--no-dashboard", "--storage", storage, "--name", name]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return wall, pq.read_table(Path(storage) / name / "results.parquet").to_pylist()
+
+
+def bench_study(study: str = "studies/beta_sweep.yaml", repeats: int = 2) -> dict:
+    import os
+    import tempfile
+
     cores = os.cpu_count() or 1
+    runs = []
     with tempfile.TemporaryDirectory(prefix="catkd-bench-") as tmp:
-        cmd = [sys.executable, "-m", "catkd.study", study, "--smoke", "--no-dashboard", "--storage", tmp,
-               "--name", "bench"]
-        # the smoke teacher is trained (and cached) first, outside the timed run
-        subprocess.run(cmd + ["--name", "warm"], check=True, capture_output=True)
-        t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True)
-        wall = time.perf_counter() - t0
-        rows = pq.read_table(Path(tmp) / "bench" / "results.parquet").to_pylist()
-    train = sum(r["epoch_seconds"] for r in rows)
-    print(f"study: {study} --smoke: {len(rows)} trial-epochs, {train:.0f} s of training in {wall:.0f} s wall "
-          f"x {cores} cores")
-    return {"study_wall_s": wall, "study_train_s": train, "utilization": train / (wall * cores)}
+        _run_smoke_study(study, tmp, "warm")  # trains and caches the smoke teacher: not timed
+        for i in range(repeats):
+            wall, rows = _run_smoke_study(study, tmp, f"bench{i}")
+            train = sum(r["epoch_seconds"] for r in rows)
+            evals = sum(r["eval_seconds"] for r in rows)
+            runs.append({"wall": wall, "train": train, "eval": evals, "epochs": len(rows),
+                         "util": (train + evals) / (wall * cores), "util_steps": train / (wall * cores)})
+            print(f"study: {study} --smoke run {i + 1}: {len(rows)} trial-epochs, {train:.0f} s of training steps "
+                  f"+ {evals:.0f} s of per-epoch evaluation in {wall:.0f} s wall x {cores} cores: "
+                  f"{runs[-1]['util']:.3f} ({runs[-1]['util_steps']:.3f} counting the steps alone)")
+    med = lambda k: statistics.median(r[k] for r in runs)  # noqa: E731
+    return {"study_wall_s": med("wall"), "study_train_s": med("train"), "study_eval_s": med("eval"),
+            "utilization": med("util"), "utilization_steps_only": med("util_steps")}
 
 
-BENCHES = {"step": bench_step, "pipeline": bench_pipeline, "study": bench_study}
+ASHA_STUDY = """\
+name: asha_bench
+description: catkd.bench asha -- a beta grid on the synthetic data, run to the end (fifo) or under ASHA
+base: cifar100/CAT_KD/res56_res20
+fixed: {{normalize: true}}
+space:
+  beta: {{grid: {betas}}}
+search: {{algorithm: grid}}
+scheduler: {{type: {scheduler}, grace_period: 1, reduction_factor: 3}}
+metric: val_acc
+seeds: [0]
+smoke:
+  epochs: {epochs}
+  grace_period: 1
+  teacher: resnet20
+  student: resnet8
+  dataset: {{NUM_CLASSES: 10, TRAIN_PER_CLASS: 150, TEST_PER_CLASS: 30}}
+  val_size: 300
+  max_concurrent: 2
+"""
+
+
+def bench_asha(points: int = 12, epochs: int = 9, tolerance: float = 0.5) -> dict:
+    """A β grid run to the end vs the same grid under ASHA (grace 1, reduction 3), on the synthetic data.
+
+    The grid's best is the highest final-epoch val_acc. ASHA's pick is its best trial that ran the
+    full budget; it "found the best" when that β's final val_acc in the grid run is within
+    `tolerance` points of the grid's best. Fraction: epochs ASHA trained / epochs the grid trained.
+    """
+    import math
+    import tempfile
+    from pathlib import Path
+
+    betas = [round(10 ** (3 * i / (points - 1)), 3) for i in range(points)]  # 1 .. 1000, log-spaced
+
+    def final_acc(rows: list[dict]) -> dict[float, tuple[int, float]]:
+        """β -> (epochs trained, val_acc at the last epoch; -inf for a diverged trial)."""
+        by_trial: dict[str, dict] = {}
+        for r in rows:
+            if r["trial_id"] not in by_trial or r["epoch"] > by_trial[r["trial_id"]]["epoch"]:
+                by_trial[r["trial_id"]] = r
+        acc = lambda v: v if v is not None and math.isfinite(v) else -math.inf  # noqa: E731
+        return {r["CAT_KD.LOSS.CAT_loss_weight"]: (r["epoch"], acc(r["val_acc"])) for r in by_trial.values()}
+
+    with tempfile.TemporaryDirectory(prefix="catkd-bench-") as tmp:
+        res = {}
+        for scheduler in ("fifo", "asha"):
+            path = Path(tmp) / f"{scheduler}.yaml"
+            path.write_text(ASHA_STUDY.format(betas=betas, scheduler=scheduler, epochs=epochs))
+            wall, rows = _run_smoke_study(str(path), tmp, scheduler)
+            res[scheduler] = (wall, final_acc(rows))
+            print(f"asha: {scheduler:4s}: {len(rows)} epochs over {points} β values in {wall:.0f} s")
+    grid, asha = res["fifo"][1], res["asha"][1]
+    grid_best_beta = max(grid, key=lambda b: grid[b][1])
+    full = {b: a for b, (e, a) in asha.items() if e == epochs} or {b: a for b, (e, a) in asha.items()}
+    asha_beta = max(full, key=full.get)
+    grid_epochs = sum(e for e, _ in grid.values())
+    asha_epochs = sum(e for e, _ in asha.values())
+    gap = grid[grid_best_beta][1] - grid[asha_beta][1]
+    for b in betas:
+        ge, ga = grid[b]
+        ae, aa = asha[b]
+        print(f"asha:   β {b:9.3f}: grid val_acc {ga:6.2f} ({ge} ep) | ASHA {aa:6.2f} ({ae} ep)"
+              + ("   <- grid best" if b == grid_best_beta else "") + ("   <- ASHA pick" if b == asha_beta else ""))
+    print(f"asha: ASHA trained {asha_epochs} of the grid's {grid_epochs} epochs; its pick β {asha_beta:g} is "
+          f"{gap:.2f} pt below the grid's best β {grid_best_beta:g}")
+    return {"asha_epoch_fraction": asha_epochs / grid_epochs, "asha_found_best": bool(gap <= tolerance),
+            "asha_gap_pt": gap, "asha_grid_wall_s": res["fifo"][0], "asha_wall_s": res["asha"][0]}
+
+
+# ---- GPU: one trial's images/s (fp32 vs bf16 + channels_last) and 4 trials sharing one GPU ----------
+def _gpu_trial_cfg(tmp: str, precision: str, channels_last: bool, quick: bool, epochs: int):
+    """resnet32x4 -> ShuffleV1 CAT-KD (preset res32x4_shuv1) on CIFAR-shaped synthetic data, with a
+    randomly initialised teacher written to `tmp` (throughput does not depend on its weights)."""
+    from pathlib import Path
+
+    from catkd.config import load_config
+    from catkd.models import build_model
+
+    teacher, student = ("resnet8", "resnet8") if quick else ("resnet32x4", "ShuffleV1")
+    ckpt = Path(tmp) / f"{teacher}_random.pth"
+    if not ckpt.is_file():
+        torch.save({"model": build_model(teacher, 100).state_dict()}, ckpt)
+    return load_config("cifar100/CAT_KD/res32x4_shuv1", {
+        "DISTILLER.TEACHER": teacher, "DISTILLER.STUDENT": student, "DISTILLER.TEACHER_CKPT": str(ckpt),
+        "DATASET.TYPE": "synthetic", "DATASET.VAL_SIZE": 0,
+        "DATASET.SYNTHETIC.NUM_CLASSES": 100,
+        "DATASET.SYNTHETIC.TRAIN_PER_CLASS": 10 if quick else 200,
+        "DATASET.SYNTHETIC.TEST_PER_CLASS": 2 if quick else 50,
+        "CAT_KD.LOSS.CAM_RESOLUTION": 2 if quick else 4,
+        "SOLVER.EPOCHS": epochs, "LOG.SAVE_CHECKPOINT_FREQ": 0,
+        "RUN.PRECISION": precision, "RUN.CHANNELS_LAST": channels_last, "RUN.PROGRESS": "none",
+    }, quiet=True)
+
+
+def _timed_fit(cfg, out_dir: str) -> list[dict]:
+    """Fit `cfg`; per epoch: images, train seconds, eval seconds and the wall-clock span of training."""
+    from catkd.engine import Trainer
+
+    epochs: list[dict] = []
+
+    def report(m: dict, _run_dir) -> None:
+        end = time.time() - m["eval_seconds"]
+        epochs.append({"images": m["images_per_second"] * m["epoch_seconds"], "train_s": m["epoch_seconds"],
+                       "eval_s": m["eval_seconds"], "start": end - m["epoch_seconds"], "end": end})
+
+    Trainer(cfg, out_dir=out_dir, log=lambda _: None).fit(report=report)
+    return epochs
+
+
+def bench_gpu(quick: bool = False, concurrent: int = 4) -> dict:
+    """(a) images/s of one CAT-KD trial resnet32x4 -> ShuffleV1, batch 64, fp32 vs bf16 +
+    channels_last, and the projected wall time of 240 epochs on CIFAR-100 (50,000 training and
+    10,000 test images per epoch); (b) aggregate images/s of `concurrent` trials at 1/concurrent GPU
+    each (Ray tasks, as Tune places trials) vs one trial alone. The first epoch of every run is
+    warm-up and not counted. `quick` shrinks everything to check the script on a CPU."""
+    import os
+    import tempfile
+
+    import ray
+
+    if not quick and not torch.cuda.is_available():
+        raise SystemExit("catkd.bench gpu: no CUDA device here (use --quick to check the script on a CPU)")
+    epochs = 2 if quick else 3
+    out: dict = {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (quick CPU check)"}
+    with tempfile.TemporaryDirectory(prefix="catkd-bench-gpu-") as tmp:
+        single = {}
+        for label, prec, cl in (("fp32", "fp32", False), ("bf16_channels_last", "bf16", True)):
+            ep = _timed_fit(_gpu_trial_cfg(tmp, prec, cl, quick, epochs), os.path.join(tmp, label))[1:]
+            ips = sum(e["images"] for e in ep) / sum(e["train_s"] for e in ep)
+            eval_s = statistics.median(e["eval_s"] for e in ep)
+            test_images = 100 * (2 if quick else 50)
+            epoch_s = 50_000 / ips + eval_s * 10_000 / test_images
+            single[label] = ips
+            out[f"images_per_s_{label}"] = ips
+            out[f"projected_240_epochs_min_{label}"] = 240 * epoch_s / 60
+            print(f"gpu: one trial, {label}: {ips:,.0f} img/s; 240 CIFAR-100 epochs ~ {240 * epoch_s / 60:.1f} min")
+        out["bf16_channels_last_speedup"] = single["bf16_channels_last"] / single["fp32"]
+
+        share = 1.0 / concurrent
+        ray.init(address="local", num_cpus=max(concurrent, os.cpu_count() or 1), num_gpus=1,
+                 include_dashboard=False, log_to_driver=False)
+        try:
+            cpus = max(1, (os.cpu_count() or concurrent) // concurrent)
+
+            @ray.remote(num_gpus=share, num_cpus=cpus)
+            def trial(i: int) -> list[dict]:
+                torch.set_num_threads(cpus)
+                return _timed_fit(_gpu_trial_cfg(tmp, "bf16", True, quick, epochs), os.path.join(tmp, f"c{i}"))[1:]
+
+            runs = ray.get([trial.remote(i) for i in range(concurrent)])
+        finally:
+            ray.shutdown()
+        spans = [e for run in runs for e in run]
+        agg = sum(e["images"] for e in spans) / (max(e["end"] for e in spans) - min(e["start"] for e in spans))
+        out[f"aggregate_images_per_s_{concurrent}_trials"] = agg
+        out["concurrent_over_single"] = agg / single["bf16_channels_last"]
+        print(f"gpu: {concurrent} trials at {share:g} GPU each (bf16 + channels_last): {agg:,.0f} img/s together, "
+              f"{out['concurrent_over_single']:.2f}x one trial alone")
+    return out
+
+
+BENCHES = {"step": bench_step, "pipeline": bench_pipeline, "study": bench_study, "asha": bench_asha}
+EXTRA = {"gpu": bench_gpu}  # not part of `all`: needs a CUDA device
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m catkd.bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("name", choices=[*BENCHES, "all"])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("name", choices=[*BENCHES, *EXTRA, "all"], help="`all` runs step, pipeline, study and asha")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for step")
+    ap.add_argument("--quick", action="store_true", help="gpu: tiny models and data, to check the script on a CPU")
     args = ap.parse_args(argv)
     names = list(BENCHES) if args.name == "all" else [args.name]
     out: dict = {"device": args.device, "threads": torch.get_num_threads()}
-    for name in names:
-        fn = BENCHES[name]
-        out.update(fn(device=args.device) if name == "step" else fn())  # each prints its own lines
+    for name in names:  # each prints its own lines
+        if name == "step":
+            on_gpu = args.device.startswith("cuda")  # the issue's pairs: small on CPU, the preset pair on GPU
+            out.update(bench_step(args.device, *(("resnet32x4", "ShuffleV1") if on_gpu else ("resnet56", "resnet20"))))
+        elif name == "gpu":
+            out.update(bench_gpu(quick=args.quick))
+        else:
+            out.update({**BENCHES, **EXTRA}[name]())
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}))
     return 0
 

@@ -406,6 +406,14 @@ def test_synthetic_is_deterministic_balanced_and_train_test_differ():
     assert np.allclose(a.std, x.permute(1, 0, 2, 3).reshape(3, -1).std(dim=1, unbiased=False).numpy(), atol=1e-4)
 
 
+def test_synthetic_cache_returns_fresh_copies_equal_to_a_new_render():
+    a_x, a_y = synthetic.generate_cached(3, 4, 32, 7, "train")
+    a_x[:] = 0  # a caller scribbling on its copy must not reach the next trial
+    b_x, b_y = synthetic.generate_cached(3, 4, 32, 7, "train")
+    x, y = synthetic.generate(3, 4, 32, 7, "train")
+    assert np.array_equal(b_x, x) and np.array_equal(b_y, y) and b_x.flags.writeable
+
+
 def test_synthetic_image_size_option():
     b = build_data(synthetic_cfg(SYNTHETIC={"IMAGE_SIZE": 48, "TRAIN_PER_CLASS": 2, "TEST_PER_CLASS": 1}),
                    torch.device("cpu"))

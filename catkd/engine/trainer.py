@@ -329,6 +329,7 @@ class Trainer:
                 self._status("diverged", epoch - 1, reason=str(e))
                 return self._result("diverged", epoch - 1)
             self.scheduler.step()
+            t_eval = time.perf_counter()
             if self.data.val is not None:
                 ev = self.evaluate(self.data.val)
                 metrics["val_acc"], metrics["val_acc_top5"] = ev["top1"], ev["top5"]
@@ -338,6 +339,7 @@ class Trainer:
             unseen = self.unseen_classes()
             if unseen:  # accuracy on test images of classes never seen in training
                 metrics["test_acc_unseen"] = 100.0 * ev["hits"][unseen].sum().item() / max(1, ev["counts"][unseen].sum().item())
+            metrics["eval_seconds"] = time.perf_counter() - t_eval
             selected = metrics["val_acc"] if self.data.val is not None else metrics["test_acc"]
             improved = not self.history or selected > self.best_selected
             self.best_test = max(self.best_test, metrics["test_acc"])

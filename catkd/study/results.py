@@ -22,7 +22,7 @@ from catkd.fsutil import atomic_write_bytes
 # Columns every epoch row carries (C6), in this order, before the loss terms and settings.
 EPOCH_COLUMNS = [
     "epoch", "lr", "train_loss", "train_acc", "val_acc", "val_acc_top5", "test_acc", "test_acc_top5",
-    "best_val_acc", "best_test_acc", "test_acc_unseen", "epoch_seconds", "images_per_second",
+    "best_val_acc", "best_test_acc", "test_acc_unseen", "epoch_seconds", "eval_seconds", "images_per_second",
 ]
 STATUSES = ("finished", "stopped", "diverged", "error", "running")
 
