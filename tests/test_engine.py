@@ -76,6 +76,32 @@ def test_vanilla_checkpoint_loads_as_teacher_and_catkd_runs_end_to_end(tmp_path,
     assert "fc.weight" in sd and "fc.bias" not in sd
 
 
+def test_training_steps_do_not_synchronise_with_the_host(tmp_path, teacher_ckpt, monkeypatch):
+    """Host syncs (.item(), bool(), .tolist()) per epoch do not grow with the number of steps: only
+    the divergence check every RUN.CHECK_FINITE_EVERY steps and the end-of-epoch totals sync."""
+    syncs = []
+    for name in ("item", "__bool__", "tolist"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _real=real, **k: (syncs.append(1), _real(self, *a, **k))[1])
+
+    def syncs_in_one_epoch(batch: int, check_every: int) -> tuple[int, int]:
+        cfg = cfg_for(tmp_path, DISTILLER__TYPE="CAT_KD", DISTILLER__TEACHER="resnet14", DISTILLER__STUDENT="resnet8",
+                      DISTILLER__TEACHER_CKPT=str(teacher_ckpt), SOLVER__BATCH_SIZE=batch,
+                      RUN__CHECK_FINITE_EVERY=check_every, EXPERIMENT__NAME=f"s{batch}_{check_every}")
+        trainer = Trainer(cfg, log=lambda s: None)
+        trainer._build()
+        steps = len(trainer.data.train)
+        syncs.clear()
+        trainer.train_epoch(1)
+        return steps, len(syncs)
+
+    steps_a, a = syncs_in_one_epoch(32, 1000)
+    steps_b, b = syncs_in_one_epoch(8, 1000)
+    assert steps_b == 4 * steps_a and a == b
+    steps_c, c = syncs_in_one_epoch(8, 5)
+    assert c - b == steps_c // 5
+
+
 def test_partial_binarized_cat_runs_with_any_class_count(tmp_path, teacher_ckpt):
     cfg = cfg_for(tmp_path, DISTILLER__TYPE="CAT_KD", DISTILLER__TEACHER="resnet14", DISTILLER__STUDENT="resnet8",
                   DISTILLER__TEACHER_CKPT=str(teacher_ckpt), SOLVER__EPOCHS=1, CAT_KD__onlyCAT=True,
