@@ -16,7 +16,7 @@ from catkd.data import DATASETS, DataError, EvalLoader, TrainLoader, build_data,
 from catkd.data import synthetic
 from catkd.data.cifar100 import MEAN as CIFAR_MEAN
 from catkd.data.cifar100 import STD as CIFAR_STD
-from catkd.data.loader import crop_flip, draw_crop_flip
+from catkd.data.loader import crop_flip, draw_crop_flip, epoch_generator
 from catkd.data.splits import reduce_training_set, stratified_holdout
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 6, 2
@@ -360,6 +360,18 @@ def test_train_loader_batches_are_augmented_normalised_images_of_their_labels():
         candidates = [reference_crop_flip(loader.images[y[n]], a, b, f, 4)
                       for a in range(9) for b in range(9) for f in (0, 1)]
         assert any(torch.equal(raw[n], c) for c in candidates)
+
+
+def test_train_loader_batches_equal_crop_flip_of_the_epochs_draws():
+    # the loader's pre-padded fast path and the pure `crop_flip` agree exactly, image for image
+    loader = small_loader(37, 8)
+    g = epoch_generator(3, 2)
+    perm = torch.randperm(37, generator=g)
+    oy, ox, flip = draw_crop_flip(37, g, 4)
+    for b, (x, y) in enumerate(loader.epoch_batches(2, seed=3)):
+        sl = slice(8 * b, 8 * b + 8)
+        want = crop_flip(loader.images[perm[sl]], oy[sl], ox[sl], flip[sl], 4)
+        assert torch.equal(y, perm[sl]) and torch.equal(x, normalize(want, loader.mean, loader.std))
 
 
 def test_eval_loader_fixed_order_without_augmentation():
