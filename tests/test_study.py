@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -289,9 +290,21 @@ def test_study_resumes_after_driver_sigkill_without_loss_or_duplicates(tmp_path)
     assert combos == {(5.0, 1), (5.0, 2), (50.0, 1), (50.0, 2)}
 
 
+def dashboard_url(proc: subprocess.Popen, timeout: float = 180) -> tuple[str, list[str]]:
+    """Read a study driver's output until it prints the dashboard address; it must be on 127.0.0.1."""
+    url, lines = None, []
+    deadline = time.time() + timeout
+    while time.time() < deadline and url is None:
+        line = proc.stdout.readline()
+        lines.append(line)
+        m = re.search(r"Ray dashboard: (http://[\d.:]+)", line)
+        url = m.group(1) if m else None
+    assert url and url.startswith("http://127.0.0.1:"), "".join(lines)
+    return url, lines
+
+
 @pytest.mark.ray
 def test_dashboard_answers_on_localhost_and_shows_running_trials(tmp_path):
-    import re
     import urllib.request
 
     p = study_file(tmp_path, space={"beta": {"grid": [5.0, 50.0]}}, search={"algorithm": "grid"},
@@ -302,17 +315,11 @@ def test_dashboard_answers_on_localhost_and_shows_running_trials(tmp_path):
     cmd = [sys.executable, "-m", "catkd.study", str(p), "--smoke", "--dashboard", "--storage", str(tmp_path / "s"),
            "--set", "smoke.epochs=8"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url, seen_trial, lines = None, False, []
+    seen_trial = False
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline and url is None:
-            line = proc.stdout.readline()
-            lines.append(line)
-            m = re.search(r"Ray dashboard: (http://[\d.:]+)", line)
-            if m:
-                url = m.group(1)
-        assert url and url.startswith("http://127.0.0.1:"), "".join(lines)
+        url, lines = dashboard_url(proc)
         assert urllib.request.urlopen(url, timeout=10).status == 200
+        deadline = time.time() + 180
         while time.time() < deadline and not seen_trial:
             try:
                 body = urllib.request.urlopen(f"{url}/api/v0/actors?detail=1", timeout=10).read().decode()
@@ -339,7 +346,6 @@ def test_report_turns_a_real_smoke_study_into_tables_and_plots(tiny_study, tmp_p
 
 @pytest.mark.ray
 def test_dashboard_keeps_token_authentication_by_default(tmp_path):
-    import re
     import urllib.error
     import urllib.request
 
@@ -353,15 +359,8 @@ def test_dashboard_keeps_token_authentication_by_default(tmp_path):
     cmd = [sys.executable, "-m", "catkd.study", str(p), "--smoke", "--storage", str(tmp_path / "s"),
            "--set", "smoke.epochs=8"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url, lines = None, []
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline and url is None:
-            line = proc.stdout.readline()
-            lines.append(line)
-            m = re.search(r"Ray dashboard: (http://[\d.:]+)", line)
-            url = m.group(1) if m else None
-        assert url and url.startswith("http://127.0.0.1:"), "".join(lines)
+        url, lines = dashboard_url(proc)
         with pytest.raises(urllib.error.HTTPError) as denied:
             urllib.request.urlopen(f"{url}/api/v0/actors", timeout=10)
         assert denied.value.code == 401  # no token, no API
