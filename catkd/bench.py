@@ -181,7 +181,7 @@ fixed: {{normalize: true}}
 space:
   beta: {{grid: {betas}}}
 search: {{algorithm: grid}}
-scheduler: {{type: {scheduler}, grace_period: 1, reduction_factor: 3}}
+scheduler: {{type: {scheduler}, grace_period: 1, reduction_factor: {rf}}}
 metric: val_acc
 seeds: [0]
 smoke:
@@ -195,8 +195,8 @@ smoke:
 """
 
 
-def bench_asha(points: int = 12, epochs: int = 9, tolerance: float = 0.5) -> dict:
-    """A β grid run to the end vs the same grid under ASHA (grace 1, reduction 3), on the synthetic data.
+def bench_asha(points: int = 12, epochs: int = 9, tolerance: float = 0.5, reduction_factor: float = 3) -> dict:
+    """A β grid run to the end vs the same grid under ASHA (grace 1, `reduction_factor`) on the synthetic data.
 
     The grid's best is the highest final-epoch val_acc. ASHA's pick is its best trial that ran the
     full budget; it "found the best" when that β's final val_acc in the grid run is within
@@ -221,7 +221,7 @@ def bench_asha(points: int = 12, epochs: int = 9, tolerance: float = 0.5) -> dic
         res = {}
         for scheduler in ("fifo", "asha"):
             path = Path(tmp) / f"{scheduler}.yaml"
-            path.write_text(ASHA_STUDY.format(betas=betas, scheduler=scheduler, epochs=epochs))
+            path.write_text(ASHA_STUDY.format(betas=betas, scheduler=scheduler, epochs=epochs, rf=reduction_factor))
             wall, rows = _run_smoke_study(str(path), tmp, scheduler)
             res[scheduler] = (wall, final_acc(rows))
             print(f"asha: {scheduler:4s}: {len(rows)} epochs over {points} β values in {wall:.0f} s")
@@ -344,6 +344,8 @@ def main(argv=None) -> int:
     ap.add_argument("name", choices=[*BENCHES, *EXTRA, "all"], help="`all` runs step, pipeline, study and asha")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for step")
     ap.add_argument("--quick", action="store_true", help="gpu: tiny models and data, to check the script on a CPU")
+    ap.add_argument("--asha-points", type=int, default=12, help="asha: β values in the grid (default 12)")
+    ap.add_argument("--asha-rf", type=float, default=3, help="asha: ASHA reduction factor (default 3)")
     args = ap.parse_args(argv)
     names = list(BENCHES) if args.name == "all" else [args.name]
     out: dict = {"device": args.device, "threads": torch.get_num_threads()}
@@ -351,6 +353,8 @@ def main(argv=None) -> int:
         if name == "step":
             on_gpu = args.device.startswith("cuda")  # the issue's pairs: small on CPU, the preset pair on GPU
             out.update(bench_step(args.device, *(("resnet32x4", "ShuffleV1") if on_gpu else ("resnet56", "resnet20"))))
+        elif name == "asha":
+            out.update(bench_asha(points=args.asha_points, reduction_factor=args.asha_rf))
         elif name == "gpu":
             out.update(bench_gpu(quick=args.quick))
         else:
