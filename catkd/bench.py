@@ -195,7 +195,7 @@ smoke:
 """
 
 
-def bench_asha(points: int = 12, epochs: int = 9, tolerance: float = 0.5, reduction_factor: float = 3) -> dict:
+def bench_asha(points: int = 12, epochs: int = 9, tolerance: float = 0.5, reduction_factor: float = 4) -> dict:
     """A β grid run to the end vs the same grid under ASHA (grace 1, `reduction_factor`) on the synthetic data.
 
     The grid's best is the highest final-epoch val_acc. ASHA's pick is its best trial that ran the
@@ -345,7 +345,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for step")
     ap.add_argument("--quick", action="store_true", help="gpu: tiny models and data, to check the script on a CPU")
     ap.add_argument("--asha-points", type=int, default=12, help="asha: β values in the grid (default 12)")
-    ap.add_argument("--asha-rf", type=float, default=3, help="asha: ASHA reduction factor (default 3)")
+    ap.add_argument("--asha-rf", type=float, default=4, help="asha: ASHA reduction factor (default 4; see README)")
     args = ap.parse_args(argv)
     names = list(BENCHES) if args.name == "all" else [args.name]
     out: dict = {"device": args.device, "threads": torch.get_num_threads()}
