@@ -74,25 +74,32 @@ def draw_crop_flip(
     return oy, ox, flip
 
 
+def gather_crops(padded: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: torch.Tensor,
+                 h: int, w: int) -> torch.Tensor:
+    """H x W crops of already padded images (N x C x Hp x Wp) at per-image offsets (oy, ox), flipped
+    where `flip`: output pixel (i, j) of image n is padded[n, :, oy + i, ox + j'], j' = W-1-j when
+    flipped. One gather; offsets and flips must be on padded's device."""
+    n, c, hp, wp = padded.shape
+    dev = padded.device
+    ar_w = torch.arange(w, device=dev)
+    cols = ox[:, None] + torch.where(flip[:, None], ar_w.flip(0), ar_w)  # N x W
+    pix = ((oy[:, None] + torch.arange(h, device=dev)) * wp)[:, :, None] + cols[:, None, :]  # N x H x W
+    src = padded.reshape(n, c, hp * wp)
+    return src.gather(2, pix.view(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)
+
+
 def crop_flip(
     images: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: torch.Tensor, padding: int = 4
 ) -> torch.Tensor:
     """Crop H x W out of the zero-padded images at per-image offsets (oy, ox), then flip where `flip`.
 
     Output pixel (i, j) of image n is padded[n, :, oy + i, ox + j'] with j' = W-1-j when flipped,
-    where padded has `padding` zero pixels on every side. Implemented as one gather plus a mask,
-    without materialising the padded batch.
+    where padded has `padding` zero pixels on every side.
     """
-    n, c, h, w = images.shape
+    _, _, h, w = images.shape
     dev = images.device
-    oy, ox, flip = oy.to(dev), ox.to(dev), flip.to(dev)
-    rows = oy[:, None] + (torch.arange(h, device=dev) - padding)  # N x H, source rows (may be outside)
-    cols = ox[:, None] + (torch.arange(w, device=dev) - padding)  # N x W
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
-    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]  # N x H x W
-    lin = rows.clamp(0, h - 1)[:, :, None] * w + cols.clamp(0, w - 1)[:, None, :]
-    out = images.reshape(n, c, h * w).gather(2, lin.reshape(n, 1, h * w).expand(n, c, h * w))
-    return out.view(n, c, h, w) * inside[:, None].to(images.dtype)
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    return gather_crops(padded, oy.to(dev), ox.to(dev), flip.to(dev), h, w)
 
 
 def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
@@ -153,22 +160,8 @@ class TrainLoader(_InMemory):
         self.augment = bool(augment)
         if self.augment:
             # the set zero-padded once (+56 % memory at 32 px, 4 px padding): a batch's crops and
-            # flips are then one gather, without the per-batch clamping and masking of `crop_flip`
-            p = self.padding
-            self._padded = torch.nn.functional.pad(self.images, (p, p, p, p)).contiguous()
-            _, c, h, w = self.images.shape
-            self._rows = torch.arange(h, device=self.device)
-            self._cols = torch.arange(w, device=self.device)
-
-    def _crop_flip(self, idx: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-        """`crop_flip(self.images[idx], oy, ox, flip, padding)`, read from the pre-padded set."""
-        n = idx.shape[0]
-        _, c, hp, wp = self._padded.shape
-        h, w = self._rows.shape[0], self._cols.shape[0]
-        cols = ox[:, None] + torch.where(flip[:, None], self._cols.flip(0), self._cols)  # N x W
-        pix = ((oy[:, None] + self._rows) * wp)[:, :, None] + cols[:, None, :]  # N x H x W, in the padded image
-        src = self._padded.index_select(0, idx).view(n, c, hp * wp)
-        return src.gather(2, pix.view(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)
+            # flips are then one gather, without padding every batch
+            self._padded = torch.nn.functional.pad(self.images, (self.padding,) * 4).contiguous()
 
     def epoch_batches(self, epoch: int, seed: int) -> Iterator[Batch]:
         g = epoch_generator(seed, epoch)
@@ -179,7 +172,11 @@ class TrainLoader(_InMemory):
         for start in range(0, self.num_samples, self.batch_size):
             sl = slice(start, start + self.batch_size)
             idx = perm[sl]
-            x = self._crop_flip(idx, oy[sl], ox[sl], flip[sl]) if self.augment else self.images.index_select(0, idx)
+            if self.augment:
+                h, w = self.images.shape[2:]
+                x = gather_crops(self._padded.index_select(0, idx), oy[sl], ox[sl], flip[sl], h, w)
+            else:
+                x = self.images.index_select(0, idx)
             yield self._normalize(x), self.labels.index_select(0, idx)
 
 
