@@ -137,9 +137,9 @@ def from_tune(exp_dir: Path, spec: dict[str, Any]) -> tuple[pd.DataFrame, pd.Dat
             # grid studies nest the parameters under "grid"; searchers give them flat
             params = dict(params["grid"]) if isinstance(params.get("grid"), dict) else \
                 {k: v for k, v in params.items() if not k.startswith("_")}
-            settings = _resolved(spec, params)
-            settings.update(fixed)
-            settings.update({canonical(k): _canonical_value(canonical(k), v) for k, v in params.items()})
+            # what catkd resolved (names canonical, as the config was built) wins over the raw values
+            settings = {**fixed, **{canonical(k): _canonical_value(canonical(k), v) for k, v in params.items()},
+                        **_resolved(spec, params)}
             results = _read_jsonl(tdir / "result.json")
             trial_id = results[0].get("trial_id") if results else tdir.name.split("_")[-1]
             by_epoch: dict[int, dict[str, Any]] = {}

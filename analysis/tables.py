@@ -297,7 +297,7 @@ def method_of(g: Group | dict) -> str:
         return "CAT (alone)" if g.get(ONLY_CAT) else "CAT-KD"
     if typ in (None, "NONE"):
         return "student alone"
-    return str(typ)
+    return str(typ)  # KD, DKD
 
 
 def data_reduction(study: Study, epoch: str) -> list[Table]:
@@ -307,7 +307,7 @@ def data_reduction(study: Study, epoch: str) -> list[Table]:
     gs = groups(trials)
     full = [g for g in gs if not _finite(g.get(CLASSES)) or int(g.get(CLASSES)) >= n_classes]
     fewer = [g for g in gs if g not in full]
-    order = {"CAT-KD": 0, "KD": 1, "student alone": 2, "CAT (alone)": 3}
+    order = {"CAT-KD": 0, "DKD": 1, "KD": 2, "student alone": 3, "CAT (alone)": 4}
     t = pivot(full, value, lambda g: (g.get(RATE),), method_of, ["kept rate"], "data_reduction",
               f"{study.name}: kept fraction of training images x method, {_epoch_label(epoch)}",
               col_sort=lambda m: (order.get(m, 9), m))
@@ -348,6 +348,18 @@ def _published(entry: Optional[dict]) -> tuple[str, Optional[float], str]:
     return f"{entry['top1']:.2f}", float(entry["top1"]), entry.get("source", "")
 
 
+# The main table's methods, left to right, by DISTILLER.TYPE (None: the student trained alone).
+MAIN_METHODS = [(None, "student alone"), ("KD", "KD"), ("DKD", "DKD"), ("CAT_KD", "CAT-KD")]
+
+
+def _ours_published_gap(ours: list, entry: Optional[dict]) -> list[str]:
+    """[ours as mean ± std (n), the published value, ours - published]."""
+    pub, pval, _ = _published(entry)
+    mean, _, n = stats(ours)
+    gap = f"{mean - pval:+.2f}" if n and pval is not None else "-"
+    return [cell(ours), pub, gap]
+
+
 def main_results(study: Study, epoch: str, paper: dict[str, Any]) -> list[Table]:
     trials, stage, notes = rows_to_report(study)
     value = value_column(epoch)
@@ -364,32 +376,33 @@ def main_results(study: Study, epoch: str, paper: dict[str, Any]) -> list[Table]
         else:
             by_pair.setdefault(pair_of(g), {}).setdefault(str(typ), []).extend(g.trials[value].tolist())
     rows, sources = [], {}
+    pair_notes: list[str] = []
     for pair in by_pair:
         teacher, student = pair.split("->", 1)
         pub = pairs_pub.get(pair, {})
-        t_pub, _, t_src = _published(vanilla_pub.get(teacher))
-        s_pub, _, s_src = _published(vanilla_pub.get(student))
-        k_pub, _, k_src = _published(pub.get("KD"))
-        c_pub, c_val, c_src = _published(pub.get("CAT_KD"))
-        ours = by_pair[pair].get("CAT_KD", [])
-        mean, _, n = stats(ours)
-        gap = f"{mean - c_val:+.2f}" if n and c_val is not None else "-"
-        for s in (t_src, s_src, k_src):
-            if s:
-                sources[s] = True
-        rows.append([pair, t_pub, cell(alone.get(student, [])), s_pub, cell(by_pair[pair].get("KD", [])),
-                     k_pub, cell(ours), c_pub, gap, c_src or "-"])
+        row = [pair, _published(vanilla_pub.get(teacher))[0]]
+        for typ, label in MAIN_METHODS:
+            entry = vanilla_pub.get(student) if typ is None else pub.get(typ)
+            vals = alone.get(student, []) if typ is None else by_pair[pair].get(typ, [])
+            row += _ours_published_gap(vals, entry)
+            if entry and entry.get("source"):
+                sources.setdefault(label, {})[entry["source"]] = True
+            if entry and entry.get("note"):
+                pair_notes.append(f"{label} {pair}: published {entry['top1']:.2f} — {entry['note']}.")
+        rows.append(row)
     paired_students = {p.split("->", 1)[1] for p in by_pair}
     for student, vals in alone.items():
         if student not in paired_students:
-            s_pub, _, s_src = _published(vanilla_pub.get(student))
-            rows.append([f"(alone) {student}", "-", cell(vals), s_pub, "-", "-", "-", "-", "-", s_src or "-"])
-    headers = ["teacher->student", "teacher (published)", "student alone (ours)", "student alone (published)",
-               "KD (ours)", "KD (published)", "CAT-KD (ours)", "CAT-KD (published)", "gap (ours - published)",
-               "CAT-KD source"]
-    notes = notes + [f"Teacher / student-alone / KD published numbers: {'; '.join(sources)}."] if sources else notes
-    notes.append(f"Ours: {_epoch_label(epoch)}, mean ± std (n) over seeds; published: "
-                 f"{paper.get('dataset', '')}.")
+            rows.append([f"(alone) {student}", "-", *_ours_published_gap(vals, vanilla_pub.get(student)),
+                         *["-"] * (3 * (len(MAIN_METHODS) - 1))])
+    headers = ["teacher->student", "teacher (published)"]
+    for _, label in MAIN_METHODS:
+        headers += [f"{label} (ours)", f"{label} (published)", f"{label} gap"]
+    for label, srcs in sources.items():
+        notes.append(f"{label} published numbers: {'; '.join(srcs)}.")
+    notes += pair_notes
+    notes.append(f"Ours: {_epoch_label(epoch)}, mean ± std (n) over seeds; gap = our mean - published; "
+                 f"published: {paper.get('dataset', '')}.")
     return [Table("main_results", f"{study.name}: CIFAR-100 table ({stage})", headers, rows, notes)]
 
 

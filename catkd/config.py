@@ -104,6 +104,16 @@ class KDCfg(_Section):
     LOSS: KDLossCfg = KDLossCfg()
 
 
+class DKDCfg(_Section):
+    """DKD (Zhao et al., CVPR 2022) as MDistiller configures it (its section and defaults)."""
+
+    CE_WEIGHT: float = Field(1.0, ge=0)
+    ALPHA: float = Field(1.0, ge=0)  # weight of TCKD (target class)
+    BETA: float = Field(8.0, ge=0)  # weight of NCKD (non-target classes)
+    T: float = Field(4.0, gt=0)  # temperature
+    WARMUP: int = Field(20, ge=1)  # epochs over which the DKD term ramps up linearly
+
+
 class CATLossCfg(_Section):
     CE_WEIGHT: float = Field(1.0, ge=0)
     CAT_loss_weight: float = Field(400.0, ge=0)  # β
@@ -144,6 +154,7 @@ class Config(_Section):
     DATASET: DatasetCfg = DatasetCfg()
     LOG: LogCfg = LogCfg()
     KD: KDCfg = KDCfg()
+    DKD: DKDCfg = DKDCfg()
     CAT_KD: CATKDCfg = CATKDCfg()
     RUN: RunCfg = RunCfg()
 
@@ -166,18 +177,26 @@ class Config(_Section):
 
 
 # Keys of the reference (MDistiller / CAT-KD) that we accept but do not use.
+_NO_SUCH_PATH = "a switch of the reference's own code; catkd has no such option and ignores it"
 IGNORED_KEYS = {
-    "if_test": "the reference's test-only switch; use `python -m catkd.train` options instead",
+    "if_test": ("in the reference it switches the models to their CAM heads (bias-free 1x1 conv); "
+                "catkd always uses CAM heads for CAT/CAT-KD and ordinary heads for the other methods"),
     "device": "set RUN.DEVICE instead",
     "LOG.WANDB": "no wandb logging; metrics go to the output directory (and Ray/TensorBoard in studies)",
     "LOG.TENSORBOARD_FREQ": "metrics are logged per epoch",
     "SOLVER.TRAINER": "one trainer serves every distiller",
     "EXPERIMENT.PROJECT": "used only by wandb in the reference",
+    "CAT_KD.student_dir": "the reference's path for a student checkpoint; catkd trains students from scratch",
+    **{key: _NO_SUCH_PATH for key in (
+        "if_Augment", "if_useFactor", "if_self_train",
+        "CAT_KD.if_Augment", "CAT_KD.if_useFactor", "CAT_KD.if_self_train")},
 }
+# Ignored keys that are noise in nearly every reference file: no notice.
+_SILENT_KEYS = {"SOLVER.TRAINER", "EXPERIMENT.PROJECT"}
 # MDistiller sections of distillers that catkd does not implement: accepted, ignored.
-IGNORED_SECTIONS = {"AT", "RKD", "FITNET", "KDSVD", "CRD", "NST", "PKT", "SP", "VID", "REVIEWKD", "DKD"}
+IGNORED_SECTIONS = {"AT", "RKD", "FITNET", "KDSVD", "CRD", "NST", "PKT", "SP", "VID", "REVIEWKD"}
 # Spellings the reference's files use that we map onto our keys.
-RENAMED_KEYS = {"CAT_KD.CE_WEIGHT": "CAT_KD.LOSS.CE_WEIGHT"}
+RENAMED_KEYS = {"CAT_KD.CE_WEIGHT": "CAT_KD.LOSS.CE_WEIGHT", "CAT_KD.teacher_dir": "DISTILLER.TEACHER_CKPT"}
 
 
 def notice(msg: str) -> None:
@@ -222,17 +241,18 @@ def _normalise(raw: dict, source: str, quiet: bool) -> dict:
     for sec in sorted(IGNORED_SECTIONS & raw.keys()):
         raw.pop(sec)
         if not quiet:
-            notice(f"{source}: section {sec} ignored (catkd implements NONE, KD and CAT_KD)")
+            notice(f"{source}: section {sec} ignored (catkd implements NONE, KD, DKD and CAT_KD)")
     flat = _flatten(raw)
     for key, why in IGNORED_KEYS.items():
         if key in flat:
             _pop_dotted(raw, key)
-            if not quiet and key not in ("SOLVER.TRAINER", "EXPERIMENT.PROJECT") and not (key == "LOG.WANDB" and not flat[key]):
+            if not quiet and key not in _SILENT_KEYS and not (key == "LOG.WANDB" and not flat[key]):
                 notice(f"{source}: {key} ignored ({why})")
     for old, new in RENAMED_KEYS.items():
         if old in flat:
             _pop_dotted(raw, old)
-            _set_dotted(raw, new, flat[old])
+            if flat[old] not in (None, ""):  # the reference's empty default means "not given"
+                _set_dotted(raw, new, flat[old])
     return raw
 
 
@@ -305,7 +325,7 @@ def build_config(
         cfg = Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_errors(e, source)) from None
-    check_names(cfg, source)
+    check_names(cfg, source, quiet)
     return cfg
 
 
@@ -317,10 +337,14 @@ def load_config(
     return build_config(read_yaml(p), str(p), overrides, quiet)
 
 
-def check_names(cfg: Config, source: str) -> None:
-    """Names that refer to registries: fail at load time with the key, not deep in a run."""
+def check_names(cfg: Config, source: str, quiet: bool = True) -> None:
+    """Names that refer to registries: fail at load time with the key, not deep in a run.
+
+    Aliases (`vanilla`, `CAT-KD`, the reference's ImageNet `MobileNetV2`, ...) are replaced by the
+    registered name here, so results, reports and published-number joins see one name per thing.
+    """
     from catkd.distillers import DISTILLERS
-    from catkd.models import model_names
+    from catkd.models import canonical_model_name, model_alias_note, model_names
 
     family = "imagenet" if cfg.DATASET.TYPE == "imagenet" else "cifar"
     if cfg.DISTILLER.TYPE not in DISTILLERS:
@@ -328,14 +352,22 @@ def check_names(cfg: Config, source: str) -> None:
             f"{source}: DISTILLER.TYPE: unknown distiller {cfg.DISTILLER.TYPE!r}; "
             f"known: {', '.join(DISTILLERS.names())}"
         )
+    cfg.DISTILLER.TYPE = DISTILLERS.canonical(cfg.DISTILLER.TYPE)
     known = model_names(family)
     roles = ["STUDENT"] + (["TEACHER"] if DISTILLERS.get(cfg.DISTILLER.TYPE).needs_teacher else [])
     for role in roles:
         name = getattr(cfg.DISTILLER, role)
-        if name not in known:
+        try:
+            canon = canonical_model_name(name, family)
+        except KeyError:
             raise ConfigError(
                 f"{source}: DISTILLER.{role}: unknown {family} model {name!r}; known: {', '.join(known)}"
-            )
+            ) from None
+        if canon != name:
+            note = model_alias_note(name, family)
+            if note and not quiet:
+                notice(f"{source}: DISTILLER.{role}: {name!r} read as {canon!r} ({note})")
+            setattr(cfg.DISTILLER, role, canon)
     stages = cfg.SOLVER.LR_DECAY_STAGES
     if sorted(stages) != stages:
         raise ConfigError(f"{source}: SOLVER.LR_DECAY_STAGES: must be increasing, got {stages}")

@@ -1,4 +1,4 @@
-"""Configs (contract C4): reference-format files load unchanged; bad files fail with the key named."""
+"""Configs (docs/contracts.md, C4): reference-format files load unchanged; bad files fail with the key named."""
 from __future__ import annotations
 
 import textwrap
@@ -168,3 +168,95 @@ def test_train_cli_missing_teacher_exits_2_saying_where_it_looked(tmp_path, caps
     assert rc == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "teachers" / "resnet56_vanilla" / "ckpt_epoch_240.pth") in err
+
+
+# ---- every config file of the reference loads unchanged ------------------------------------------
+REF_DIR = Path(__file__).parent / "data" / "reference_configs"
+CATKD_REF = sorted((REF_DIR / "CAT-KD" / "configs").rglob("*.yaml"))
+MDISTILLER_DKD = sorted((REF_DIR / "mdistiller" / "configs" / "cifar100" / "dkd").glob("*.yaml"))
+# MDistiller's file names for two pairs; ours follow the CAT_KD directory
+_OUR_NAME = {"wrn40_2_wrn_16_2": "wrn_40_2_wrn_16_2", "wrn40_2_wrn_40_1": "wrn_40_2_wrn_40_1"}
+# what a run does: everything but the labels (TAG/PROJECT), the logging cadence and the fixed bugs
+_RUN_KEYS = ("DISTILLER", "CAT_KD", "DKD", "KD", "DATASET")
+
+
+def _what_runs(cfg) -> dict:
+    d = cfg.to_dict()
+    solver = {k: v for k, v in d["SOLVER"].items() if k != "BATCH_SIZE"}
+    return {**{k: d[k] for k in _RUN_KEYS}, "SOLVER": solver}
+
+
+def test_fixtures_cover_every_cat_and_catkd_file_of_the_reference_layout():
+    rel = {str(p.relative_to(REF_DIR / "CAT-KD" / "configs")) for p in CATKD_REF}
+    ours = {str(p.relative_to(PRESET_DIR)) for p in PRESET_DIR.rglob("*.yaml")
+            if p.relative_to(PRESET_DIR).parts[1] in ("CAT_KD", "CAT", "CAT-KD")}
+    assert rel == ours and len(rel) == 17
+    assert len(MDISTILLER_DKD) == 11
+
+
+@pytest.mark.parametrize("path", CATKD_REF, ids=lambda p: str(p.relative_to(REF_DIR)))
+def test_reference_catkd_file_loads_unchanged_and_runs_what_our_preset_runs(path, capsys):
+    cfg = load_config(path)  # the reference's own file, unfixed: no exit 2
+    preset = load_config(str(path.relative_to(REF_DIR / "CAT-KD" / "configs")), quiet=True)
+    assert _what_runs(cfg) == _what_runs(preset)
+    assert cfg.DISTILLER.TYPE == "CAT_KD"  # "CAT-KD" of r34_r18 is read as the registry's name
+    err = capsys.readouterr().err
+    assert "if_test" in err and "CAM heads" in err  # says what the switch does in the reference
+
+
+def test_reference_imagenet_r50_mv2_names_its_mobilenetv1_student_mobilenetv2(capsys):
+    path = REF_DIR / "CAT-KD" / "configs" / "imagenet" / "CAT-KD" / "r50_mv2.yaml"
+    cfg = load_config(path)
+    assert cfg.DISTILLER.STUDENT == "MobileNetV1"
+    lines = [line for line in capsys.readouterr().err.splitlines() if "MobileNetV2" in line]
+    assert len(lines) == 1 and "MobileNetV1" in lines[0] and "DISTILLER.STUDENT" in lines[0]
+
+
+def test_reference_r34_r18_batch_leftover_loads_as_written_our_preset_fixes_it():
+    ref = load_config(REF_DIR / "CAT-KD" / "configs" / "imagenet" / "CAT-KD" / "r34_r18.yaml", quiet=True)
+    assert ref.SOLVER.BATCH_SIZE == 2  # loaded unchanged: the user's file says 2
+    assert load_config("imagenet/CAT-KD/r34_r18", quiet=True).SOLVER.BATCH_SIZE == 512
+
+
+@pytest.mark.parametrize("path", MDISTILLER_DKD, ids=lambda p: p.stem)
+def test_mdistiller_dkd_file_loads_unchanged_and_runs_what_our_dkd_preset_runs(path):
+    cfg = load_config(path, quiet=True)
+    preset = load_config(f"cifar100/DKD/{_OUR_NAME.get(path.stem, path.stem)}", quiet=True)
+    assert cfg.DISTILLER.TYPE == "DKD"
+    assert _what_runs(cfg) == _what_runs(preset)
+
+
+def test_dkd_presets_carry_mdistillers_beta_and_lr_per_pair():
+    beta = {"res56_res20": 2, "res110_res32": 2, "wrn_40_2_wrn_16_2": 6, "wrn_40_2_wrn_40_1": 6,
+            "vgg13_vgg8": 6, "vgg13_mv2": 6}
+    names = sorted(p.stem for p in (PRESET_DIR / "cifar100" / "CAT_KD").glob("*.yaml"))
+    assert names == sorted(p.stem for p in (PRESET_DIR / "cifar100" / "DKD").glob("*.yaml"))
+    for name in names:
+        dkd, cat = load_config(f"cifar100/DKD/{name}", quiet=True), load_config(f"cifar100/CAT_KD/{name}", quiet=True)
+        assert dkd.DKD.BETA == beta.get(name, 8), name
+        assert (dkd.DKD.CE_WEIGHT, dkd.DKD.ALPHA, dkd.DKD.T, dkd.DKD.WARMUP) == (1.0, 1.0, 4.0, 20)
+        assert dkd.SOLVER.LR == cat.SOLVER.LR == (0.01 if cat.DISTILLER.STUDENT in (
+            "ShuffleV1", "ShuffleV2", "MobileNetV2") else 0.05), name
+        assert (dkd.DISTILLER.TEACHER, dkd.DISTILLER.STUDENT) == (cat.DISTILLER.TEACHER, cat.DISTILLER.STUDENT)
+
+
+def test_reference_extra_keys_are_accepted_teacher_dir_is_the_teacher_checkpoint(tmp_path, capsys):
+    extra = REFERENCE_YAML.replace("  Strategy: 0\n", "  Strategy: 0\n  teacher_dir: /ckpts/r32x4.pth\n"
+                                   "  student_dir: ''\n") + "if_Augment: False\nif_useFactor: False\nif_self_train: False\n"
+    cfg = load_config(write(tmp_path, extra))
+    assert cfg.DISTILLER.TEACHER_CKPT == "/ckpts/r32x4.pth"
+    err = capsys.readouterr().err
+    for key in ("CAT_KD.student_dir", "if_Augment", "if_useFactor", "if_self_train"):
+        assert sum(key in line for line in err.splitlines()) == 1, key
+
+
+def test_aliases_become_the_registered_name_when_a_config_is_built():
+    from catkd.config import build_config
+
+    cfg = build_config({"DISTILLER": {"TYPE": "vanilla", "STUDENT": "resnet8"}}, quiet=True)
+    assert cfg.DISTILLER.TYPE == "NONE"
+    cfg = build_config({"DISTILLER": {"TYPE": "CAT-KD", "TEACHER": "resnet20", "STUDENT": "resnet8"}}, quiet=True)
+    assert cfg.DISTILLER.TYPE == "CAT_KD"
+    cfg = build_config({}, quiet=True, overrides={"DATASET.TYPE": "imagenet", "DISTILLER.TYPE": "CAT_KD",
+                                                   "DISTILLER.STUDENT": "MobileNetV2"})
+    assert cfg.DISTILLER.STUDENT == "MobileNetV1"

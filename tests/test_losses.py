@@ -1,4 +1,4 @@
-"""Golden values and invariants of the loss functions (contract C2) and the distillers (C3)."""
+"""Golden values and invariants of the loss functions (docs/contracts.md, C2) and the distillers (C3)."""
 from __future__ import annotations
 
 import math
@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from catkd.distillers.cat_kd import CATKD, binarize_cams, cat_loss, select_cams
+from catkd.distillers.dkd import DKD, dkd_loss
 from catkd.distillers.kd import KD, kd_loss
 from catkd.distillers.vanilla import Vanilla
 
@@ -119,7 +120,83 @@ def test_kd_loss_golden_value_and_zero_for_equal_logits():
     assert kd_loss(s * 2, t * 2, 2.0).item() == pytest.approx(4 * expected, rel=1e-5)
 
 
-# ---- distillers (contract C3) ---------------------------------------------------------------
+# ---- DKD (docs/contracts.md, C2b) ---------------------------------------------------------------------
+# By hand, K = 3, target 0, T = 1: student logits 0 -> p_s = (1/3, 1/3, 1/3), binary (1/3, 2/3),
+# non-target (1/2, 1/2); teacher logits (ln 4, ln 2, 0) -> p_t = (4/7, 2/7, 1/7), binary
+# (4/7, 3/7), non-target (2/3, 1/3).
+_TCKD = 4 / 7 * math.log((4 / 7) / (1 / 3)) + 3 / 7 * math.log((3 / 7) / (2 / 3))  # 0.118641
+_NCKD = 2 / 3 * math.log((2 / 3) / (1 / 2)) + 1 / 3 * math.log((1 / 3) / (1 / 2))  # 0.056633
+_S = torch.tensor([[0.0, 0.0, 0.0]])
+_T = torch.tensor([[math.log(4.0), math.log(2.0), 0.0]])
+
+
+def test_dkd_loss_golden_value_alpha_tckd_plus_beta_nckd():
+    y = torch.tensor([0])
+    assert _TCKD == pytest.approx(0.1186411, abs=1e-6) and _NCKD == pytest.approx(0.0566330, abs=1e-6)
+    assert dkd_loss(_S, _T, y, 1.0, 0.0, 1.0).item() == pytest.approx(_TCKD, rel=1e-5)
+    assert dkd_loss(_S, _T, y, 0.0, 1.0, 1.0).item() == pytest.approx(_NCKD, rel=1e-5)
+    assert dkd_loss(_S, _T, y, 1.0, 8.0, 1.0).item() == pytest.approx(_TCKD + 8 * _NCKD, rel=1e-5)  # 0.571705
+
+
+def test_dkd_loss_scales_by_t_squared_and_averages_over_the_batch():
+    y = torch.tensor([0])
+    # logits x T at temperature T: same distributions, loss times T^2
+    assert dkd_loss(_S * 4, _T * 4, y, 1.0, 8.0, 4.0).item() == pytest.approx(16 * (_TCKD + 8 * _NCKD), rel=1e-4)
+    # a second sample whose distributions agree adds 0: the batch mean halves the loss
+    s2, t2, y2 = torch.cat([_S, _T]), torch.cat([_T, _T]), torch.tensor([0, 0])
+    assert dkd_loss(s2, t2, y2, 1.0, 8.0, 1.0).item() == pytest.approx((_TCKD + 8 * _NCKD) / 2, rel=1e-5)
+    # equal logits: both parts vanish, whichever class is the target
+    z = torch.randn(4, 10)
+    assert dkd_loss(z, z, torch.tensor([1, 2, 3, 4]), 1.0, 8.0, 4.0).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def _mdistiller_dkd(logits_student, logits_teacher, target, alpha, beta, temperature):
+    """MDistiller's dkd_loss as published (mdistiller/distillers/DKD.py), for an equality check."""
+    gt_mask = torch.zeros_like(logits_student).scatter_(1, target.unsqueeze(1), 1).bool()
+    other_mask = torch.ones_like(logits_student).scatter_(1, target.unsqueeze(1), 0).bool()
+
+    def cat_mask(t, m1, m2):
+        return torch.cat([(t * m1).sum(dim=1, keepdims=True), (t * m2).sum(1, keepdims=True)], dim=1)
+
+    pred_student = cat_mask(F.softmax(logits_student / temperature, dim=1), gt_mask, other_mask)
+    pred_teacher = cat_mask(F.softmax(logits_teacher / temperature, dim=1), gt_mask, other_mask)
+    tckd = F.kl_div(torch.log(pred_student), pred_teacher, reduction="sum") * temperature**2 / target.shape[0]
+    pt2 = F.softmax(logits_teacher / temperature - 1000.0 * gt_mask, dim=1)
+    ls2 = F.log_softmax(logits_student / temperature - 1000.0 * gt_mask, dim=1)
+    nckd = F.kl_div(ls2, pt2, reduction="sum") * temperature**2 / target.shape[0]
+    return alpha * tckd + beta * nckd
+
+
+def test_dkd_loss_equals_mdistillers_code_on_random_logits():
+    g = torch.Generator().manual_seed(0)
+    for k, n in ((5, 3), (100, 64)):
+        s, t = torch.randn(n, k, generator=g) * 3, torch.randn(n, k, generator=g) * 3
+        y = torch.randint(0, k, (n,), generator=g)
+        for alpha, beta, temp in ((1.0, 8.0, 4.0), (0.5, 2.0, 1.0)):
+            assert dkd_loss(s, t, y, alpha, beta, temp).item() == pytest.approx(
+                _mdistiller_dkd(s, t, y, alpha, beta, temp).item(), rel=1e-5)
+
+
+def test_dkd_distiller_ramps_the_dkd_term_over_warmup_epochs_and_uses_teacher_logits_with_bias():
+    torch.manual_seed(0)
+    d = DKD(TinyCAMNet(5, 4, True), TinyCAMNet(5, 2, True), ce_weight=1.0, alpha=1.0, beta=8.0,
+            temperature=4.0, warmup=20)
+    nn.init.constant_(d.teacher.fc.bias, 0.5)
+    d.teacher.fc.bias.data[0] = 3.0  # a bias that changes the teacher's distribution
+    d.train()
+    assert not d.teacher.training
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    full = dkd_loss(d.student(x)[0], d.teacher(x)[0], y, 1.0, 8.0, 4.0).item()
+    for epoch, ramp in ((1, 1 / 20), (10, 0.5), (20, 1.0), (41, 1.0)):
+        logits, losses = d.forward_train(x, y, {"epoch": epoch})
+        assert set(losses) == {"loss_ce", "loss_dkd"}
+        assert losses["loss_dkd"].item() == pytest.approx(ramp * full, rel=1e-5)
+        assert losses["loss_ce"].item() == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
+    sum(losses.values()).backward()
+    assert all(p.grad is None for p in d.teacher.parameters())
+
+
+# ---- distillers (docs/contracts.md, C3) ---------------------------------------------------------------
 class TinyCAMNet(nn.Module):
     """A minimal model with the C1 forward contract, for distiller tests without the zoo."""
 

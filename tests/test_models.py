@@ -1,4 +1,4 @@
-"""Model zoo (contract C1): MDistiller parameter names, the CAM identity, safe teacher loading."""
+"""Model zoo (docs/contracts.md, C1): MDistiller parameter names, the CAM identity, safe teacher loading."""
 from __future__ import annotations
 
 import json
@@ -19,7 +19,7 @@ from catkd.models import (
 ZOO_KEYS = json.loads((Path(__file__).parent / "data" / "model_zoo_keys.json").read_text())["models"]
 CIFAR_NAMES = sorted(ZOO_KEYS)
 
-# METHOD.md section 1: channels and H x W of the CAM feature map at 32x32 input.
+# docs/method.md, "Class activation maps": channels and H x W of the CAM feature map at 32x32 input.
 CIFAR_FMAP = {
     **{f"resnet{d}": (64, 8) for d in (8, 14, 20, 32, 44, 56, 110)},
     "resnet8x4": (256, 8), "resnet32x4": (256, 8),
@@ -121,7 +121,7 @@ def test_unknown_model_name_lists_known_names():
     msg = str(err.value)
     assert "resnet9" in msg and "resnet8" in msg and "ShuffleV2" in msg
     with pytest.raises(UnknownNameError, match="MobileNetV1"):
-        build_model("MobileNetV2", family="imagenet")
+        build_model("MobileNetV3", family="imagenet")
     with pytest.raises(UnknownNameError, match="cifar, imagenet"):
         build_model("resnet8", family="tinyimagenet")
 
@@ -226,3 +226,50 @@ def test_code_executing_pickle_is_refused_without_side_effect(tmp_path):
     # control: the payload is live, an unsafe load would have run it
     torch.load(path, weights_only=False)
     assert marker.exists()
+
+
+# ---- student CAM heads start where the reference's start -----------------------------------------
+# The reference makes a CAT/CAT-KD student's head a 1x1 conv: Kaiming-normal fan_out (std sqrt(2/K))
+# where its init loop covers it, PyTorch's default conv init (U(+-1/sqrt(C))) where it does not.
+CONV_DEFAULT_HEADS = {"cifar": {"vgg8", "vgg11", "vgg13", "vgg16", "vgg19", "ShuffleV1", "ShuffleV2"},
+                      "imagenet": {"MobileNetV1"}}
+# The teacher (Linear, with bias) keeps its classifier init: N(0, 0.01) in VGG and MobileNetV2,
+# PyTorch's Linear default (U(+-1/sqrt(C))) elsewhere.
+LINEAR_STD_001 = {"vgg8", "vgg11", "vgg13", "vgg16", "vgg19", "MobileNetV2"}
+ALL_MODELS = [("cifar", n) for n in CIFAR_NAMES] + [("imagenet", n) for n in sorted(IMAGENET_FMAP)]
+
+
+@pytest.mark.parametrize("family, name", ALL_MODELS)
+def test_student_cam_head_is_initialised_as_the_reference_initialises_its_1x1_conv(family, name):
+    torch.manual_seed(0)
+    k = 100
+    w = build_model(name, num_classes=k, head_bias=False, family=family).head.weight.detach()
+    c = w.shape[1]
+    # at least 6,400 weights: the sample std is within ~1 % of the true one; 5 % cannot pass by luck
+    if name in CONV_DEFAULT_HEADS[family]:
+        bound = 1 / c**0.5
+        assert w.abs().max() <= bound
+        assert w.std().item() == pytest.approx(bound / 3**0.5, rel=0.05)
+    else:
+        assert w.std().item() == pytest.approx((2 / k) ** 0.5, rel=0.05)
+        assert w.mean().abs().item() < 0.01
+
+
+@pytest.mark.parametrize("family, name", ALL_MODELS)
+def test_teacher_head_keeps_its_classifier_init(family, name):
+    torch.manual_seed(0)
+    head = build_model(name, num_classes=100, head_bias=True, family=family).head
+    c = head.weight.shape[1]
+    expected = 0.01 if name in LINEAR_STD_001 and family == "cifar" else 1 / (3 * c) ** 0.5
+    assert head.weight.std().item() == pytest.approx(expected, rel=0.05)
+    assert head.bias is not None
+
+
+def test_reference_imagenet_name_mobilenetv2_is_mobilenetv1():
+    from catkd.models import canonical_model_name
+
+    assert canonical_model_name("MobileNetV2", "imagenet") == "MobileNetV1"
+    assert canonical_model_name("MobileNetV2", "cifar") == "MobileNetV2"  # the CIFAR model is a real V2
+    m = build_model("MobileNetV2", num_classes=10, family="imagenet")
+    assert type(m).__name__ == "MobileNetV1"
+    assert "MobileNetV2" not in model_names("imagenet")  # aliases are not listed as models

@@ -92,6 +92,8 @@ def _main_results_study(tmp_path, smoke=False):
     pair = {"DISTILLER.TEACHER": "resnet32x4", "DISTILLER.STUDENT": "resnet8x4", "CAT_KD.onlyCAT": False}
     trials = [_trial("c0", 0, 76.0, **pair), _trial("c1", 1, 77.0, **pair),
               _trial("k0", 0, 73.0, **{**pair, "DISTILLER.TYPE": "KD"}),
+              _trial("d0", 0, 75.5, **{**pair, "DISTILLER.TYPE": "DKD"}),
+              _trial("d1", 1, 76.5, **{**pair, "DISTILLER.TYPE": "DKD"}),
               _trial("v0", 0, 72.0, **{**pair, "DISTILLER.TYPE": "NONE"}),
               _trial("w0", 0, 75.0, **{"DISTILLER.TEACHER": "wrn_40_2", "DISTILLER.STUDENT": "wrn_16_2",
                                         "CAT_KD.onlyCAT": False})]
@@ -107,19 +109,27 @@ def test_main_results_joins_published_numbers_to_the_right_pair(tmp_path):
     r = rows["resnet32x4->resnet8x4"]
     assert r["teacher (published)"] == "79.42"
     assert r["student alone (ours)"] == "72.00 (1)" and r["student alone (published)"] == "72.50"
-    assert r["KD (ours)"] == "73.00 (1)" and r["KD (published)"] == "73.33"
+    assert r["student alone gap"] == "-0.50"
+    assert r["KD (ours)"] == "73.00 (1)" and r["KD (published)"] == "73.33" and r["KD gap"] == "-0.33"
+    assert r["DKD (ours)"] == "76.00 ± 0.71 (2)" and r["DKD (published)"] == "76.32" and r["DKD gap"] == "-0.32"
     assert r["CAT-KD (ours)"] == "76.50 ± 0.71 (2)" and r["CAT-KD (published)"] == "76.91"
-    assert r["gap (ours - published)"] == "-0.41"
-    assert "secondary" in r["CAT-KD source"]
+    assert r["CAT-KD gap"] == "-0.41"
+    # methods side by side, in the paper's order: the student, KD, DKD, CAT-KD
+    assert [h for h in t.headers if h.endswith("(ours)")] == [
+        "student alone (ours)", "KD (ours)", "DKD (ours)", "CAT-KD (ours)"]
+    assert any("CAT-KD published numbers" in n and "secondary" in n for n in t.notes)
+    assert any("DKD published numbers" in n and "MDistiller" in n for n in t.notes)
     w = rows["wrn_40_2->wrn_16_2"]
-    assert w["CAT-KD (published)"] == "75.60" and w["gap (ours - published)"] == "-0.60"
+    assert w["CAT-KD (published)"] == "75.60" and w["CAT-KD gap"] == "-0.60"
+    assert w["DKD (published)"] == "76.23" and w["DKD (ours)"] == "-" and w["DKD gap"] == "-"
     assert w["student alone (ours)"] == "-"
 
 
 def test_main_results_smoke_does_not_join_cifar_numbers(tmp_path):
     t = tables.build(load(_main_results_study(tmp_path, smoke=True)))[0]
     assert "SYNTHETIC/SMOKE" in t.title
-    assert all(r[7] == "-" for r in t.rows)
+    published = [i for i, h in enumerate(t.headers) if "published" in h]
+    assert len(published) == 5 and all(r[i] == "-" for r in t.rows for i in published)
 
 
 def test_paper_yaml_gives_a_source_for_every_number():
@@ -129,6 +139,19 @@ def test_paper_yaml_gives_a_source_for_every_number():
     entries += [e for p in paper["imagenet"].values() for e in p.values()]
     assert len(paper["vanilla"]) == 15 and len(paper["pairs"]) == 11
     assert all(e.get("source") and isinstance(e["top1"], float) for e in entries)
+
+
+def test_paper_yaml_has_mdistillers_dkd_numbers_and_the_mislabelled_column_note():
+    pairs = load_paper()["pairs"]
+    dkd = {p: e["DKD"]["top1"] for p, e in pairs.items() if "DKD" in e}
+    assert dkd == {"resnet56->resnet20": 71.97, "resnet110->resnet32": 74.11, "resnet32x4->resnet8x4": 76.32,
+                   "wrn_40_2->wrn_16_2": 76.23, "wrn_40_2->wrn_40_1": 74.81, "vgg13->vgg8": 74.68,
+                   "resnet32x4->ShuffleV1": 76.45, "resnet32x4->ShuffleV2": 77.07, "wrn_40_2->ShuffleV1": 76.70,
+                   "vgg13->MobileNetV2": 69.71, "ResNet50->MobileNetV2": 70.35}
+    assert "MobileNet-V2" in pairs["resnet32x4->ShuffleV2"]["DKD"]["source"]
+    assert "ShuffleV2" in pairs["resnet32x4->ShuffleV2"]["DKD"]["note"]
+    imnet = load_paper()["imagenet"]
+    assert imnet["ResNet34->ResNet18"]["DKD"]["top1"] == 71.70 and imnet["ResNet50->MobileNetV1"]["DKD"]["top1"] == 72.05
 
 
 def test_latex_has_booktabs_and_csv_parses_back(tmp_path, capsys):

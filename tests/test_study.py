@@ -1,4 +1,4 @@
-"""Studies on Ray Tune (contracts C5-C7): validation, spaces, a real smoke study, faults, resume."""
+"""Studies on Ray Tune (docs/contracts.md, C5-C7): validation, spaces, a real smoke study, faults, resume."""
 from __future__ import annotations
 
 import json
@@ -232,6 +232,24 @@ def test_diverging_trial_is_marked_diverged_not_retried_and_others_finish(tmp_pa
     assert trials[0.05]["status"] == "finished" and trials[0.05]["epochs_done"] == 2
     bad_dir = Path(trials[1.0e12]["trial_dir"])
     assert not (bad_dir / "error.txt").exists()  # returned normally: nothing for FailureConfig to retry
+
+
+@pytest.mark.ray
+def test_an_alias_and_its_name_land_as_one_name_in_results_and_one_group_in_the_report(tmp_path, ray_session):
+    p = study_file(tmp_path, space={"distiller": {"grid": ["vanilla", "NONE"]}}, search={"algorithm": "grid"},
+                   scheduler={"type": "fifo"}, metric="test_acc")
+    spec = load_study(p, smoke=True, sets={"smoke.epochs": 1, "smoke.val_size": 0})
+    assert runner.run_study(spec, str(p), tmp_path / "s", "alias", dashboard=False) == 0
+    exp = tmp_path / "s" / "alias"
+    trials = pq.read_table(exp / "trials.parquet").to_pylist()
+    assert len(trials) == 2 and {t["DISTILLER.TYPE"] for t in trials} == {"NONE"}
+    assert set(pq.read_table(exp / "results.parquet").column("DISTILLER.TYPE").to_pylist()) == {"NONE"}
+    sys.path.insert(0, str(REPO))
+    from analysis import tables
+    from analysis.load import load
+
+    t = tables.build(load(exp))[0]
+    assert len(t.rows) == 1 and "(2)" in " ".join(t.rows[0])  # one configuration, n = 2
 
 
 @pytest.mark.ray

@@ -1,7 +1,7 @@
-"""Distillers by the reference's DISTILLER.TYPE names: NONE (alias vanilla), KD, CAT_KD."""
+"""Distillers by the reference's DISTILLER.TYPE names: NONE (alias vanilla), KD, DKD, CAT_KD (alias CAT-KD)."""
 from catkd.distillers.registry import DISTILLERS
 from catkd.distillers.base import Distiller
-from catkd.distillers import vanilla, kd, cat_kd  # noqa: F401  (registration)
+from catkd.distillers import vanilla, kd, dkd, cat_kd  # noqa: F401  (registration)
 
 __all__ = ["DISTILLERS", "Distiller", "build_distiller"]
 

@@ -1,6 +1,6 @@
 """CAT and CAT-KD (Guo et al., CVPR 2023): transfer of class activation maps (CAMs).
 
-Pure loss functions first (contract C2), then the distiller. CAMs are raw maps A = W * F
+Pure loss functions first (docs/contracts.md, C2; the method: docs/method.md, "The CAT loss"), then the distiller. CAMs are raw maps A = W * F
 (N x K x H x W): no ReLU, no softmax. Teacher and student maps may differ in H x W; both are pooled
 to R x R before they are compared.
 """

@@ -2,7 +2,7 @@
 
 `Trainer(cfg).fit(report=...)` knows nothing of Ray. `report(metrics, checkpoint_dir)` is called
 after every epoch, once that epoch's checkpoint is on disk; the Ray adapter turns it into
-`tune.report`. Recipe (METHOD.md §4): SGD over the student's parameters, step decay at the
+`tune.report`. Recipe (docs/method.md, "Training recipe"): SGD over the student's parameters, step decay at the
 LR_DECAY_STAGES (lr for epoch e is LR * rate^#{s : e > s}), teacher always in eval mode.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The one CAM head shared by every model (METHOD.md section 1).
+"""The one CAM head shared by every model (docs/method.md, "Class activation maps").
 
 Every network ends as: last spatial feature map F (N, C, H, W) -> Linear head W (K, C), b (K,).
 The class activation maps are the head applied as a bias-free 1x1 convolution,
@@ -13,7 +13,8 @@ so `cams.mean((2, 3)) + b == logits` holds by linearity. CAMs are raw: no bias, 
 """
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +27,7 @@ def compute_cams(fmap: Tensor, weight: Tensor) -> Tensor:
 
 def cam_outputs(fmap: Tensor, head: nn.Linear, stage_feats: list[Tensor] | None = None
                 ) -> tuple[Tensor, dict[str, Any]]:
-    """Apply `head` to the final feature map the way all models share (forward contract C1).
+    """Apply `head` to the final feature map the way all models share (docs/contracts.md, C1).
 
     fmap: (N, C, H, W). Returns `logits` (N, K) and a dict with "cams" (N, K, H, W),
     "pooled" (N, C) plus its MDistiller name "pooled_feat", "fmap" (the F used, N x C x H x W)
@@ -55,6 +56,9 @@ class CAMHeadMixin:
     """
 
     head_name: str = "fc"
+    # How the reference initialises this model's bias-free CAM head (a 1x1 conv there); see
+    # `init_cam_head`. Models whose head is made outside the reference's init loop say "conv_default".
+    cam_head_init: str = "kaiming_fan_out"
 
     @property
     def head(self) -> nn.Linear:
@@ -80,3 +84,36 @@ def init_weights(model: nn.Module, linear_std: float | None = None) -> None:
             nn.init.normal_(m.weight, 0, linear_std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+def _kaiming_fan_out(weight: Tensor) -> None:
+    # the reference's `kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")` on a
+    # (K, C, 1, 1) kernel: fan_out = K, std = sqrt(2 / K). A (K, C) Linear weight has the same fan_out.
+    nn.init.kaiming_normal_(weight, mode="fan_out", nonlinearity="relu")
+
+
+def _conv_default(weight: Tensor) -> None:
+    # PyTorch's default Conv2d init: kaiming_uniform_(a=sqrt(5)), i.e. U(-1/sqrt(C), 1/sqrt(C)) for a
+    # (K, C, 1, 1) kernel; fan_in is C for the (K, C) Linear weight too.
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+
+
+CAM_HEAD_INITS: dict[str, Callable[[Tensor], None]] = {
+    "kaiming_fan_out": _kaiming_fan_out,
+    "conv_default": _conv_default,
+}
+
+
+def init_cam_head(model: nn.Module) -> None:
+    """Initialise a student's bias-free CAM head (K, C) as the reference initialises its 1x1 conv.
+
+    Kaiming-normal fan_out (std sqrt(2/K)) for the CIFAR ResNets, ResNet18/50, WRNs, MobileNetV2 and
+    the ImageNet ResNets; PyTorch's default conv init (uniform, bound 1/sqrt(C)) for VGG (its head is
+    made after its init loop), the ShuffleNets and the ImageNet MobileNetV1. The scale matters: it
+    sets the size of the CAT loss in the first epoch, which the preset β values were tuned for.
+    """
+    head = model.head  # type: ignore[attr-defined]
+    if head.bias is not None:
+        raise ValueError("init_cam_head is for bias-free student heads; teacher heads keep their init")
+    with torch.no_grad():
+        CAM_HEAD_INITS[model.cam_head_init](head.weight)  # type: ignore[attr-defined]

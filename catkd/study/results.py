@@ -1,4 +1,4 @@
-"""Study results as Parquet (contract C6), derived from Tune's own per-trial files.
+"""Study results as Parquet (docs/contracts.md, C6), derived from Tune's own per-trial files.
 
 Tune writes every reported result of a trial to `<trial dir>/result.json` as it arrives, and its
 parameters to `params.json`. `results.parquet` and `trials.parquet` are rebuilt from those files
@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from catkd.fsutil import atomic_write_bytes
 
-# Columns every epoch row carries (C6), in this order, before the loss terms and settings.
+# Columns every epoch row carries (docs/contracts.md, C6), in this order, before the loss terms and settings.
 EPOCH_COLUMNS = [
     "epoch", "lr", "train_loss", "train_acc", "val_acc", "val_acc_top5", "test_acc", "test_acc_top5",
     "best_val_acc", "best_test_acc", "test_acc_unseen", "epoch_seconds", "eval_seconds", "images_per_second",

@@ -1,4 +1,4 @@
-"""Study files (contract C7): schema, friendly aliases, --smoke and validation before Ray starts.
+"""Study files (docs/contracts.md, C7): schema, friendly aliases, --smoke and validation before Ray starts.
 
 A study file is declarative yaml (safe_load only). Validation happens in full before anything is
 started or written: the schema (pydantic), then every value a trial could receive is put through
@@ -409,7 +409,7 @@ def _check_trial_semantics(cfg: Config, source: str, where: str) -> None:
         )
     from catkd.models import build_model
 
-    if cfg.DISTILLER.TYPE in ("CAT_KD", "CAT-KD"):
+    if cfg.DISTILLER.TYPE == "CAT_KD":  # names are canonical once a config is built
         res = c.LOSS.CAM_RESOLUTION
         smallest = _cam_size(cfg, build_model)
         if res > smallest:

@@ -53,6 +53,7 @@ class ShuffleNetV1(CAMHeadMixin, nn.Module):
     """forward(x: (N, 3, H, W)) -> logits (N, K), feats with "cams" (N, K, H/8, W/8)."""
 
     head_name = "linear"
+    cam_head_init = "conv_default"  # the reference's ShuffleNets have no init loop
 
     def __init__(self, out_planes: list[int], num_blocks: list[int], groups: int,
                  num_classes: int = 100, head_bias: bool = True):

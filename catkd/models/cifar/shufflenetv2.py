@@ -83,6 +83,7 @@ class ShuffleNetV2(CAMHeadMixin, nn.Module):
     """forward(x: (N, 3, H, W)) -> logits (N, K), feats with "cams" (N, K, H/8, W/8)."""
 
     head_name = "linear"
+    cam_head_init = "conv_default"  # the reference's ShuffleNets have no init loop
 
     def __init__(self, net_size: float = 1, num_classes: int = 100, head_bias: bool = True):
         super().__init__()

@@ -42,6 +42,7 @@ class VGG(CAMHeadMixin, nn.Module):
     """forward(x: (N, 3, H, W)) -> logits (N, K), feats with "cams" (N, K, H/8, W/8) (H != 64)."""
 
     head_name = "classifier"
+    cam_head_init = "conv_default"  # the reference makes VGG's CAM head after its init loop
 
     def __init__(self, cfg: list[list[int]], batch_norm: bool = True, num_classes: int = 100,
                  head_bias: bool = True):

@@ -19,3 +19,8 @@ def _resnet(block: str, layers: list[int]):
 IMAGENET_MODELS.add("ResNet18", _resnet("basic", [2, 2, 2, 2]))
 IMAGENET_MODELS.add("ResNet34", _resnet("basic", [3, 4, 6, 3]))
 IMAGENET_MODELS.add("ResNet50", _resnet("bottleneck", [3, 4, 6, 3]))
+
+# The CAT-KD reference's ImageNet config r50_mv2.yaml names its student "MobileNetV2"; the network it
+# builds is MDistiller's MobileNetV1 (depthwise-separable, 1024 channels at 7x7).
+IMAGENET_MODELS.alias("MobileNetV2", "MobileNetV1",
+                      "the CAT-KD reference's ImageNet name for its MobileNetV1-style student")

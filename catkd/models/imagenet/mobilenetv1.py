@@ -44,6 +44,7 @@ class MobileNetV1(CAMHeadMixin, nn.Module):
     """forward(x: (N, 3, H, W)) -> logits (N, K), feats with "cams" (N, K, H/32, W/32)."""
 
     head_name = "fc"
+    cam_head_init = "conv_default"  # the reference's MobileNetV1 has no init loop
 
     def __init__(self, num_classes: int = 1000, head_bias: bool = True):
         super().__init__()
