@@ -28,7 +28,7 @@ smoke:
   teacher: resnet8
   student: resnet8
   teacher_epochs: 2
-  grace_period: 1
+  grace_period: 3  # at epochs 1-2 every trial is still at chance (val 25 %): ASHA sees only ties
   dataset: {NUM_CLASSES: 4, TRAIN_PER_CLASS: 100, TEST_PER_CLASS: 30}
   val_size: 60
   fixed: {lr: 0.1}
