@@ -7,12 +7,13 @@ from typing import Optional
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.load import Study  # noqa: E402
-from analysis.tables import BETA, RES, groups, marker, stats, value_column  # noqa: E402
+from analysis.tables import BETA, RES, _epoch_label, groups, marker, stats, value_column  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
@@ -35,7 +36,12 @@ def accuracy_vs(study: Study, key: str, label: str, out: Path, epoch: str, log: 
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     stage = t["stage"] if "stage" in t else pd.Series(["search"] * len(t), index=t.index)
-    for name, sub in (("search", t[stage != "confirm"]), ("confirm", t[stage == "confirm"])):
+    status = t["status"] if "status" in t else pd.Series(["finished"] * len(t), index=t.index)
+    search = t[stage != "confirm"]
+    parts = [("search, finished", search[status[search.index] != "stopped"], "o"),
+             ("search, stopped early by ASHA", search[status[search.index] == "stopped"], "x"),
+             ("confirm (new seeds)", t[stage == "confirm"], "s")]
+    for name, sub, fmt in parts:
         if sub.empty:
             continue
         pts = []
@@ -47,11 +53,11 @@ def accuracy_vs(study: Study, key: str, label: str, out: Path, epoch: str, log: 
             continue
         pts.sort()
         x, y, e = map(np.array, zip(*pts))
-        ax.errorbar(x, y, yerr=e, fmt="o", capsize=3, label=name)
+        ax.errorbar(x, y, yerr=e, fmt=fmt, capsize=3, label=name)
     if log:
         ax.set_xscale("log")
     ax.set_xlabel(label)
-    ax.set_ylabel(f"test top-1 % ({epoch} epoch)")
+    ax.set_ylabel(_epoch_label(epoch), fontsize=8)
     ax.set_title(_title(study, f"top-1 vs {label}"), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -71,6 +77,7 @@ def learning_curves(study: Study, out: Path, epoch: str, top: int = 5) -> Option
         if len(c):
             ax.plot(c["epoch"], c["test_acc"], marker=".", label=f"{row['trial_id']} ({row.get('stage', '')})")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("test top-1 %")
     ax.set_title(_title(study, f"learning curves, best {len(best)} trials"), fontsize=9)
     ax.grid(alpha=0.3)
@@ -98,6 +105,7 @@ def asha_picture(study: Study, out: Path) -> Optional[Path]:
     ax.set_xticks(range(len(t)))
     ax.set_xticklabels([str(x)[-5:] for x in t["trial_id"]], rotation=90, fontsize=7)
     ax.set_ylabel("epochs run")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     for s, c in colours.items():
         if "status" in t and (t["status"] == s).any():
             ax.bar([0], [0], color=c, label=s)
@@ -149,7 +157,11 @@ def importance_bar(importances: dict[str, float], study: Study, out: Path) -> Op
     return _save(fig, out)
 
 
-def all_plots(study: Study, out_dir: Path, epoch: str = "best") -> list[Path]:
+def all_plots(study: Study, out_dir: Path, epoch: str = "auto") -> list[Path]:
+    """Every plot of a study; values as the tables show them (the same epoch mode)."""
+    from analysis.tables import resolve_epoch
+
+    epoch = resolve_epoch(study, epoch)
     out_dir = Path(out_dir)
     made: list[Optional[Path]] = []
     if study.name == "beta_sweep":

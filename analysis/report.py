@@ -1,6 +1,6 @@
 """Report of one study: its table(s), plots and parameter importance.
 
-    python analysis/report.py EXPERIMENT_DIR [--format md|latex|csv] [--out DIR] [--epoch best|last]
+    python analysis/report.py EXPERIMENT_DIR [--format md|latex|csv] [--out DIR] [--epoch auto|best-val|best-test|last]
     python analysis/report.py EXPERIMENT_DIR --cams [--trial TRIAL_ID] [--images 6] [--out DIR]
 
 Reads EXPERIMENT_DIR/study.yaml, results.parquet and trials.parquet (or, when the Parquet files
@@ -34,8 +34,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("experiment_dir", help="a study's experiment directory (results/<study>)")
     p.add_argument("--format", choices=("md", "latex", "csv"), default="md")
     p.add_argument("--out", default=None, help="output folder (default EXPERIMENT_DIR/report)")
-    p.add_argument("--epoch", choices=("best", "last"), default="best",
-                   help="best-epoch test top-1 (best_test_acc, default) or the last epoch's")
+    p.add_argument("--epoch", choices=("auto", "best-val", "best-test", "last"), default="auto",
+                   help="which epoch's test top-1 a cell shows: auto (default) = at the best-validation "
+                        "epoch when the study has a validation split, else best-test (the paper's "
+                        "convention, labelled) with the last epoch beside it; best-val; best-test; last")
     p.add_argument("--no-plots", action="store_true", help="tables only")
     p.add_argument("--cams", action="store_true",
                    help="only draw teacher/student CAMs of the best (or --trial) trial: cams_<trial>.png")
@@ -63,6 +65,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return EXIT_NOT_A_STUDY
         return 0
 
+    try:
+        mode = tables.resolve_epoch(study, args.epoch)
+    except ValueError as exc:
+        print(f"report: {exc}", file=sys.stderr)
+        return EXIT_NOT_A_STUDY
     tbls = tables.build(study, args.epoch)
     png: list[Path] = []
     imp, notes = {}, []
@@ -72,7 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if t is not None:
             tbls.append(t)
     if not args.no_plots:
-        png = plots.all_plots(study, out, args.epoch)
+        png = plots.all_plots(study, out, mode)
         bar = plots.importance_bar(imp, study, out / "importance.png")
         if bar:
             png.append(bar)

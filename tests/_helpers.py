@@ -13,6 +13,7 @@ description: a tiny CAT-KD study for the tests
 base: cifar100/CAT_KD/res56_res20
 fixed:
   normalize: true
+  DATASET.VAL_SIZE: 5000   # the real study tunes on validation too (--smoke checks it first)
 space:
   beta: {loguniform: [1, 100]}
   partial_cams: {choice: [true, false]}

@@ -23,16 +23,22 @@ BETA = "CAT_KD.LOSS.CAT_loss_weight"
 RES = "CAT_KD.LOSS.CAM_RESOLUTION"
 
 
-def _trial(tid, seed, best, last=None, status="finished", stage="search", epochs=3, **settings):
+def _trial(tid, seed, best, last=None, status="finished", stage="search", epochs=3, val=None, at_best_val=None,
+           **settings):
+    """A trials.parquet row. Without `val` the study has no validation split (like main_results);
+    with it, test-at-best-val defaults to 2 points *below* the best test epoch, so a table that
+    shows the best test epoch where it should show test-at-best-val fails."""
     base = {"DISTILLER.TYPE": "CAT_KD", "DISTILLER.TEACHER": "resnet32x4", "DISTILLER.STUDENT": "resnet32x4",
             BETA: 50.0, RES: 2, "CAT_KD.onlyCAT": True, "DATASET.RESERVED_CLASS_NUM": 100,
             "DATASET.RESERVED_RATE": 1.0, "DATASET.TYPE": "cifar100"}
     base.update(settings)
+    if val is not None and at_best_val is None:
+        at_best_val = best - 2.0
     return {"trial_id": tid, "study": "x", "stage": stage, "seed": seed, **base, "EXPERIMENT.SEED": seed,
-            "status": status, "epochs_done": epochs, "epochs_budget": 3, "best_val_acc": best + 1.0,
+            "status": status, "epochs_done": epochs, "epochs_budget": 3, "best_val_acc": val,
             "best_test_acc": float(best), "last_test_acc": float(best if last is None else last),
-            "last_val_acc": best + 0.5, "test_acc_at_best_val": float(best), "wall_seconds": 1.0,
-            "trial_dir": f"/nowhere/{tid}"}
+            "last_val_acc": None if val is None else val - 0.5, "test_acc_at_best_val": at_best_val,
+            "wall_seconds": 1.0, "trial_dir": f"/nowhere/{tid}"}
 
 
 def _epochs(trials):
@@ -85,7 +91,30 @@ def test_epoch_last_uses_last_test_acc(tmp_path):
     trials = [_trial("a0", 0, 70, last=60), _trial("a1", 1, 72, last=62)]
     d = make_study(tmp_path / "c", grid_spec("cam_resolution"), trials)
     assert tables.build(load(d), epoch="last")[0].rows == [["61.00 ± 1.41 (2)"]]
-    assert tables.build(load(d), epoch="best")[0].rows == [["71.00 ± 1.41 (2)"]]
+    assert tables.build(load(d), epoch="best-test")[0].rows == [["71.00 ± 1.41 (2)"]]
+
+
+def test_study_without_validation_defaults_to_the_labelled_best_test_epoch_with_the_last_beside(tmp_path):
+    d = make_study(tmp_path / "c", grid_spec("cam_resolution"),
+                   [_trial("a0", 0, 70, last=60), _trial("a1", 1, 72, last=62)])
+    ts = tables.build(load(d))
+    assert [t.rows for t in ts] == [[["71.00 ± 1.41 (2)"]], [["61.00 ± 1.41 (2)"]]]
+    assert "best TEST epoch" in ts[0].title and "chosen on the test set" in ts[0].title
+    assert ts[1].name == "cam_resolution_last" and "last epoch" in ts[1].title
+    with pytest.raises(ValueError, match="no validation split"):
+        tables.build(load(d), epoch="best-val")
+
+
+def test_study_with_validation_reports_test_at_the_best_validation_epoch(tmp_path):
+    spec = grid_spec("cam_resolution", metric="val_acc")
+    trials = [_trial("a0", 0, 70, val=71, at_best_val=66), _trial("a1", 1, 72, val=73, at_best_val=68)]
+    d = make_study(tmp_path / "v", spec, trials)
+    ts = tables.build(load(d))
+    assert len(ts) == 1 and ts[0].rows == [["67.00 ± 1.41 (2)"]]  # not the best test epoch (71)
+    assert "best-validation epoch" in ts[0].title
+    assert any("Nothing here is chosen on the test set" in n for n in ts[0].notes)
+    t = tables.build(load(d), epoch="best-test")[0]
+    assert t.rows == [["71.00 ± 1.41 (2)"]] and "best TEST epoch" in t.title
 
 
 def _main_results_study(tmp_path, smoke=False):
@@ -200,14 +229,17 @@ def _beta_study(tmp_path, confirm_rows=True, n=6):
     spec = {"name": "beta_sweep", "base": "x", "metric": "val_acc", "mode": "max", "seeds": [0],
             "space": {"beta": {"loguniform": [10, 3000]}, "cam_resolution": {"choice": [2, 4]}},
             "search": {"algorithm": "optuna", "num_samples": n}, "scheduler": {"type": "asha"},
-            "confirm": {"top_k": 1, "seeds": [0, 1]}}
+            "confirm": {"top_k": 2, "seeds": [1, 2]}}
     betas = [12.0, 40.0, 150.0, 400.0, 900.0, 2500.0][:n]
     accs = [60.0, 66.0, 70.0, 64.0, 55.0, 40.0][:n]
-    trials = [_trial(f"s{i}", 0, a, stage="search", **{BETA: b, RES: 2 + 2 * (i % 2)})
+    trials = [_trial(f"s{i}", 0, a, stage="search", val=a + 1, **{BETA: b, RES: 2 + 2 * (i % 2)})
               for i, (b, a) in enumerate(zip(betas, accs))]
     if confirm_rows:
-        trials += [_trial("c0", 0, 69.0, stage="confirm", **{BETA: 150.0, RES: 2}),
-                   _trial("c1", 1, 71.0, stage="confirm", **{BETA: 150.0, RES: 2})]
+        # β=150 wins on validation; β=40 has the higher *test* accuracy and must not be picked
+        trials += [_trial("c0", 1, 69.0, stage="confirm", val=70.0, **{BETA: 150.0, RES: 2}),
+                   _trial("c1", 2, 71.0, stage="confirm", val=72.0, **{BETA: 150.0, RES: 2}),
+                   _trial("c2", 1, 75.0, stage="confirm", val=60.0, **{BETA: 40.0, RES: 4}),
+                   _trial("c3", 2, 75.0, stage="confirm", val=61.0, **{BETA: 40.0, RES: 4})]
     return make_study(tmp_path / "beta", spec, trials)
 
 
@@ -215,8 +247,17 @@ def test_beta_sweep_sorts_beta_and_reports_confirm_and_advised_range(tmp_path):
     ts = {t.name: t for t in tables.build(load(_beta_study(tmp_path)))}
     assert [r[0] for r in ts["beta_sweep_search"].rows] == ["12", "40", "150", "400", "900", "2500"]
     best = ts["beta_sweep_best"].rows[0]
-    assert best[0] == "150" and best[2] == "70.00 ± 1.41 (2)"
+    assert best[0] == "150" and best[2] == "68.00 ± 1.41 (2)"  # test at the best-validation epoch
     assert best[3] == "15" and best[4] == "yes"  # fixture: loss_cat at epoch 1 = 0.1 * β
+
+
+def test_beta_sweep_picks_the_best_beta_on_validation_never_on_test(tmp_path):
+    for epoch in ("auto", "best-test", "last"):
+        ts = {t.name: t for t in tables.build(load(_beta_study(tmp_path)), epoch=epoch)}
+        assert ts["beta_sweep_best"].rows[0][0] == "150", epoch  # β=40 has the higher test accuracy
+        assert "chosen by mean best_val_acc" in ts["beta_sweep_best"].title
+    ts = {t.name: t for t in tables.build(load(_beta_study(tmp_path)), epoch="best-test")}
+    assert ts["beta_sweep_best"].rows[0][2] == "70.00 ± 1.41 (2)" and "best TEST epoch" in ts["beta_sweep_best"].headers[2]
 
 
 def test_val_tuned_study_without_confirm_rows_says_so(tmp_path):
@@ -302,24 +343,50 @@ def test_render_md_and_csv_text_roundtrip():
     assert list(csv.reader(io.StringIO(tables.csv_text(t)))) == [["a", "b"], ["1.00 ± 0.10 (2)", "x,y"]]
 
 
-def test_tune_fallback_resolves_presets_and_marks_unfinished_trials_running(tmp_path):
+def _tune_trial(d, i, accs, settings, extra_rows=()):
+    """A trial directory as Tune and the trial leave it: params.json, result.json, run/settings.json."""
+    td = d / f"trial_{i}"
+    (td / "run").mkdir(parents=True)
+    (td / "params.json").write_text(json.dumps({"grid": {"preset": "cifar100/KD/res32x4_res8x4", "seed": i}}))
+    (td / "result.json").write_text("".join(
+        json.dumps({"epoch": e + 1, "test_acc": a, "trial_id": f"t{i}", "done": False}) + "\n"
+        for e, a in enumerate(accs)) + "".join(json.dumps(r) + "\n" for r in extra_rows))
+    (td / "run" / "settings.json").write_text(json.dumps(settings))
+
+
+def test_tune_fallback_reads_each_trials_own_record_through_the_same_builder(tmp_path):
+    from catkd.study import results as record
+    from catkd.study.spec import StudySpec, run_config
+
     spec = grid_spec("main_results", base="cifar100/CAT_KD/res32x4_res8x4", fixed={"SOLVER.EPOCHS": 2},
                      space={"preset": {"grid": ["cifar100/KD/res32x4_res8x4"]}})
     d = make_study(tmp_path / "mr", spec, [], parquet=False)
     for i, accs in enumerate([[70, 73], [71]]):  # trial 1 did 1 of 2 epochs, study not done
-        td = d / f"trial_{i}"
-        td.mkdir()
-        (td / "params.json").write_text(json.dumps({"grid": {"preset": "cifar100/KD/res32x4_res8x4", "seed": i}}))
-        (td / "result.json").write_text("".join(
-            json.dumps({"epoch": e + 1, "test_acc": a, "trial_id": f"t{i}", "done": False}) + "\n"
-            for e, a in enumerate(accs)))
+        params = {"preset": "cifar100/KD/res32x4_res8x4", "seed": i}
+        cfg = run_config(StudySpec.model_validate(spec), params)
+        _tune_trial(d, i, accs, record.settings_of(cfg, spec, params))
     study = load(d)
+    assert study.source == "tune"
     assert list(study.trials["status"]) == ["finished", "running"]
+    # the same rows the Parquet writer stores: one builder
+    rows, trials = record.collect(d, spec, study_done=False)
+    assert list(study.trials["trial_id"]) == [t["trial_id"] for t in trials]
+    assert list(study.epochs["test_acc"]) == [r["test_acc"] for r in rows]
     t = tables.build(study)[0]
     row = dict(zip(t.headers, t.rows[0]))
     assert row["teacher->student"] == "resnet32x4->resnet8x4"
-    assert row["KD (ours)"] == "72.00 ± 1.41 (2)" and row["KD (published)"] == "73.33"
+    assert row["KD (ours)"].startswith("72.00 ± 1.41 (2)") and row["KD (published)"] == "73.33"
     assert "PARTIAL" in t.title
+
+
+def test_tune_fallback_does_not_count_a_diverged_trials_marker_row_as_an_epoch(tmp_path):
+    spec = grid_spec("x", fixed={"SOLVER.EPOCHS": 5})
+    d = make_study(tmp_path / "dv", spec, [], parquet=False)
+    marker = {"epoch": 2, "status": "diverged", "test_acc": float("nan"), "trial_id": "t0"}
+    _tune_trial(d, 0, [40, 45], {"SOLVER.EPOCHS": 5, "EXPERIMENT.SEED": 0}, [marker])
+    study = load(d)
+    assert list(study.epochs["test_acc"]) == [40, 45]  # epoch 2 keeps its real value
+    assert study.trials["status"].iloc[0] == "diverged" and study.trials["last_test_acc"].iloc[0] == 45
 
 
 def test_script_exits_2_on_a_non_study_directory(tmp_path):

@@ -61,6 +61,17 @@ BROKEN = [
     ("val metric without a validation split", {"smoke": {"val_size": 0}}, "metric"),
     ("wrong type", {"search": {"num_samples": "many"}}, "search.num_samples"),
     ("missing base", {"base": "cifar100/CAT_KD/no_such_pair"}, "base"),
+    # --smoke replaces these fields, but checks the real study first: a green smoke means it will start
+    ("unknown model under --smoke", {"fixed": {"student": "resnet9000"}}, "DISTILLER.STUDENT"),
+    ("cam_count above the real classes under --smoke",
+     {"space__cam_count": {"choice": [500], "when": {"partial_cams": True}},
+      "smoke": {"space": {"cam_count": {"choice": [2], "when": {"partial_cams": True}}}}}, "CAMs_Nums"),
+    ("real metric without a validation split under --smoke", {"fixed": {"normalize": True}}, "metric"),
+    # confirmation must be independent of the search
+    ("confirm seed is a search seed", {"confirm": {"top_k": 1, "seeds": [0, 1]}}, "confirm.seeds"),
+    ("smoke confirm seed is a smoke search seed",
+     {"confirm": {"top_k": 1, "seeds": [1, 2]}, "smoke": {"confirm": {"top_k": 1, "seeds": [0]}}},
+     "smoke.confirm.seeds"),
 ]
 
 
@@ -73,7 +84,7 @@ def test_broken_study_exits_2_naming_key_without_starting_ray_or_writing(tmp_pat
         if "__" in k:
             a, b = k.split("__")
             data[a][b] = v
-        elif isinstance(v, dict) and isinstance(data.get(k), dict):
+        elif isinstance(v, dict) and isinstance(data.get(k), dict) and k != "fixed":
             data[k].update(v)
         else:
             data[k] = v
@@ -145,7 +156,7 @@ def test_every_shipped_study_validates_full_and_smoke(path):
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory, ray_session):
     tmp = tmp_path_factory.mktemp("tiny")
-    spec = load_study(study_file(tmp), smoke=True, sets={"confirm": {"top_k": 1, "seeds": [0, 1]}})
+    spec = load_study(study_file(tmp), smoke=True, sets={"confirm": {"top_k": 1, "seeds": [1, 2]}})
     rc = runner.run_study(spec, "tiny", tmp / "store", "tiny-smoke", dashboard=False)
     assert rc == 0
     return tmp / "store" / "tiny-smoke"
@@ -183,7 +194,7 @@ def test_confirm_stage_reruns_the_best_search_config_with_each_seed_at_full_budg
     search = [t for t in trials if t["stage"] == "search"]
     confirm = [t for t in trials if t["stage"] == "confirm"]
     best = max(search, key=lambda t: t["best_val_acc"] if t["status"] == "finished" else -1)
-    assert sorted(t["EXPERIMENT.SEED"] for t in confirm) == [0, 1]
+    assert sorted(t["EXPERIMENT.SEED"] for t in confirm) == [1, 2]  # new seeds, not the search seed 0
     for t in confirm:
         assert t["status"] == "finished" and t["epochs_done"] == 4
         assert t["CAT_KD.LOSS.CAT_loss_weight"] == best["CAT_KD.LOSS.CAT_loss_weight"]

@@ -1,10 +1,15 @@
-"""Study results as Parquet (docs/contracts.md, C6), derived from Tune's own per-trial files.
+"""The one trial record: results schema, builder, writer and reader (docs/contracts.md, C6).
 
-Tune writes every reported result of a trial to `<trial dir>/result.json` as it arrives, and its
-parameters to `params.json`. `results.parquet` and `trials.parquet` are rebuilt from those files
-(deduplicated by trial and epoch, so a trial restored from a checkpoint that re-reports an epoch
-is counted once), then written atomically. A study killed at any moment therefore leaves readable
-files, and `--resume` rebuilds them exactly.
+This module owns the columns, statuses, study aliases and setting keys, and is the only code that
+writes or reads `results.parquet` / `trials.parquet` (`analysis` reads through `read`).
+
+Each trial records its settings once, from the run config it actually trained with
+(`<trial dir>/run/settings.json`, written by the trial: `write_settings`). Tune writes every
+reported result of a trial to `<trial dir>/result.json` as it arrives. `collect` rebuilds the rows
+from those files (deduplicated by trial and epoch, so a trial restored from a checkpoint that
+re-reports an epoch is counted once; a diverged trial's marker row is not an epoch); `write` stores
+them atomically. A study killed at any moment therefore leaves readable files, `--resume` rebuilds
+them exactly, and a report of a directory without Parquet files builds the same rows.
 """
 from __future__ import annotations
 
@@ -14,17 +19,88 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+from catkd.fsutil import atomic_write_bytes, atomic_write_json
 
-from catkd.fsutil import atomic_write_bytes
-
-# Columns every epoch row carries (docs/contracts.md, C6), in this order, before the loss terms and settings.
+# Columns every epoch row carries, in this order, before the loss terms and settings.
 EPOCH_COLUMNS = [
     "epoch", "lr", "train_loss", "train_acc", "val_acc", "val_acc_top5", "test_acc", "test_acc_top5",
     "best_val_acc", "best_test_acc", "test_acc_unseen", "epoch_seconds", "eval_seconds", "images_per_second",
 ]
+ID_COLUMNS = ["trial_id", "study", "stage", "seed"]
 STATUSES = ("finished", "stopped", "diverged", "error", "running")
+SEED_KEY = "EXPERIMENT.SEED"
+PRESET_KEY = "preset"  # a dimension that swaps the whole base config (e.g. the pairs of main_results)
+
+# Friendly names for the study dimensions; each maps to the reference's dotted key.
+ALIASES: dict[str, str] = {
+    "beta": "CAT_KD.LOSS.CAT_loss_weight",
+    "cam_resolution": "CAT_KD.LOSS.CAM_RESOLUTION",
+    "normalize": "CAT_KD.IF_NORMALIZE",
+    "binarize": "CAT_KD.IF_BINARIZE",
+    "only_cat": "CAT_KD.onlyCAT",
+    "ce_weight": "CAT_KD.LOSS.CE_WEIGHT",
+    "partial_cams": "CAT_KD.IF_OnlyTransferPartialCAMs",
+    "cam_count": "CAT_KD.CAMs_Nums",
+    "cam_strategy": "CAT_KD.Strategy",
+    "reduction": "DATASET.REDUCTION",
+    "reserved_classes": "DATASET.RESERVED_CLASS_NUM",
+    "reserved_rate": "DATASET.RESERVED_RATE",
+    "lr": "SOLVER.LR",
+    "epochs": "SOLVER.EPOCHS",
+    "teacher": "DISTILLER.TEACHER",
+    "student": "DISTILLER.STUDENT",
+    "distiller": "DISTILLER.TYPE",
+    "seed": SEED_KEY,
+    "val_size": "DATASET.VAL_SIZE",
+}
+
+# Settings recorded as columns for every trial (plus every fixed key and every dimension of the study).
+SETTING_KEYS = [
+    "DISTILLER.TYPE", "DISTILLER.TEACHER", "DISTILLER.STUDENT", "SOLVER.LR", "SOLVER.EPOCHS",
+    "SOLVER.BATCH_SIZE", "CAT_KD.LOSS.CAT_loss_weight", "CAT_KD.LOSS.CAM_RESOLUTION",
+    "CAT_KD.LOSS.CE_WEIGHT", "CAT_KD.IF_NORMALIZE", "CAT_KD.IF_BINARIZE", "CAT_KD.onlyCAT",
+    "CAT_KD.IF_OnlyTransferPartialCAMs", "CAT_KD.CAMs_Nums", "CAT_KD.Strategy", "KD.TEMPERATURE",
+    "DKD.BETA", "DKD.T", "DATASET.TYPE", "DATASET.REDUCTION", "DATASET.RESERVED_CLASS_NUM",
+    "DATASET.RESERVED_RATE", "DATASET.VAL_SIZE", SEED_KEY,
+]
+SETTINGS_FILE = "settings.json"  # in <trial dir>/run/, written by the trial
+
+
+def canonical(key: str) -> str:
+    """The dotted config key of a study dimension name (aliases resolved)."""
+    return ALIASES.get(key, key)
+
+
+def setting_keys(spec: dict[str, Any]) -> list[str]:
+    """SETTING_KEYS plus the study's fixed keys and dimensions (canonical), in that order."""
+    keys = list(SETTING_KEYS)
+    space = spec.get("space") or {}
+    grids = space if isinstance(space, list) else [space]
+    for k in [*(spec.get("fixed") or {}), *(k for g in grids for k in (g or {}))]:
+        c = canonical(k)
+        if c not in keys:
+            keys.append(c)
+    return keys
+
+
+def settings_of(cfg: Any, spec: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """{dotted key: value} of the run config a trial trains with (the trial's one record)."""
+    row: dict[str, Any] = {}
+    if PRESET_KEY in params:
+        row[PRESET_KEY] = params[PRESET_KEY]
+    for k in setting_keys(spec):
+        if k == PRESET_KEY:
+            continue
+        try:
+            v = cfg.get(k)
+        except AttributeError:
+            continue
+        row[k] = v.model_dump(mode="json") if hasattr(v, "model_dump") else v
+    return row
+
+
+def write_settings(run_dir: Path, settings: dict[str, Any]) -> None:
+    atomic_write_json(Path(run_dir) / SETTINGS_FILE, settings)
 
 
 def trial_dirs(exp_dir: Path) -> list[Path]:
@@ -51,53 +127,62 @@ def _read_results(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def collect(
-    exp_dir: Path,
-    settings_of: "callable",
-    study: str,
-    epochs_of: "callable",
-    study_done: bool,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Epoch rows and trial rows of the experiment directory.
+def _params(tdir: Path) -> dict[str, Any]:
+    """A trial's study parameters from Tune's params.json (grid studies nest them under "grid")."""
+    params = json.loads((tdir / "params.json").read_text())
+    if isinstance(params.get("grid"), dict):
+        params = dict(params["grid"])
+    return {k: v for k, v in params.items() if not k.startswith("_")}
 
-    settings_of(params) -> {dotted key: value} (the trial's resolved settings);
-    epochs_of(params) -> the trial's full epoch budget (to tell finished from stopped early).
-    """
+
+def _recorded_settings(tdir: Path, spec: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The trial's own record; before it has written one (not started), its parameters as given."""
+    try:
+        return json.loads((tdir / "run" / SETTINGS_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        fixed = {canonical(k): v for k, v in (spec.get("fixed") or {}).items()}
+        return {**fixed, **{(k if k == PRESET_KEY else canonical(k)): v for k, v in params.items()}}
+
+
+def collect(exp_dir: Path, spec: dict[str, Any], study_done: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Epoch rows and trial rows of the experiment directory (`spec`: the study as run, a dict)."""
+    exp_dir = Path(exp_dir)
+    study = spec.get("name")
     epoch_rows: list[dict[str, Any]] = []
     trial_rows: list[dict[str, Any]] = []
     for tdir in trial_dirs(exp_dir):
         try:
-            params = json.loads((tdir / "params.json").read_text())
-        except (OSError, json.JSONDecodeError):
+            params = _params(tdir)
+        except (OSError, json.JSONDecodeError, AttributeError):
             continue
         stage = "confirm" if tdir.parent.name == "confirm" and tdir.parent != exp_dir else "search"
         results = _read_results(tdir / "result.json")
         trial_id = results[0]["trial_id"] if results else tdir.name.split("_")[-1]
-        settings = settings_of(params)
+        settings = _recorded_settings(tdir, spec, params)
         by_epoch: dict[int, dict[str, Any]] = {}
         diverged = False
         for r in results:
             if r.get("status") == "diverged":
                 diverged = True
-                continue
+                continue  # the marker row is not an epoch
             if "epoch" in r and "test_acc" in r:
                 by_epoch[int(r["epoch"])] = r  # last report of an epoch wins (restored trials)
-        rows = []
+        seed = settings.get(SEED_KEY)
         for ep in sorted(by_epoch):
             r = by_epoch[ep]
-            row = {"trial_id": trial_id, "study": study, "stage": stage, "seed": settings.get("EXPERIMENT.SEED")}
+            row = {"trial_id": trial_id, "study": study, "stage": stage, "seed": seed}
             row.update({k: _num(r.get(k)) for k in EPOCH_COLUMNS})
             row.update({k: _num(v) for k, v in r.items() if k.startswith("loss_")})
             row["epoch"] = ep
             row.update(settings)
-            rows.append(row)
-        epoch_rows += rows
-        budget = epochs_of(params)
+            epoch_rows.append(row)
+        budget = settings.get("SOLVER.EPOCHS") or next(
+            (r.get("epochs_budget") for r in results if r.get("epochs_budget")), None)
         done = max(by_epoch, default=0)
         error = (tdir / "error.txt").exists() or (tdir / "error.pkl").exists()
         if diverged:
             status = "diverged"
-        elif done >= budget:
+        elif budget and done >= budget:
             status = "finished"
         elif error and study_done:
             status = "error"
@@ -106,10 +191,10 @@ def collect(
         else:
             status = "error" if error else "running"
         wall = sum(_num(r.get("epoch_seconds")) or 0.0 for r in by_epoch.values())
-        val = [r["val_acc"] for r in by_epoch.values() if r.get("val_acc") is not None]
-        test = [r["test_acc"] for r in by_epoch.values()]
+        val = [r["val_acc"] for r in by_epoch.values() if _finite(r.get("val_acc"))]
+        test = [r["test_acc"] for r in by_epoch.values() if _finite(r.get("test_acc"))]
         trial_rows.append({
-            "trial_id": trial_id, "study": study, "stage": stage, "seed": settings.get("EXPERIMENT.SEED"),
+            "trial_id": trial_id, "study": study, "stage": stage, "seed": seed,
             **settings,
             "status": status, "epochs_done": done, "epochs_budget": budget,
             "best_val_acc": max(val) if val else None,
@@ -117,18 +202,31 @@ def collect(
             "last_test_acc": by_epoch[done]["test_acc"] if done else None,
             "last_val_acc": by_epoch[done].get("val_acc") if done else None,
             "test_acc_at_best_val": _test_at_best_val(by_epoch),
+            "best_val_epoch": _best_val_epoch(by_epoch),
             "wall_seconds": _trial_wall(results) or wall,
             "trial_dir": str(tdir),
         })
     return epoch_rows, trial_rows
 
 
-def _test_at_best_val(by_epoch: dict[int, dict[str, Any]]) -> Optional[float]:
-    withval = [r for r in by_epoch.values() if r.get("val_acc") is not None]
+def _finite(v: Any) -> bool:
+    try:
+        return v is not None and not isinstance(v, bool) and math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _best_val_epoch(by_epoch: dict[int, dict[str, Any]]) -> Optional[int]:
+    withval = [r for r in by_epoch.values() if _finite(r.get("val_acc"))]
     if not withval:
         return None
-    best = max(withval, key=lambda r: (r["val_acc"], -r["epoch"]))
-    return best["test_acc"]
+    return int(max(withval, key=lambda r: (r["val_acc"], -r["epoch"]))["epoch"])
+
+
+def _test_at_best_val(by_epoch: dict[int, dict[str, Any]]) -> Optional[float]:
+    """Test top-1 at the epoch of best validation accuracy (the earliest, on ties)."""
+    e = _best_val_epoch(by_epoch)
+    return None if e is None else by_epoch[e]["test_acc"]
 
 
 def _trial_wall(results: list[dict[str, Any]]) -> Optional[float]:
@@ -140,7 +238,9 @@ def _num(v: Any) -> Any:
     return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
-def to_table(rows: list[dict[str, Any]], first: Iterable[str]) -> pa.Table:
+def to_table(rows: list[dict[str, Any]], first: Iterable[str]):
+    import pyarrow as pa
+
     cols: list[str] = [c for c in first]
     for r in rows:
         for k in r:
@@ -158,7 +258,9 @@ def _cell(v: Any) -> Any:
     return v
 
 
-def _column(values: list[Any]) -> pa.Array:
+def _column(values: list[Any]):
+    import pyarrow as pa
+
     kinds = {type(v) for v in values if v is not None}
     if kinds == {int}:
         return pa.array(values, pa.int64())
@@ -171,12 +273,43 @@ def _column(values: list[Any]) -> pa.Array:
     return pa.array([None if v is None else str(v) for v in values], pa.string())
 
 
-def write_parquet(path: Path, table: pa.Table) -> None:
+def write_parquet(path: Path, table) -> None:
+    import pyarrow.parquet as pq
+
     buf = io.BytesIO()
     pq.write_table(table, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
 def write_results(exp_dir: Path, epoch_rows: list[dict[str, Any]], trial_rows: list[dict[str, Any]]) -> None:
-    write_parquet(exp_dir / "results.parquet", to_table(epoch_rows, ["trial_id", "study", "stage", "seed"]))
-    write_parquet(exp_dir / "trials.parquet", to_table(trial_rows, ["trial_id", "study", "stage", "seed"]))
+    write_parquet(exp_dir / "results.parquet", to_table(epoch_rows, ID_COLUMNS))
+    write_parquet(exp_dir / "trials.parquet", to_table(trial_rows, ID_COLUMNS))
+
+
+def write(exp_dir: Path, spec: dict[str, Any], study_done: bool) -> list[dict[str, Any]]:
+    """Rebuild both Parquet files from the trial files; returns the trial rows."""
+    rows, trials = collect(exp_dir, spec, study_done)
+    write_results(Path(exp_dir), rows, trials)
+    return trials
+
+
+def read(exp_dir: Path, spec: dict[str, Any]):
+    """(epoch rows, trial rows, source) as pandas DataFrames: the Parquet files, or, when there are
+    none yet, the same rows built from the trial files (source "parquet" or "tune")."""
+    import pandas as pd
+
+    exp_dir = Path(exp_dir)
+    trials_pq, results_pq = exp_dir / "trials.parquet", exp_dir / "results.parquet"
+    if trials_pq.is_file():
+        epochs = pd.read_parquet(results_pq) if results_pq.is_file() else pd.DataFrame()
+        return epochs, pd.read_parquet(trials_pq), "parquet"
+    try:
+        state = json.loads((exp_dir / "stage.json").read_text())
+        done = all(v == "done" for v in state.values()) and bool(state)
+    except (OSError, ValueError, AttributeError):
+        done = False
+    rows, trials = collect(exp_dir, spec, study_done=done)
+    # the same cell conversion as the Parquet writer (lists/dicts as JSON text)
+    rows = [{k: _cell(v) for k, v in r.items()} for r in rows]
+    trials = [{k: _cell(v) for k, v in t.items()} for t in trials]
+    return pd.DataFrame(rows), pd.DataFrame(trials), "tune"

@@ -30,17 +30,6 @@ from catkd.study.spec import (
     run_config,
 )
 
-# Settings recorded as columns for every trial (plus every fixed key and every dimension).
-SETTING_KEYS = [
-    "DISTILLER.TYPE", "DISTILLER.TEACHER", "DISTILLER.STUDENT", "SOLVER.LR", "SOLVER.EPOCHS",
-    "SOLVER.BATCH_SIZE", "CAT_KD.LOSS.CAT_loss_weight", "CAT_KD.LOSS.CAM_RESOLUTION",
-    "CAT_KD.LOSS.CE_WEIGHT", "CAT_KD.IF_NORMALIZE", "CAT_KD.IF_BINARIZE", "CAT_KD.onlyCAT",
-    "CAT_KD.IF_OnlyTransferPartialCAMs", "CAT_KD.CAMs_Nums", "CAT_KD.Strategy", "KD.TEMPERATURE", "DKD.BETA", "DKD.T",
-    "DATASET.TYPE", "DATASET.REDUCTION", "DATASET.RESERVED_CLASS_NUM", "DATASET.RESERVED_RATE",
-    "DATASET.VAL_SIZE", "EXPERIMENT.SEED",
-]
-
-
 def say(msg: str) -> None:
     print(f"catkd.study: {msg}", flush=True)
 
@@ -141,50 +130,12 @@ def ensure_smoke_teacher(spec: StudySpec, cache: Path) -> Optional[Path]:
     return path
 
 
-# ---- settings of a trial (for the Parquet columns) ----------------------------------------------
-class Settings:
-    def __init__(self, spec: StudySpec):
-        self.spec = spec
-        self.keys = list(SETTING_KEYS)
-        for k in [*spec.fixed, *spec.dimension_names]:
-            c = canonical(k)
-            if c not in self.keys:
-                self.keys.append(c)
-        self._cache: dict[str, tuple[dict[str, Any], int]] = {}
-
-    def _resolve(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        from catkd.study.space import trial_params
-
-        p = trial_params(params)
-        key = json.dumps(p, sort_keys=True, default=str)
-        if key not in self._cache:
-            cfg = run_config(self.spec, p)
-            row: dict[str, Any] = {}
-            if PRESET_KEY in p:
-                row[PRESET_KEY] = p[PRESET_KEY]
-            for k in self.keys:
-                if k == PRESET_KEY:
-                    continue
-                try:
-                    row[k] = cfg.get(k)
-                except AttributeError:
-                    pass
-            self._cache[key] = (row, cfg.SOLVER.EPOCHS)
-        return self._cache[key]
-
-    def of(self, params: dict[str, Any]) -> dict[str, Any]:
-        return dict(self._resolve(params)[0])
-
-    def epochs(self, params: dict[str, Any]) -> int:
-        return self._resolve(params)[1]
-
-
 class ResultsWriter:
     """Rebuilds results.parquet / trials.parquet from Tune's trial files; throttled while running."""
 
     def __init__(self, exp_dir: Path, spec: StudySpec, every_s: float = 5.0):
         self.exp_dir, self.spec, self.every_s = exp_dir, spec, every_s
-        self.settings = Settings(spec)
+        self.spec_dict = spec.model_dump(mode="json", exclude_none=True)
         self.last = 0.0
 
     def write(self, study_done: bool = False, force: bool = True) -> list[dict[str, Any]]:
@@ -192,9 +143,7 @@ class ResultsWriter:
         if not force and now - self.last < self.every_s:
             return []
         self.last = now
-        rows, trials = res.collect(self.exp_dir, self.settings.of, self.spec.name, self.settings.epochs, study_done)
-        res.write_results(self.exp_dir, rows, trials)
-        return trials
+        return res.write(self.exp_dir, self.spec_dict, study_done)
 
 
 # ---- live progress ------------------------------------------------------------------------------
@@ -485,14 +434,18 @@ def run_study(
 
 
 def summary_table(trials: list[dict[str, Any]], spec: StudySpec, top: int = 10) -> str:
+    """The best trials by the study metric (validation when tuned on it: nothing picked on test)."""
     from tabulate import tabulate
 
     key = "best_val_acc" if spec.metric == "val_acc" else "best_test_acc"
+    shown = ["best_val_acc", "test_acc_at_best_val", "last_test_acc"] if spec.metric == "val_acc" else \
+        ["best_test_acc", "last_test_acc"]
     dims = [canonical(d) for d in spec.dimension_names] + ["EXPERIMENT.SEED"]
     rows = sorted(trials, key=lambda t: (t["stage"] != "confirm", -(t.get(key) or -1)))[:top]
     inv = {v: k for k, v in ALIASES.items()}
-    headers = ["stage", "trial", "status", *[inv.get(d, d) for d in dims], "epochs", key, "last_test_acc"]
+    headers = ["stage", "trial", "status", *[inv.get(d, d) for d in dims], "epochs", *shown]
     body = [[t["stage"], t["trial_id"], t["status"], *[t.get(d) for d in dims], t["epochs_done"],
-             t.get(key), t.get("last_test_acc")] for t in rows]
-    title = f"{spec.name}{' [SMOKE, synthetic data]' if spec.smoke_mode else ''}: top {len(rows)} of {len(trials)} trials"
+             *[t.get(c) for c in shown]] for t in rows]
+    title = (f"{spec.name}{' [SMOKE, synthetic data]' if spec.smoke_mode else ''}: top {len(rows)} of "
+             f"{len(trials)} trials by {key}")
     return title + "\n" + tabulate(body, headers=headers, floatfmt=".2f")

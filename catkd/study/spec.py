@@ -28,34 +28,8 @@ class StudyError(ValueError):
     """The study file is wrong; the message names the file, the key and what was expected."""
 
 
-# Friendly names for the dimensions the design names; each maps to the reference's key.
-ALIASES: dict[str, str] = {
-    "beta": "CAT_KD.LOSS.CAT_loss_weight",
-    "cam_resolution": "CAT_KD.LOSS.CAM_RESOLUTION",
-    "normalize": "CAT_KD.IF_NORMALIZE",
-    "binarize": "CAT_KD.IF_BINARIZE",
-    "only_cat": "CAT_KD.onlyCAT",
-    "ce_weight": "CAT_KD.LOSS.CE_WEIGHT",
-    "partial_cams": "CAT_KD.IF_OnlyTransferPartialCAMs",
-    "cam_count": "CAT_KD.CAMs_Nums",
-    "cam_strategy": "CAT_KD.Strategy",
-    "reduction": "DATASET.REDUCTION",
-    "reserved_classes": "DATASET.RESERVED_CLASS_NUM",
-    "reserved_rate": "DATASET.RESERVED_RATE",
-    "lr": "SOLVER.LR",
-    "epochs": "SOLVER.EPOCHS",
-    "teacher": "DISTILLER.TEACHER",
-    "student": "DISTILLER.STUDENT",
-    "distiller": "DISTILLER.TYPE",
-    "seed": "EXPERIMENT.SEED",
-    "val_size": "DATASET.VAL_SIZE",
-}
-# A dimension that swaps the whole base config (e.g. the preset pairs of main_results).
-PRESET_KEY = "preset"
-
-
-def canonical(key: str) -> str:
-    return ALIASES.get(key, key)
+# The study aliases and the results schema live with the trial record (catkd.study.results).
+from catkd.study.results import ALIASES, PRESET_KEY, canonical  # noqa: E402,F401
 
 
 class _Strict(BaseModel):
@@ -121,7 +95,8 @@ class SchedulerSpec(_Strict):
 
 class ConfirmSpec(_Strict):
     top_k: int = Field(3, ge=1)
-    seeds: list[int] = Field([0, 1, 2], min_length=1)
+    # disjoint from the search seeds (checked): a search seed would replay its search trial bit for bit
+    seeds: list[int] = Field([1, 2, 3], min_length=1)
     metric: Literal["test_acc"] = "test_acc"  # what the confirmed runs report
 
 
@@ -289,7 +264,9 @@ def apply_smoke(spec: StudySpec) -> StudySpec:
     d["max_concurrent"] = sm.max_concurrent
     d["resources"] = sm.resources.model_dump()
     if spec.confirm is not None:
-        d["confirm"] = (sm.confirm or ConfirmSpec(top_k=1, seeds=[0, 1])).model_dump()
+        # new seeds, disjoint from the smoke search seeds
+        default = ConfirmSpec(top_k=1, seeds=[s for s in range(max(d["seeds"]) + 1, max(d["seeds"]) + 3)])
+        d["confirm"] = (sm.confirm or default).model_dump()
     d["smoke_mode"] = True
     return StudySpec.model_validate(d)
 
@@ -313,6 +290,11 @@ def load_study(path: str | Path, smoke: bool = False, sets: Optional[dict[str, A
     except ValidationError as e:
         raise StudyError(_schema_errors(e, source, raw)) from None
     if smoke:
+        # a green smoke must mean the real study will start: check the real one first
+        try:
+            check_study(spec, source)
+        except StudyError as e:
+            raise StudyError(f"{e}\n(--smoke checks the real study before its smoke version)") from None
         try:
             spec = apply_smoke(spec)
         except ValueError as e:
@@ -349,6 +331,16 @@ def run_config(spec: StudySpec, params: dict[str, Any], source: str = "<study>",
 
 def check_study(spec: StudySpec, source: str) -> None:
     algo = spec.search.algorithm
+    if spec.confirm is not None:
+        overlap = sorted(set(spec.confirm.seeds) & set(spec.seeds))
+        if overlap:
+            where = "smoke.confirm.seeds" if spec.smoke_mode else "confirm.seeds"
+            raise StudyError(
+                f"{source}: {where}: {overlap} also seed{'s' if len(overlap) > 1 else ''} the search "
+                f"(seeds {spec.seeds}); a confirm run with a search seed replays its search trial bit for "
+                "bit, so it is not an independent repeat. Use new seeds, e.g. "
+                f"{[max(spec.seeds) + 1 + i for i in range(len(spec.confirm.seeds))]}"
+            )
     for gi, g in enumerate(spec.subgrids):
         gloc = f"space[{gi}]." if isinstance(spec.space, list) else "space."
         for name, dim in g.items():

@@ -20,16 +20,20 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], env: dict[str, st
     from ray import tune
 
     from catkd.engine import Trainer
+    from catkd.study.results import settings_of, write_settings
     from catkd.study.space import trial_params
     from catkd.study.spec import StudySpec, run_config
 
     os.environ.update(env)  # absolute CATKD_DATA / CATKD_TEACHERS resolved by the driver
     torch.set_num_threads(max(1, int(cpus)))  # Ray gives a worker 1 thread; use the trial's CPUs
     spec = StudySpec.model_validate(study)
-    cfg = run_config(spec, trial_params(config)).model_copy(deep=True)
+    params = trial_params(config)
+    cfg = run_config(spec, params).model_copy(deep=True)
     cfg.RUN.PROGRESS = "none"
 
     out_dir = _run_dir(exp_path, Path(tune.get_context().get_trial_dir()).name)
+    # the trial's one record of its settings: from the config it trains with, nothing re-resolved later
+    write_settings(out_dir, settings_of(cfg, study, params))
     resume_from = None
     restored = tune.get_checkpoint()
     if restored is not None:
