@@ -230,6 +230,16 @@ def test_asha_stopped_trials_are_pruned_not_complete_in_optuna(tiny_study):
     n_stopped = sum(t["status"] == "stopped" for t in trials)
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     assert len(pruned) == n_stopped > 0
+    # Optuna learns from the value that got each trial stopped: its intermediate value at its last epoch
+    rows = [r for r in pq.read_table(tiny_study / "results.parquet").to_pylist() if r["stage"] == "search"]
+    last = {}
+    for r in sorted(rows, key=lambda r: r["epoch"]):
+        last[r["CAT_KD.LOSS.CAT_loss_weight"]] = (r["epoch"], r["val_acc"])
+    for t in pruned:
+        epoch, val = last[t.params["beta"]]
+        assert t.intermediate_values.get(epoch) == pytest.approx(val), (t.number, t.intermediate_values, epoch)
+    for t in study.trials:  # every reported epoch is one intermediate value, at its epoch
+        assert sorted(t.intermediate_values) == list(range(1, last[t.params["beta"]][0] + 1))
 
 
 @pytest.mark.ray

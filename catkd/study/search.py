@@ -1,6 +1,7 @@
 """Searchers: Optuna (TPE or random sampler) over the define-by-run space, kept honest under ASHA."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import optuna
@@ -11,20 +12,39 @@ from catkd.study.spec import StudySpec
 
 
 class HonestOptunaSearch(OptunaSearch):
-    """A trial the scheduler stopped early is told to Optuna as PRUNED, not COMPLETE.
+    """A trial the scheduler stopped early is told to Optuna as PRUNED, with its stopping value.
 
     Ray's OptunaSearch tells every completed trial as COMPLETE with its last (low-budget) value,
-    which makes TPE model early-stopped trials as if they had finished. Their intermediate values
-    were already reported epoch by epoch; telling them PRUNED keeps them out of TPE's "complete"
-    set while TPE still ranks them by their last intermediate value, as with Optuna's own pruners.
+    which makes TPE model early-stopped trials as if they had finished. And Ray 2.60 does not pass
+    the result that got a trial stopped to `on_trial_result` (with a grace period of 1 a pruned trial
+    would have no intermediate value at all). So: intermediate values are reported at the trial's
+    epoch, the stopping result is reported as the intermediate value of its epoch, then the trial
+    is told PRUNED; TPE ranks pruned trials by that last value, as with Optuna's own pruners.
     A diverged trial reports a NaN metric and ends as FAIL.
     """
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_result(trial_id, result)
+        self._report(trial_id, result)
+
+    def _report(self, trial_id: str, result: dict) -> None:
+        """The metric as the intermediate value at the result's epoch (once per epoch)."""
+        value, step = result.get(self.metric), result.get("epoch")
+        if value is None or step is None or not math.isfinite(float(value)):
+            return
+        ot_trial = self._ot_trials[trial_id]
+        done = ot_trial.study._storage.get_trial(ot_trial._trial_id).intermediate_values
+        if int(step) not in done:
+            ot_trial.report(float(value), int(step))
+
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False):
-        if result and not error and result.get("status") != "diverged":
+        if result and not error and result.get("status") != "diverged" and trial_id in self._ot_trials:
             budget = result.get("epochs_budget")
             if budget is not None and result.get("epoch", budget) < budget:
+                self._report(trial_id, result)  # the value that got it stopped
                 return super().on_trial_complete(trial_id, None, error=False)  # -> PRUNED
+            self._report(trial_id, result)  # a finished trial's last epoch is an intermediate value too
         return super().on_trial_complete(trial_id, result, error)
 
 
