@@ -95,22 +95,29 @@ def test_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path, ca
 
 
 def test_disk_full_while_checkpointing_keeps_the_last_checkpoint_and_says_so(tmp_path, monkeypatch, capsys):
-    from catkd.engine import checkpoint as ckpt
+    """ENOSPC from inside the write, after the temporary file exists and holds part of the data:
+    atomic_write's own cleanup must remove it and leave the previous checkpoint intact."""
+    import errno
 
-    real = ckpt.atomic_torch_save
-    calls = {"n": 0}
+    real_save = torch.save
+    seen_tmp: list[Path] = []
 
-    def full_disk(path, obj):
-        if Path(path).name == "checkpoint.pth" and obj["epoch"] == 2:
-            raise OSError(28, "No space left on device", str(path))
-        calls["n"] += 1
-        return real(path, obj)
+    def save_until_the_disk_is_full(obj, f, *a, **k):
+        name = Path(os.readlink(f"/proc/self/fd/{f.fileno()}")) if hasattr(f, "fileno") else Path("")
+        if name.name.startswith(".checkpoint.pth.") and isinstance(obj, dict) and obj.get("epoch") == 2:
+            f.write(b"half a checkpoint")
+            f.flush()
+            assert name.is_file()  # the temporary file is on disk when the write fails
+            seen_tmp.append(name)
+            raise OSError(errno.ENOSPC, "No space left on device", str(name))
+        return real_save(obj, f, *a, **k)
 
-    monkeypatch.setattr(ckpt, "atomic_torch_save", full_disk)
+    monkeypatch.setattr(torch, "save", save_until_the_disk_is_full)
     rc = train_main(["--cfg", "cifar100/vanilla/resnet8x4", *ARGS, "LOG.PREFIX", str(tmp_path), "EXPERIMENT.NAME", "f"])
     assert rc == 1
     err = capsys.readouterr().err
     assert "No space left on device" in err and "--resume" in err
+    assert seen_tmp and not seen_tmp[0].exists()  # the real cleanup removed it
     state = torch.load(tmp_path / "f" / "checkpoint.pth", weights_only=True)
     assert state["epoch"] == 1  # the epoch-1 checkpoint is intact and loadable
     assert not list((tmp_path / "f").glob(".checkpoint.pth.*"))  # no temporary file left behind

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import yaml
+
 from catkd.config import Config, data_root, teacher_path
 from catkd.fsutil import atomic_write_json, atomic_write_text
 from catkd.study import results as res
@@ -360,6 +362,42 @@ def confirm_params(spec: StudySpec, trials: list[dict[str, Any]]) -> list[dict[s
     return out
 
 
+def _trials_started(exp_dir: Path) -> bool:
+    """Has any trial of this experiment started (Tune wrote its files)?"""
+    return bool(res.trial_dirs(exp_dir)) or any(exp_dir.glob("experiment_state-*.json"))
+
+
+# keys of a saved study.yaml that are not the study: where this machine keeps the smoke teacher
+_RUNTIME_KEYS = {"fixed.DISTILLER.TEACHER_CKPT"}
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict) and d:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): d}
+
+
+def check_same_study(spec: StudySpec, saved: Path, source: str) -> None:
+    """--resume continues the study that was started, or nothing: compare with the saved study.yaml."""
+    try:
+        old = yaml.safe_load(saved.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise StudyError(f"{source}: --resume: cannot read the saved {saved} ({e})") from None
+    new = yaml.safe_load(dump_study(spec)) or {}
+    a, b = _flat(old), _flat(new)
+    keys = sorted(k for k in set(a) | set(b) if k not in _RUNTIME_KEYS and a.get(k, "<absent>") != b.get(k, "<absent>"))
+    if keys:
+        shown = "; ".join(f"{k}: saved {a.get(k, '<absent>')!r}, now {b.get(k, '<absent>')!r}" for k in keys[:8])
+        more = f" (and {len(keys) - 8} more)" if len(keys) > 8 else ""
+        raise StudyError(
+            f"{source}: --resume: this study differs from the one saved in {saved} at {', '.join(keys)}: "
+            f"{shown}{more}. Resume with the same file, --set and --smoke, or start a new study with --name"
+        )
+
+
 def _params_of(trial_dir: Path) -> dict[str, Any]:
     from catkd.study.space import trial_params
 
@@ -375,14 +413,24 @@ def run_study(
     address: Optional[str] = None,
     dashboard: bool = True,
 ) -> int:
-    """Run (or resume) the study; returns the process exit code."""
+    """Run (or resume) the study; returns the process exit code.
+
+    `study.yaml` is written before anything slow (the smoke teacher, Ray), so a study killed at any
+    moment leaves a directory `--resume` accepts; one killed before its first trial started may also
+    be started afresh. `--resume` refuses (exit 2, nothing written) a study that differs from the
+    saved one.
+    """
     storage = storage.expanduser().resolve()
     exp_dir = storage / name
-    if exp_dir.exists() and not resume:
-        raise StudyError(f"{source}: {exp_dir} already exists; use --resume to continue it or --name for a new study")
-    if resume and not (exp_dir / "study.yaml").is_file():
-        raise StudyError(f"{source}: --resume: no study at {exp_dir} (nothing to resume)")
+    saved = exp_dir / "study.yaml"
     spec, env = absolutise(spec)
+    started = _trials_started(exp_dir)
+    if exp_dir.exists() and not resume and started:
+        raise StudyError(f"{source}: {exp_dir} already exists; use --resume to continue it or --name for a new study")
+    if resume and not exp_dir.exists():
+        raise StudyError(f"{source}: --resume: no study at {exp_dir} (nothing to resume)")
+    if resume and saved.is_file():
+        check_same_study(spec, saved, source)
     os.environ.update(env)
     if not spec.smoke_mode:
         preflight(spec, source)
@@ -393,12 +441,12 @@ def run_study(
         probe.unlink()
     except OSError as e:
         raise StudyError(f"{source}: --storage: cannot write to {exp_dir} ({e.strerror or e})") from None
+    if not (resume and saved.is_file()):
+        atomic_write_text(saved, dump_study(spec))  # first: a kill from here on is resumable
     if spec.smoke_mode:
         teacher = ensure_smoke_teacher(spec, storage / ".cache" / "teachers")
-        if teacher is not None:
+        if teacher is not None:  # where this machine keeps it: runtime, not part of the study
             spec = spec.model_copy(update={"fixed": {**spec.fixed, "DISTILLER.TEACHER_CKPT": str(teacher)}})
-    if not resume:
-        atomic_write_text(exp_dir / "study.yaml", dump_study(spec))
     state_path = exp_dir / "stage.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     writer = ResultsWriter(exp_dir, spec)

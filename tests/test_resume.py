@@ -1,0 +1,157 @@
+"""Safe resume: a study killed at any moment continues with --resume, and only the same study does."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from _helpers import TINY, kill_orphans
+
+from catkd.study import runner
+from catkd.study.__main__ import main as study_main
+
+
+def _study(tmp_path: Path) -> Path:
+    data = yaml.safe_load(TINY)
+    data["confirm"] = {"top_k": 1, "seeds": [1, 2]}
+    p = tmp_path / "study.yaml"
+    p.write_text(yaml.safe_dump(data, sort_keys=False))
+    return p
+
+
+def _env(tmp_path: Path, tag: str) -> tuple[dict, Path]:
+    ray_tmp = Path(os.environ["RAY_TMPDIR"]) / tag
+    ray_tmp.mkdir(parents=True, exist_ok=True)
+    return {**os.environ, "RAY_TMPDIR": str(ray_tmp), "PYTHONUNBUFFERED": "1"}, ray_tmp
+
+
+def _kill_when(proc: subprocess.Popen, ray_tmp: Path, ready, timeout: float = 300) -> None:
+    """SIGKILL the driver as soon as `ready()` is true (then the Ray processes it left)."""
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline and not ready():
+            if proc.poll() is not None:
+                pytest.fail(f"the study ended (rc {proc.returncode}) before the moment to kill it")
+            time.sleep(0.2)
+        else:
+            if not ready():
+                pytest.fail("the moment to kill the study never came")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        kill_orphans(ray_tmp)
+
+
+def _raw_epochs(trial_dir: Path) -> list[dict]:
+    rows = []
+    for line in (trial_dir / "result.json").read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "epoch" in r and r.get("status") != "diverged":
+            rows.append(r)
+    return rows
+
+
+def _snapshot(d: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(d)): (p.stat().st_size, p.stat().st_mtime_ns) for p in d.rglob("*") if p.is_file()}
+
+
+@pytest.mark.ray
+def test_study_killed_while_the_smoke_teacher_trains_resumes_and_refuses_a_changed_study(tmp_path, monkeypatch, capsys):
+    p = _study(tmp_path)
+    env, ray_tmp = _env(tmp_path, "teacherkill")
+    storage = tmp_path / "s"
+    exp = storage / "tiny-smoke"
+    cmd = [sys.executable, "-m", "catkd.study", str(p), "--smoke", "--no-dashboard", "--storage", str(storage)]
+    log = tmp_path / "driver.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        _kill_when(proc, ray_tmp, lambda: "training" in log.read_text() and "smoke teacher" in log.read_text())
+    assert (exp / "study.yaml").is_file() and not list(exp.glob("trial_*"))
+
+    # --resume of a changed study: exit 2, naming the keys, nothing written, Ray never started
+    monkeypatch.setattr(runner, "start_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    before = _snapshot(storage)
+    rc = study_main([str(p), "--smoke", "--resume", "--no-dashboard", "--storage", str(storage),
+                     "--set", "search.num_samples=5"])
+    assert rc == 2 and "search.num_samples" in capsys.readouterr().err
+    rc = study_main([str(p), "--resume", "--no-dashboard", "--storage", str(storage), "--name", "tiny-smoke"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "smoke_mode" in err and "SOLVER.EPOCHS" in err
+    assert _snapshot(storage) == before
+
+    done = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=900)
+    kill_orphans(ray_tmp)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    trials = pq.read_table(exp / "trials.parquet").to_pylist()
+    assert sum(t["stage"] == "search" for t in trials) == 6 and sum(t["stage"] == "confirm" for t in trials) == 2
+
+
+@pytest.mark.ray
+def test_optuna_asha_confirm_study_killed_in_search_and_in_confirm_loses_and_repeats_nothing(tmp_path):
+    p = _study(tmp_path)
+    env, ray_tmp = _env(tmp_path, "twokills")
+    storage = tmp_path / "s"
+    exp = storage / "tiny-smoke"
+    cmd = [sys.executable, "-m", "catkd.study", str(p), "--smoke", "--no-dashboard", "--storage", str(storage)]
+
+    def search_rows() -> int:
+        return sum(len(_raw_epochs(d)) for d in exp.glob("trial_*") if (d / "result.json").is_file())
+
+    def confirm_rows() -> int:
+        return sum(len(_raw_epochs(d)) for d in (exp / "confirm").glob("trial_*") if (d / "result.json").is_file())
+
+    # kill 1: in the search, once some trials have finished and one is running
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    _kill_when(proc, ray_tmp, lambda: search_rows() >= 6)
+    ended_at_kill = {}
+    for d in exp.glob("trial_*"):
+        rows = _raw_epochs(d) if (d / "result.json").is_file() else []
+        if rows and rows[-1].get("done"):
+            ended_at_kill[d.name] = len(rows)
+    # kill 2: in the confirm stage, after its first epochs
+    proc = subprocess.Popen(cmd + ["--resume"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    _kill_when(proc, ray_tmp, lambda: (exp / "confirm").is_dir() and confirm_rows() >= 2, timeout=600)
+    done = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=900)
+    kill_orphans(ray_tmp)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    trials = pq.read_table(exp / "trials.parquet").to_pylist()
+    rows = pq.read_table(exp / "results.parquet").to_pylist()
+    search = [t for t in trials if t["stage"] == "search"]
+    confirm = [t for t in trials if t["stage"] == "confirm"]
+    assert len(search) == 6
+    assert len(confirm) == 1 * 2 and all(t["status"] == "finished" for t in confirm)
+    # trials that had ended before the first kill were not run again: their files did not grow
+    for name, n in ended_at_kill.items():
+        assert len(_raw_epochs(exp / name)) == n, name
+    # against Tune's raw per-trial rows: every trial started once (epoch 1 reported once), no epoch
+    # lost; an epoch re-reported after a restore replays the same numbers; Parquet holds each once
+    for t in trials:
+        raw = _raw_epochs(Path(t["trial_dir"]))
+        epochs = [r["epoch"] for r in raw]
+        assert epochs.count(1) == 1, (t["trial_id"], epochs)
+        assert sorted(set(epochs)) == list(range(1, t["epochs_done"] + 1)), (t["trial_id"], epochs)
+        for e in set(epochs):
+            same = [(r["test_acc"], r.get("val_acc"), r["train_loss"]) for r in raw if r["epoch"] == e]
+            assert len(set(same)) == 1, (t["trial_id"], e, same)
+        assert sorted(r["epoch"] for r in rows if r["trial_id"] == t["trial_id"]) == sorted(set(epochs))
+    # the Optuna study ends with num_samples trials
+    saved = sorted(exp.glob("searcher-state-*.pkl"))
+    with open(saved[-1], "rb") as f:
+        state = pickle.load(f)
+    study = state["_ot_study"] if isinstance(state, dict) else state[0]
+    assert len(study.trials) == 6
+    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
