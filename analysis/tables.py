@@ -62,6 +62,43 @@ def cell(values: Iterable[Any], digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f} ({n})"
 
 
+def welch(a: Iterable[Any], b: Iterable[Any]) -> tuple[Optional[float], Optional[tuple[float, float]], int, int]:
+    """(mean(a) - mean(b), its 95 % Welch confidence interval or None, n_a, n_b) over the finite values.
+
+    No interval when either side has fewer than 2 values, or both have zero spread."""
+    from scipy import stats as st
+
+    xa = [float(v) for v in a if _finite(v)]
+    xb = [float(v) for v in b if _finite(v)]
+    if not xa or not xb:
+        return None, None, len(xa), len(xb)
+    diff = statistics.fmean(xa) - statistics.fmean(xb)
+    if len(xa) < 2 or len(xb) < 2 or (statistics.stdev(xa) == 0 and statistics.stdev(xb) == 0):
+        return diff, None, len(xa), len(xb)
+    ci = st.ttest_ind(xa, xb, equal_var=False).confidence_interval(0.95)
+    return diff, (float(ci.low), float(ci.high)), len(xa), len(xb)
+
+
+DIFF_HEADERS = ["comparison", "difference of means", "95 % CI (Welch)", "n", "published difference",
+                "published inside our CI"]
+
+
+def difference_row(label: str, a: Iterable[Any], b: Iterable[Any],
+                   published: Optional[float] = None) -> list[str]:
+    """One row of a differences table: ours with its interval, the published difference beside it."""
+    diff, ci, na, nb = welch(a, b)
+    if diff is None:
+        return [label, "-", "-", f"{na} vs {nb}", _fmt_pub(published), "-"]
+    interval = f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "no interval (n < 2 or no spread)"
+    inside = "-" if published is None else ("no interval" if ci is None else
+                                             ("yes" if ci[0] <= published <= ci[1] else "no"))
+    return [label, f"{diff:+.2f}", interval, f"{na} vs {nb}", _fmt_pub(published), inside]
+
+
+def _fmt_pub(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:+.2f}"
+
+
 def _finite(v: Any) -> bool:
     try:
         return v is not None and not isinstance(v, bool) and math.isfinite(float(v))
@@ -306,7 +343,17 @@ def binarization(study: Study, epoch: str) -> list[Table]:
               ["binarized", "β"], "binarization", f"{study.name}: binarize x R, {_epoch_label(epoch)}")
     t.headers = t.headers[:2] + [f"R = {h}" for h in t.headers[2:]]
     t.notes = notes
-    return [t]
+    tables = [t]
+    by: dict[tuple, list] = {}
+    for g in groups(trials):
+        by.setdefault((bool(g.get(BIN)), g.get(RES)), []).extend(g.trials[value].tolist())
+    rows = [[_fmt(r)] + difference_row("binarized - not binarized", by[(True, r)], by[(False, r)])
+            for r in sorted({r for _, r in by}, key=_sortkey) if (True, r) in by and (False, r) in by]
+    if rows:
+        tables.append(Table("binarization_differences", f"{study.name}: binarized - not binarized at each R, "
+                            f"{_epoch_label(epoch)}", ["R"] + DIFF_HEADERS, rows,
+                            ["95 % Welch interval over seeds; the paper gives no number for this difference."]))
+    return tables
 
 
 def partial_cams(study: Study, epoch: str) -> list[Table]:
@@ -352,6 +399,19 @@ def data_reduction(study: Study, epoch: str) -> list[Table]:
               col_sort=lambda m: (order.get(m, 9), m))
     t.notes = notes
     tables = [t]
+    by: dict[tuple, list] = {}
+    for g in full:
+        by.setdefault((g.get(RATE), method_of(g)), []).extend(g.trials[value].tolist())
+    rows = []
+    for rate in sorted({r for r, _ in by}, key=_sortkey):
+        for a, b in (("CAT-KD", "KD"), ("CAT-KD", "student alone"), ("KD", "student alone")):
+            if (rate, a) in by and (rate, b) in by:
+                rows.append([_fmt(rate)] + difference_row(f"{a} - {b}", by[(rate, a)], by[(rate, b)]))
+    if rows:
+        tables.append(Table("data_reduction_differences",
+                            f"{study.name}: differences between methods at each kept rate, {_epoch_label(epoch)}",
+                            ["kept rate"] + DIFF_HEADERS, rows,
+                            ["95 % Welch interval over seeds; the paper gives no numbers for these differences."]))
     if fewer:
         rows = []
         for g in fewer:
@@ -442,7 +502,36 @@ def main_results(study: Study, epoch: str, paper: dict[str, Any]) -> list[Table]
     notes += pair_notes
     notes.append(f"Ours: {_epoch_label(epoch)}, mean ± std (n) over seeds; gap = our mean - published; "
                  f"published: {paper.get('dataset', '')}.")
-    return [Table("main_results", f"{study.name}: CIFAR-100 table ({stage})", headers, rows, notes)]
+    main = Table("main_results", f"{study.name}: CIFAR-100 table ({stage})", headers, rows, notes)
+    # methods compared on the same pair: difference of means with its uncertainty over seeds
+    labels = dict(MAIN_METHODS)
+    diff_rows = []
+    for pair in by_pair:
+        student = pair.split("->", 1)[1]
+        pub = pairs_pub.get(pair, {})
+
+        def vals(typ):
+            return alone.get(student, []) if typ is None else by_pair[pair].get(typ, [])
+
+        def pubval(typ):
+            e = vanilla_pub.get(student) if typ is None else pub.get(typ)
+            return _published(e)[1]
+
+        for a, b in (("CAT_KD", "DKD"), ("CAT_KD", "KD"), ("CAT_KD", None), ("DKD", "KD"), ("KD", None)):
+            if not vals(a) or not vals(b):
+                continue
+            pa, pb = pubval(a), pubval(b)
+            diff_rows.append([pair] + difference_row(f"{labels[a]} - {labels[b]}", vals(a), vals(b),
+                                                     None if pa is None or pb is None else pa - pb))
+    tables = [main]
+    if diff_rows:
+        tables.append(Table("main_results_differences",
+                            f"{study.name}: differences between methods on the same pair, {_epoch_label(epoch)}",
+                            ["teacher->student"] + DIFF_HEADERS, diff_rows,
+                            ["95 % confidence interval of the difference of means over seeds (Welch's t); "
+                             "n = 1 on a side gives no interval. 'published inside our CI': does the "
+                             "difference of the published numbers fall inside it."]))
+    return tables
 
 
 def teachers(study: Study, epoch: str, paper: dict[str, Any]) -> list[Table]:

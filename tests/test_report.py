@@ -154,6 +154,27 @@ def test_main_results_joins_published_numbers_to_the_right_pair(tmp_path):
     assert w["student alone (ours)"] == "-"
 
 
+def test_welch_interval_of_a_difference_golden_value():
+    # a = 76, 77; b = 75.5, 76.5: diff 0.5, se sqrt(0.25 + 0.25), Welch df 2, t(0.975, 2) = 4.302653
+    diff, ci, na, nb = tables.welch([76.0, 77.0], [75.5, 76.5])
+    half = 4.302653 * 0.5 ** 0.5
+    assert diff == pytest.approx(0.5) and ci == pytest.approx((0.5 - half, 0.5 + half), abs=1e-4)
+    assert (na, nb) == (2, 2)
+    assert tables.welch([70.0], [60.0, 61.0])[1] is None  # n = 1: no interval
+
+
+def test_main_results_shows_method_differences_with_welch_intervals_and_the_published_difference(tmp_path):
+    ts = {t.name: t for t in tables.build(load(_main_results_study(tmp_path)))}
+    d = ts["main_results_differences"]
+    rows = {(r[0], r[1]): dict(zip(d.headers, r)) for r in d.rows}
+    r = rows[("resnet32x4->resnet8x4", "CAT-KD - DKD")]
+    assert r["difference of means"] == "+0.50" and r["95 % CI (Welch)"] == "[-2.54, +3.54]"
+    assert r["published difference"] == "+0.59" and r["published inside our CI"] == "yes"  # 76.91 - 76.32
+    k = rows[("resnet32x4->resnet8x4", "CAT-KD - KD")]
+    assert k["95 % CI (Welch)"].startswith("no interval") and k["published inside our CI"] == "no interval"
+    assert k["published difference"] == "+3.58"  # 76.91 - 73.33
+
+
 def test_main_results_smoke_does_not_join_cifar_numbers(tmp_path):
     t = tables.build(load(_main_results_study(tmp_path, smoke=True)))[0]
     assert "SYNTHETIC/SMOKE" in t.title
@@ -310,7 +331,10 @@ def test_data_reduction_methods_and_unseen_class_accuracy(tmp_path):
     ts = tables.build(load(make_study(tmp_path / "dr", grid_spec("data_reduction"), trials)))
     assert ts[0].headers == ["kept rate", "CAT-KD", "KD", "student alone"]
     assert ts[0].rows == [["0.5", "60.00 (1)", "58.00 (1)", "50.00 (1)"]]
-    unseen = ts[1].rows[0]
+    byname = {t.name: t for t in ts}
+    assert byname["data_reduction_differences"].rows[0][:3] == ["0.5", "CAT-KD - KD", "+2.00"]
+    assert byname["data_reduction_differences"].rows[0][3].startswith("no interval")  # n = 1
+    unseen = byname["data_reduction_unseen"].rows[0]
     assert unseen[0] == "CAT (alone)" and unseen[1] == "99 of 100"
     assert unseen[4] == "15.00 (1)"  # the fixture's test_acc_unseen at the last epoch (3)
 
@@ -396,3 +420,12 @@ def test_script_exits_2_on_a_non_study_directory(tmp_path):
     p = subprocess.run([sys.executable, str(ROOT / "analysis" / "report.py"), str(tmp_path), "--no-plots"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert p.returncode == 2 and "not a study" in p.stderr and p.stdout == ""
+
+
+def test_binarization_reports_on_minus_off_at_each_r_with_its_interval(tmp_path):
+    B = "CAT_KD.IF_BINARIZE"
+    trials = [_trial("a0", 0, 70, **{B: True, BETA: 300.0}), _trial("a1", 1, 72, **{B: True, BETA: 300.0}),
+              _trial("b0", 0, 71, **{B: False}), _trial("b1", 1, 74, **{B: False})]
+    ts = {t.name: t for t in tables.build(load(make_study(tmp_path / "bin", grid_spec("binarization"), trials)))}
+    row = ts["binarization_differences"].rows[0]
+    assert row[:3] == ["2", "binarized - not binarized", "-1.50"] and row[3].startswith("[")
