@@ -61,16 +61,24 @@ def importances(study: Study) -> tuple[dict[str, float], list[str]]:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     dists = distributions(study.spec)
-    value_col = "best_val_acc" if study.spec.get("metric") == "val_acc" else "best_test_acc"
+    metric = "val_acc" if study.spec.get("metric") == "val_acc" else "test_acc"
     t = study.trials
     if "stage" in t:
         t = t[t["stage"] != "confirm"]
-    t = t[t["status"] == "finished"] if "status" in t else t
+    t = t[t["epochs_done"] > 0] if "epochs_done" in t else t
+    # every search trial at one budget: the last epoch all of them reached (ASHA: its first rung), so
+    # stopped trials count with the value they had, not only the few that finished
+    e = study.epochs
+    if t.empty or e.empty or metric not in e:
+        return {}, [f"no parameter importance: no per-epoch {metric} rows"]
+    at = int(t["epochs_done"].min())
+    e = e[(e["epoch"] == at) & (e["stage"] != "confirm")] if "stage" in e else e[e["epoch"] == at]
+    value_at = dict(zip(e["trial_id"], e[metric]))
     direction = "minimize" if study.spec.get("mode") == "min" else "maximize"
     ostudy = optuna.create_study(direction=direction)
     used = 0
     for _, row in t.iterrows():
-        value = row.get(value_col)
+        value = value_at.get(row["trial_id"])
         if value is None or not math.isfinite(float(value)):
             continue
         params, pdists = {}, {}
@@ -89,17 +97,20 @@ def importances(study: Study) -> tuple[dict[str, float], list[str]]:
             continue  # a value outside its distribution (e.g. --set changed the space)
         used += 1
     if used < MIN_TRIALS:
-        return {}, [f"no parameter importance: {used} finished trial(s) with a value, need {MIN_TRIALS}"]
+        return {}, [f"no parameter importance: {used} search trial(s) with {metric} at epoch {at}, need {MIN_TRIALS}"]
     try:
         imp = optuna.importance.get_param_importances(ostudy)
     except (ValueError, RuntimeError) as exc:
         return {}, [f"no parameter importance: {exc}"]
-    return dict(imp), [f"from {used} finished search trials, value = {value_col}"]
+    return dict(imp), [f"from all {used} search trials, value = {metric} at epoch {at} (the last epoch "
+                       f"every search trial reached; ASHA-stopped trials included)"]
 
 
 def table(study: Study, imp: dict[str, float], notes: list[str]) -> Optional[Table]:
     if not imp and not notes:
         return None
     rows = [[k, f"{v:.3f}"] for k, v in imp.items()]
-    return Table("importance", f"{study.name}: parameter importance (optuna fANOVA){marker(study)}",
+    at = next((n.split(" at epoch ")[1].split(" ")[0] for n in notes if " at epoch " in n), None)
+    when = f", at epoch {at}" if at else ""
+    return Table("importance", f"{study.name}: parameter importance (optuna fANOVA{when}){marker(study)}",
                  ["parameter", "importance"], rows, notes)

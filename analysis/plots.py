@@ -90,6 +90,22 @@ def _search(study: Study) -> pd.DataFrame:
     return t[t["stage"] != "confirm"] if "stage" in t else t
 
 
+def _settings_label(study: Study, row) -> str:
+    """A trial named by its searched settings (β=12.5 R=2), not by its id."""
+    from catkd.study.results import ALIASES
+
+    short = {v: k for k, v in ALIASES.items()}
+    short.update({BETA: "β", RES: "R"})
+    parts = []
+    for key in study.space_keys():
+        v = row.get(key)
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            continue
+        parts.append(f"{short.get(key, key.split('.')[-1])}={v:.3g}" if isinstance(v, float) else
+                     f"{short.get(key, key.split('.')[-1])}={v}")
+    return " ".join(parts) or str(row.get("trial_id"))[-5:]
+
+
 def asha_picture(study: Study, out: Path) -> Optional[Path]:
     """Epochs each search trial ran (bar per trial, colour by status), budget as a dashed line."""
     t = _search(study)
@@ -103,7 +119,7 @@ def asha_picture(study: Study, out: Path) -> Optional[Path]:
     if "epochs_budget" in t and t["epochs_budget"].notna().any():
         ax.axhline(float(t["epochs_budget"].max()), ls="--", color="grey", lw=1, label="budget")
     ax.set_xticks(range(len(t)))
-    ax.set_xticklabels([str(x)[-5:] for x in t["trial_id"]], rotation=90, fontsize=7)
+    ax.set_xticklabels([_settings_label(study, row) for _, row in t.iterrows()], rotation=90, fontsize=7)
     ax.set_ylabel("epochs run")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     for s, c in colours.items():

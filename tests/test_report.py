@@ -302,9 +302,20 @@ def test_importance_runs_on_five_finished_trials_with_plot(tmp_path):
     imp, notes = importance.importances(study)
     assert set(imp) == {BETA, RES}
     assert abs(sum(imp.values()) - 1.0) < 1e-6
-    assert "5 finished" in notes[0]
+    assert "all 5 search trials" in notes[0] and "at epoch 3" in notes[0]
     bar = plots.importance_bar(imp, study, tmp_path / "imp.png")
     assert bar.stat().st_size > 1024
+
+
+def test_importance_uses_every_search_trial_at_an_epoch_all_of_them_reached(tmp_path):
+    d = _beta_study(tmp_path, n=6)
+    t = pq.read_table(d / "trials.parquet").to_pandas()
+    t.loc[t["trial_id"].isin(["s4", "s5"]), ["status", "epochs_done"]] = ["stopped", 1]  # stopped by ASHA
+    pq.write_table(pa.Table.from_pandas(t), d / "trials.parquet")
+    study = load(d)
+    imp, notes = importance.importances(study)
+    assert set(imp) == {BETA, RES} and "all 6 search trials" in notes[0] and "at epoch 1" in notes[0]
+    assert "at epoch 1" in importance.table(study, imp, notes).title
 
 
 def test_importance_skipped_with_fewer_than_three_trials(tmp_path):
