@@ -17,14 +17,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-if __package__ in (None, ""):  # run as a script: the repository root, not analysis/, on sys.path
-    _here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
-    sys.path.insert(0, str(_here.parent))
-
-from analysis import importance as imp_mod  # noqa: E402
-from analysis import plots, tables  # noqa: E402
-from analysis.load import NotAStudy, load  # noqa: E402
+from analysis import importance as imp_mod  # `analysis` is installed with catkd (pip install -e .)
+from analysis import plots, tables
+from analysis.load import NotAStudy, load
 
 EXIT_NOT_A_STUDY = 2
 

@@ -13,11 +13,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from analysis import importance, plots, report, tables  # noqa: E402
-from analysis.load import load, load_paper  # noqa: E402
+from analysis import importance, plots, report, tables
+from analysis.load import load, load_paper
 
 BETA = "CAT_KD.LOSS.CAT_loss_weight"
 RES = "CAT_KD.LOSS.CAM_RESOLUTION"
@@ -391,7 +389,8 @@ def _tune_trial(d, i, accs, settings, extra_rows=()):
 
 def test_tune_fallback_reads_each_trials_own_record_through_the_same_builder(tmp_path):
     from catkd.study import results as record
-    from catkd.study.spec import StudySpec, run_config
+    from catkd.study.checks import run_config
+    from catkd.study.spec import StudySpec
 
     spec = grid_spec("main_results", base="cifar100/CAT_KD/res32x4_res8x4", fixed={"SOLVER.EPOCHS": 2},
                      space={"preset": {"grid": ["cifar100/KD/res32x4_res8x4"]}})

@@ -1,7 +1,6 @@
 """analysis/report.py --cams: the CAM picture of a fake study (no Ray, nothing trained)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,12 +10,10 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from analysis import report  # noqa: E402
-from catkd.config import build_config  # noqa: E402
-from catkd.models import build_model  # noqa: E402
+from analysis import report
+from catkd.config import build_config
+from catkd.models import build_model
 
 
 def _fake_study(tmp: Path, teacher_file: Path, write_teacher: bool = True) -> Path:

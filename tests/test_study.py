@@ -265,7 +265,6 @@ def test_an_alias_and_its_name_land_as_one_name_in_results_and_one_group_in_the_
     trials = pq.read_table(exp / "trials.parquet").to_pylist()
     assert len(trials) == 2 and {t["DISTILLER.TYPE"] for t in trials} == {"NONE"}
     assert set(pq.read_table(exp / "results.parquet").column("DISTILLER.TYPE").to_pylist()) == {"NONE"}
-    sys.path.insert(0, str(REPO))
     from analysis import tables
     from analysis.load import load
 
@@ -373,7 +372,6 @@ def test_dashboard_answers_on_localhost_and_shows_running_trials(tmp_path):
 
 @pytest.mark.ray
 def test_report_turns_a_real_smoke_study_into_tables_and_plots(tiny_study, tmp_path, capsys):
-    sys.path.insert(0, str(REPO))
     from analysis import report
 
     assert report.main([str(tiny_study), "--out", str(tmp_path / "rep")]) == 0

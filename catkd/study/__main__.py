@@ -57,7 +57,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"catkd.study: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print(f"catkd.study: interrupted; continue with --resume", file=sys.stderr)
+        print("catkd.study: interrupted; continue with --resume", file=sys.stderr)
         return 130
     except Exception:
         traceback.print_exc()

@@ -7,7 +7,7 @@ sub-grid, conditions honoured, crossed with the seeds) and handed to `tune.grid_
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any
 
 from catkd.study.spec import Dim, StudySpec, _active, expand_grid
 

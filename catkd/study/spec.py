@@ -1,4 +1,5 @@
-"""Study files (docs/contracts.md, C7): schema, friendly aliases, --smoke and validation before Ray starts.
+"""Study files (docs/contracts.md, C7): the schema, --set, and load_study (schema, then --smoke and
+the checks of catkd.study.smoke / catkd.study.checks) before Ray starts.
 
 A study file is declarative yaml (safe_load only). Validation happens in full before anything is
 started or written: the schema (pydantic), then every value a trial could receive is put through
@@ -15,13 +16,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from catkd.config import (
-    Config,
-    ConfigError,
-    build_config,
-    read_yaml,
-    resolve_preset,
-)
+from catkd.config import ConfigError, read_yaml
 
 
 class StudyError(ValueError):
@@ -218,59 +213,6 @@ def _apply_set(raw: dict, sets: dict[str, Any]) -> None:
         node[parts[-1]] = value
 
 
-def apply_smoke(spec: StudySpec) -> StudySpec:
-    """The same study, shrunk for a 2-core CPU: synthetic data, small models, few epochs/samples."""
-    sm = spec.smoke
-    d = spec.model_dump()
-    fixed = {canonical(k): v for k, v in d["fixed"].items()}
-    fixed.update({
-        "DATASET.TYPE": "synthetic",
-        "SOLVER.EPOCHS": sm.epochs,
-        "SOLVER.LR_DECAY_STAGES": [max(1, int(sm.epochs * 0.75))],
-        "DATASET.VAL_SIZE": sm.val_size,
-        "DISTILLER.TEACHER": sm.teacher,
-        "DISTILLER.STUDENT": sm.student,
-        "SOLVER.BATCH_SIZE": 64,
-    })
-    for k, v in sm.dataset.items():
-        fixed[f"DATASET.SYNTHETIC.{k}"] = v
-    # "all classes" of the real data means all classes of the synthetic set
-    k = sm.dataset.get("NUM_CLASSES", 10)
-    if not isinstance(k, int) or isinstance(k, bool) or k < 2:
-        raise ValueError(f"smoke.dataset.NUM_CLASSES: expected an integer >= 2, got {k!r}")
-    per_class = sm.dataset.get("TRAIN_PER_CLASS", 300)
-    if isinstance(per_class, int) and not isinstance(per_class, bool) and sm.val_size >= k * per_class:
-        raise ValueError(f"smoke.val_size: {sm.val_size} leaves no training images "
-                         f"({k} classes x {per_class} per class)")
-    fixed.setdefault("DATASET.RESERVED_CLASS_NUM", k)
-    fixed.setdefault("CAT_KD.CAMs_Nums", k)
-    # keys of the real data that do not apply to the synthetic set
-    for k in ("DATASET.ROOT", "DISTILLER.TEACHER_CKPT"):
-        fixed.pop(k, None)
-    fixed.update({canonical(k): v for k, v in sm.fixed.items()})
-    d["fixed"] = fixed
-    space = d["space"]
-    grids = space if isinstance(space, list) else [space]
-    for g in grids:
-        for k, v in sm.space.items():
-            if k in g:
-                g[k] = v.model_dump(exclude_none=True)
-        for k in list(g):
-            if canonical(k) in ("DISTILLER.TEACHER", "DISTILLER.STUDENT") and k not in sm.space:
-                g.pop(k)  # the smoke models replace the real ones
-    d["search"]["num_samples"] = min(spec.search.num_samples, sm.num_samples)
-    d["scheduler"]["grace_period"] = min(sm.grace_period, sm.epochs)
-    d["seeds"] = sm.seeds or spec.seeds[:2]
-    d["max_concurrent"] = sm.max_concurrent
-    d["resources"] = sm.resources.model_dump()
-    if spec.confirm is not None:
-        # new seeds, disjoint from the smoke search seeds
-        default = ConfirmSpec(top_k=1, seeds=[s for s in range(max(d["seeds"]) + 1, max(d["seeds"]) + 3)])
-        d["confirm"] = (sm.confirm or default).model_dump()
-    d["smoke_mode"] = True
-    return StudySpec.model_validate(d)
-
-
 def load_study(path: str | Path, smoke: bool = False, sets: Optional[dict[str, Any]] = None) -> StudySpec:
     """Read, schema-check, apply --set and --smoke, then check every value against the run config."""
     path = Path(path)
@@ -289,6 +231,9 @@ def load_study(path: str | Path, smoke: bool = False, sets: Optional[dict[str, A
         spec = StudySpec.model_validate(raw)
     except ValidationError as e:
         raise StudyError(_schema_errors(e, source, raw)) from None
+    from catkd.study.checks import check_study
+    from catkd.study.smoke import apply_smoke
+
     if smoke:
         # a green smoke must mean the real study will start: check the real one first
         try:
@@ -301,133 +246,6 @@ def load_study(path: str | Path, smoke: bool = False, sets: Optional[dict[str, A
             raise StudyError(f"{source}: {e}") from None
     check_study(spec, source)
     return spec
-
-
-# ---- semantic checks ----------------------------------------------------------------------------
-def base_for(spec: StudySpec, preset: Optional[str], source: str, key: str = "base") -> tuple[dict, str]:
-    if preset is not None and not isinstance(preset, str):
-        raise StudyError(f"{source}: {key}: expected a preset name or a path, got {preset!r}")
-    try:
-        p = resolve_preset(preset or spec.base)
-        return read_yaml(p), str(p)
-    except ConfigError as e:
-        raise StudyError(f"{source}: {key}: {e}") from None
-
-
-def run_config(spec: StudySpec, params: dict[str, Any], source: str = "<study>", where: str = "") -> Config:
-    """The run config of one trial: base (or the trial's preset) + fixed + the trial's parameters."""
-    params = dict(params)
-    preset = params.pop(PRESET_KEY, None)
-    raw, _ = base_for(spec, preset, source, f"{where}{PRESET_KEY}" if preset else "base")
-    overrides = {canonical(k): v for k, v in spec.fixed.items()}
-    overrides.update({canonical(k): v for k, v in params.items()})
-    if "EXPERIMENT.SEED" not in overrides:
-        overrides["EXPERIMENT.SEED"] = spec.seeds[0]
-    try:
-        return build_config(raw, source, overrides, quiet=True)
-    except ConfigError as e:
-        raise StudyError(f"{e}" + (f" (from {where.rstrip('.')})" if where else "")) from None
-
-
-def check_study(spec: StudySpec, source: str) -> None:
-    algo = spec.search.algorithm
-    if spec.confirm is not None:
-        overlap = sorted(set(spec.confirm.seeds) & set(spec.seeds))
-        if overlap:
-            where = "smoke.confirm.seeds" if spec.smoke_mode else "confirm.seeds"
-            raise StudyError(
-                f"{source}: {where}: {overlap} also seed{'s' if len(overlap) > 1 else ''} the search "
-                f"(seeds {spec.seeds}); a confirm run with a search seed replays its search trial bit for "
-                "bit, so it is not an independent repeat. Use new seeds, e.g. "
-                f"{[max(spec.seeds) + 1 + i for i in range(len(spec.confirm.seeds))]}"
-            )
-    for gi, g in enumerate(spec.subgrids):
-        gloc = f"space[{gi}]." if isinstance(spec.space, list) else "space."
-        for name, dim in g.items():
-            if algo == "grid" and dim.values is None:
-                raise StudyError(
-                    f"{source}: {gloc}{name}: grid search needs a finite list (choice/grid), got {dim.kind}"
-                )
-            if algo != "grid" and dim.grid is not None:
-                raise StudyError(
-                    f"{source}: {gloc}{name}.grid: a grid dimension cannot go to the {algo} searcher "
-                    "(use choice, or search.algorithm: grid)"
-                )
-            for cond in (dim.when or {}):
-                if cond not in g:
-                    raise StudyError(f"{source}: {gloc}{name}.when.{cond}: no such dimension in this space")
-    if isinstance(spec.space, list) and algo != "grid":
-        raise StudyError(f"{source}: space: a list of sub-grids needs search.algorithm: grid")
-    # fixed alone
-    base_cfg = run_config(spec, {}, source, "fixed.")
-    if spec.metric == "val_acc" and base_cfg.DATASET.VAL_SIZE == 0:
-        raise StudyError(
-            f"{source}: metric: val_acc needs a validation split; set fixed.DATASET.VAL_SIZE "
-            "(e.g. 5000) or use metric: test_acc"
-        )
-    if spec.scheduler.type == "asha" and spec.scheduler.grace_period > base_cfg.SOLVER.EPOCHS:
-        raise StudyError(
-            f"{source}: scheduler.grace_period: {spec.scheduler.grace_period} is more than the "
-            f"{base_cfg.SOLVER.EPOCHS} epochs of a trial"
-        )
-    # every listed value (or range end) of every dimension, each on its own over the fixed config
-    for gi, g in enumerate(spec.subgrids):
-        gloc = f"space[{gi}]." if isinstance(spec.space, list) else "space."
-        for name, dim in g.items():
-            if name != PRESET_KEY and canonical(name) == name and "." not in name:
-                raise StudyError(
-                    f"{source}: {gloc}{name}: unknown dimension; use a dotted config key or one of "
-                    f"{', '.join(sorted([*ALIASES, PRESET_KEY]))}"
-                )
-            for v in dim.probe_values():
-                cfg = run_config(spec, {**(dim.when or {}), name: v}, source, f"{gloc}{name}.{dim.kind}: ")
-                _check_trial_semantics(cfg, source, f"{gloc}{name}")
-
-
-def _check_trial_semantics(cfg: Config, source: str, where: str) -> None:
-    """Checks that need more than one key (beyond the run-config schema)."""
-    c = cfg.CAT_KD
-    if cfg.DATASET.TYPE == "synthetic":
-        k = cfg.DATASET.SYNTHETIC.NUM_CLASSES
-    elif cfg.DATASET.TYPE == "imagenet":
-        k = 1000
-    else:
-        k = 100
-    if c.IF_OnlyTransferPartialCAMs and c.CAMs_Nums > k:
-        raise StudyError(f"{source}: {where}: CAT_KD.CAMs_Nums {c.CAMs_Nums} is more than the {k} classes")
-    if cfg.DATASET.REDUCTION and cfg.DATASET.RESERVED_CLASS_NUM > k:
-        raise StudyError(
-            f"{source}: {where}: DATASET.RESERVED_CLASS_NUM {cfg.DATASET.RESERVED_CLASS_NUM} is more than the {k} classes"
-        )
-    from catkd.models import build_model
-
-    if cfg.DISTILLER.TYPE == "CAT_KD":  # names are canonical once a config is built
-        res = c.LOSS.CAM_RESOLUTION
-        smallest = _cam_size(cfg, build_model)
-        if res > smallest:
-            raise StudyError(
-                f"{source}: {where}: CAT_KD.LOSS.CAM_RESOLUTION {res} is larger than the CAMs "
-                f"({smallest}x{smallest}) of {cfg.DISTILLER.TEACHER}/{cfg.DISTILLER.STUDENT}"
-            )
-
-
-_CAM_CACHE: dict[tuple, int] = {}
-
-
-def _cam_size(cfg: Config, build_model) -> int:
-    import torch
-
-    family = "imagenet" if cfg.DATASET.TYPE == "imagenet" else "cifar"
-    size = {"imagenet": 224, "cifar100": 32}.get(cfg.DATASET.TYPE, cfg.DATASET.SYNTHETIC.IMAGE_SIZE)
-    out = []
-    for name in (cfg.DISTILLER.TEACHER, cfg.DISTILLER.STUDENT):
-        key = (family, name, size)
-        if key not in _CAM_CACHE:
-            m = build_model(name, num_classes=2, family=family).eval()
-            with torch.no_grad():
-                _CAM_CACHE[key] = min(m(torch.zeros(1, 3, size, size))[1]["cams"].shape[-2:])
-        out.append(_CAM_CACHE[key])
-    return min(out)
 
 
 def expand_grid(spec: StudySpec) -> list[dict[str, Any]]:

@@ -22,7 +22,8 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], env: dict[str, st
     from catkd.engine import Trainer
     from catkd.study.results import settings_of, write_settings
     from catkd.study.space import trial_params
-    from catkd.study.spec import StudySpec, run_config
+    from catkd.study.checks import run_config
+    from catkd.study.spec import StudySpec
 
     os.environ.update(env)  # absolute CATKD_DATA / CATKD_TEACHERS resolved by the driver
     torch.set_num_threads(max(1, int(cpus)))  # Ray gives a worker 1 thread; use the trial's CPUs

@@ -1,0 +1,111 @@
+"""Pre-flight, before Ray starts: the dataset and teacher files are there, paths are absolute, and
+(--smoke) the small teacher is trained once and cached."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+from catkd.config import Config, data_root, teacher_path
+from catkd.study.checks import run_config
+from catkd.study.progress import say
+from catkd.study.spec import PRESET_KEY, StudyError, StudySpec, canonical, expand_grid
+
+
+# ---- pre-flight (no Ray yet) --------------------------------------------------------------------
+def probe_configs(spec: StudySpec) -> list[Config]:
+    """Run configs that cover every finite choice (teachers, presets, datasets) of the study."""
+    if spec.search.algorithm == "grid":
+        params = expand_grid(spec)
+    else:
+        params = [{}]
+        for name, dim in spec.subgrids[0].items():
+            if dim.values is not None and canonical(name) in (PRESET_KEY, "DISTILLER.TEACHER", "DISTILLER.TYPE", "DATASET.TYPE"):
+                params = [{**p, name: v} for p in params for v in dim.values]
+    return [run_config(spec, p) for p in params]
+
+
+def preflight(spec: StudySpec, source: str) -> None:
+    """Dataset and teacher checkpoints must be there before Ray starts (exit 2 otherwise)."""
+    from catkd.distillers import DISTILLERS
+
+    seen: set[str] = set()
+    for cfg in probe_configs(spec):
+        if cfg.DATASET.TYPE == "cifar100" and not cfg.DATASET.DOWNLOAD:
+            d = data_root(cfg) / "cifar-100-python"
+            if not (d / "train").is_file():
+                raise StudyError(
+                    f"{source}: CIFAR-100 not found: looked at {d}. Put the python version there "
+                    "(set CATKD_DATA or fixed.DATASET.ROOT), or set fixed.DATASET.DOWNLOAD: true "
+                    "where the network allows; --smoke runs on the embedded synthetic data"
+                )
+        if cfg.DATASET.TYPE == "imagenet":
+            d = data_root(cfg) / "imagenet"
+            if not (d / "train").is_dir():
+                raise StudyError(f"{source}: ImageNet not found: looked at {d}/train and {d}/val (ImageFolder)")
+        if DISTILLERS.get(cfg.DISTILLER.TYPE).needs_teacher:
+            t = teacher_path(cfg)
+            if str(t) not in seen and not t.is_file():
+                raise StudyError(
+                    f"{source}: teacher {cfg.DISTILLER.TEACHER} not found: looked at {t}. Untar MDistiller's "
+                    "cifar_teachers.tar into $CATKD_TEACHERS (default ./download_ckpts/cifar_teachers), "
+                    "or run studies/teachers.yaml first"
+                )
+            seen.add(str(t))
+
+
+def absolutise(spec: StudySpec) -> tuple[StudySpec, dict[str, str]]:
+    """Resolve relative paths against the driver's directory (trials run in their own)."""
+    fixed = {canonical(k): v for k, v in spec.fixed.items()}
+    for key in ("DATASET.ROOT", "DISTILLER.TEACHER_CKPT"):
+        if fixed.get(key):
+            fixed[key] = str(Path(fixed[key]).expanduser().resolve())
+    env = {
+        "CATKD_DATA": str(Path(os.environ.get("CATKD_DATA") or "./data").expanduser().resolve()),
+        "CATKD_TEACHERS": str(
+            Path(os.environ.get("CATKD_TEACHERS") or "./download_ckpts/cifar_teachers").expanduser().resolve()
+        ),
+    }
+    env.update({k: v for k, v in os.environ.items() if k.startswith("CATKD_INJECT_")})
+    base = spec.base
+    if Path(base).is_file():
+        base = str(Path(base).resolve())
+    return spec.model_copy(update={"fixed": fixed, "base": base}), env
+
+
+def ensure_smoke_teacher(spec: StudySpec, cache: Path) -> Optional[Path]:
+    """--smoke: train the small teacher once on the synthetic data and cache it."""
+    from catkd.distillers import DISTILLERS
+    from catkd.engine import Trainer
+
+    if not any(DISTILLERS.get(c.DISTILLER.TYPE).needs_teacher for c in probe_configs(spec)):
+        return None
+    cfg = run_config(spec, {}).model_copy(deep=True)
+    cfg = cfg.model_validate({
+        **cfg.to_dict(),
+        "DISTILLER": {"TYPE": "NONE", "STUDENT": spec.smoke.teacher, "TEACHER": spec.smoke.teacher},
+        "SOLVER": {**cfg.SOLVER.model_dump(), "EPOCHS": spec.smoke.teacher_epochs, "LR": 0.05,
+                   "LR_DECAY_STAGES": [max(1, int(spec.smoke.teacher_epochs * 0.75))]},
+        "EXPERIMENT": {**cfg.EXPERIMENT.model_dump(), "SEED": 0},
+        "DATASET": {**cfg.DATASET.model_dump(), "REDUCTION": False},
+        "CAT_KD": {},
+        "RUN": {**cfg.RUN.model_dump(), "PROGRESS": "none"},
+    })
+    key = hashlib.sha1(json.dumps([cfg.DATASET.model_dump(), cfg.SOLVER.model_dump(), spec.smoke.teacher],
+                                  sort_keys=True).encode()).hexdigest()[:12]
+    out = cache / f"{spec.smoke.teacher}-{key}"
+    path = out / f"ckpt_epoch_{spec.smoke.teacher_epochs}.pth"
+    if path.is_file():
+        say(f"smoke teacher {spec.smoke.teacher}: cached at {path}")
+        return path
+    say(f"smoke teacher {spec.smoke.teacher}: training {spec.smoke.teacher_epochs} epochs on the SYNTHETIC data "
+        "(once; cached)")
+    t0 = time.time()
+    result = Trainer(cfg, out_dir=out, log=lambda s: say(f"  teacher {s}")).fit()
+    if result.status != "finished":
+        raise RuntimeError(f"smoke teacher training {result.status}")
+    say(f"smoke teacher: test top-1 {result.last_test_acc:.2f} in {time.time() - t0:.0f}s -> {path}")
+    return path

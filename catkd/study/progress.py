@@ -1,0 +1,123 @@
+"""What a running study prints: one line per trial event, a throttled live table, the final summary."""
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+from catkd.study.results import ALIASES, PRESET_KEY, canonical
+
+if TYPE_CHECKING:
+    from catkd.study.runner import ResultsWriter
+    from catkd.study.spec import StudySpec
+
+
+def say(msg: str) -> None:
+    print(f"catkd.study: {msg}", flush=True)
+
+
+# ---- live progress ------------------------------------------------------------------------------
+def _short(params: dict[str, Any]) -> str:
+    from catkd.study.space import trial_params
+
+    out = []
+    for k, v in trial_params(params).items():
+        if isinstance(v, float):
+            v = f"{v:.4g}"
+        if k == PRESET_KEY:
+            v = str(v).split("/")[-2] + "/" + str(v).split("/")[-1] if "/" in str(v) else v
+        out.append(f"{k}={v}")
+    return " ".join(out)
+
+
+def make_callback(writer: ResultsWriter, metric: str, stage: str, table_every_s: float = 30.0):
+    from ray.tune import Callback
+
+    class StudyProgress(Callback):
+        """One line per trial event, a compact table now and then, Parquet kept current."""
+
+        def __init__(self):
+            self.last_table = time.time()
+            self.last_result: dict[str, dict] = {}
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            say(f"[{stage}] trial {trial.trial_id} started: {_short(trial.config)}")
+
+        def on_trial_restore(self, iteration, trials, trial, **info):
+            say(f"[{stage}] trial {trial.trial_id} restored from its checkpoint")
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.last_result[trial.trial_id] = result
+            writer.write(force=False)
+            self._maybe_table(trials)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            r = self.last_result.get(trial.trial_id, {})
+            ep, budget = r.get("epoch"), r.get("epochs_budget")
+            value = r.get(metric)
+            if r.get("status") == "diverged":
+                what = f"DIVERGED (non-finite loss) after epoch {ep}; not retried"
+            elif ep is not None and budget is not None and ep < budget:
+                what = f"stopped early by the scheduler at epoch {ep}/{budget} ({metric} {value:.2f})"
+            else:
+                what = f"finished {ep} epochs ({metric} {value:.2f})" if value is not None else "finished"
+            say(f"[{stage}] trial {trial.trial_id} {what}")
+            writer.write()
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            say(f"[{stage}] trial {trial.trial_id} FAILED (worker or node lost, failure {trial.num_failures}); "
+                "retrying from its last checkpoint")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            say(f"[{stage}] trial {trial.trial_id} ERROR (failure {trial.num_failures}); see {trial.path}/error.txt")
+            writer.write()
+
+        def on_experiment_end(self, trials, **info):
+            writer.write()
+
+        def _maybe_table(self, trials):
+            if time.time() - self.last_table < table_every_s:
+                return
+            self.last_table = time.time()
+            print(progress_table(trials, self.last_result, metric), flush=True)
+
+    return StudyProgress()
+
+
+def progress_table(trials, last: dict[str, dict], metric: str, max_rows: int = 12) -> str:
+    from tabulate import tabulate
+
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.status] = counts.get(t.status, 0) + 1
+    running = [t for t in trials if t.status == "RUNNING"]
+    rest = sorted((t for t in trials if t.status != "RUNNING"),
+                  key=lambda t: -(last.get(t.trial_id, {}).get(metric) or -1))
+    shown = (running + rest)[:max_rows]
+    rows = []
+    for t in shown:
+        r = last.get(t.trial_id, {})
+        v = r.get(metric)
+        rows.append([t.trial_id, t.status.lower(), _short(t.config)[:60], r.get("epoch", ""),
+                     f"{v:.2f}" if isinstance(v, float) and not math.isnan(v) else ""])
+    head = " ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items()))
+    more = f"\n  ... {len(trials) - len(shown)} more" if len(trials) > len(shown) else ""
+    return f"-- {head} --\n" + tabulate(rows, headers=["trial", "status", "settings", "epoch", metric]) + more
+
+
+def summary_table(trials: list[dict[str, Any]], spec: StudySpec, top: int = 10) -> str:
+    """The best trials by the study metric (validation when tuned on it: nothing picked on test)."""
+    from tabulate import tabulate
+
+    key = "best_val_acc" if spec.metric == "val_acc" else "best_test_acc"
+    shown = ["best_val_acc", "test_acc_at_best_val", "last_test_acc"] if spec.metric == "val_acc" else \
+        ["best_test_acc", "last_test_acc"]
+    dims = [canonical(d) for d in spec.dimension_names] + ["EXPERIMENT.SEED"]
+    rows = sorted(trials, key=lambda t: (t["stage"] != "confirm", -(t.get(key) or -1)))[:top]
+    inv = {v: k for k, v in ALIASES.items()}
+    headers = ["stage", "trial", "status", *[inv.get(d, d) for d in dims], "epochs", *shown]
+    body = [[t["stage"], t["trial_id"], t["status"], *[t.get(d) for d in dims], t["epochs_done"],
+             *[t.get(c) for c in shown]] for t in rows]
+    title = (f"{spec.name}{' [SMOKE, synthetic data]' if spec.smoke_mode else ''}: top {len(rows)} of "
+             f"{len(trials)} trials by {key}")
+    return title + "\n" + tabulate(body, headers=headers, floatfmt=".2f")

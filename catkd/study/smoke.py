@@ -1,0 +1,57 @@
+"""--smoke: the same study shrunk for a 2-core CPU (synthetic data, small models, few epochs)."""
+from __future__ import annotations
+
+from catkd.study.spec import ConfirmSpec, StudySpec, canonical
+
+
+def apply_smoke(spec: StudySpec) -> StudySpec:
+    """The same study, shrunk for a 2-core CPU: synthetic data, small models, few epochs/samples."""
+    sm = spec.smoke
+    d = spec.model_dump()
+    fixed = {canonical(k): v for k, v in d["fixed"].items()}
+    fixed.update({
+        "DATASET.TYPE": "synthetic",
+        "SOLVER.EPOCHS": sm.epochs,
+        "SOLVER.LR_DECAY_STAGES": [max(1, int(sm.epochs * 0.75))],
+        "DATASET.VAL_SIZE": sm.val_size,
+        "DISTILLER.TEACHER": sm.teacher,
+        "DISTILLER.STUDENT": sm.student,
+        "SOLVER.BATCH_SIZE": 64,
+    })
+    for k, v in sm.dataset.items():
+        fixed[f"DATASET.SYNTHETIC.{k}"] = v
+    # "all classes" of the real data means all classes of the synthetic set
+    k = sm.dataset.get("NUM_CLASSES", 10)
+    if not isinstance(k, int) or isinstance(k, bool) or k < 2:
+        raise ValueError(f"smoke.dataset.NUM_CLASSES: expected an integer >= 2, got {k!r}")
+    per_class = sm.dataset.get("TRAIN_PER_CLASS", 300)
+    if isinstance(per_class, int) and not isinstance(per_class, bool) and sm.val_size >= k * per_class:
+        raise ValueError(f"smoke.val_size: {sm.val_size} leaves no training images "
+                         f"({k} classes x {per_class} per class)")
+    fixed.setdefault("DATASET.RESERVED_CLASS_NUM", k)
+    fixed.setdefault("CAT_KD.CAMs_Nums", k)
+    # keys of the real data that do not apply to the synthetic set
+    for k in ("DATASET.ROOT", "DISTILLER.TEACHER_CKPT"):
+        fixed.pop(k, None)
+    fixed.update({canonical(k): v for k, v in sm.fixed.items()})
+    d["fixed"] = fixed
+    space = d["space"]
+    grids = space if isinstance(space, list) else [space]
+    for g in grids:
+        for k, v in sm.space.items():
+            if k in g:
+                g[k] = v.model_dump(exclude_none=True)
+        for k in list(g):
+            if canonical(k) in ("DISTILLER.TEACHER", "DISTILLER.STUDENT") and k not in sm.space:
+                g.pop(k)  # the smoke models replace the real ones
+    d["search"]["num_samples"] = min(spec.search.num_samples, sm.num_samples)
+    d["scheduler"]["grace_period"] = min(sm.grace_period, sm.epochs)
+    d["seeds"] = sm.seeds or spec.seeds[:2]
+    d["max_concurrent"] = sm.max_concurrent
+    d["resources"] = sm.resources.model_dump()
+    if spec.confirm is not None:
+        # new seeds, disjoint from the smoke search seeds
+        default = ConfirmSpec(top_k=1, seeds=[s for s in range(max(d["seeds"]) + 1, max(d["seeds"]) + 3)])
+        d["confirm"] = (sm.confirm or default).model_dump()
+    d["smoke_mode"] = True
+    return StudySpec.model_validate(d)

@@ -1,0 +1,146 @@
+"""The stages of a study on Ray Tune: the Ray session, one Tuner per stage (search, then confirm),
+and which configurations the confirm stage re-runs."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from catkd.study.checks import run_config
+from catkd.study.progress import make_callback, say
+from catkd.study.spec import StudySpec
+
+if TYPE_CHECKING:
+    from catkd.study.runner import ResultsWriter
+
+
+# ---- Ray ----------------------------------------------------------------------------------------
+def start_ray(address: Optional[str], dashboard: bool) -> Any:
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if ray.is_initialized():
+        return None
+    kw: dict[str, Any] = {"log_to_driver": False}
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ctx = ray.init(address=address, **kw)
+    else:
+        ctx = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1", **kw)
+    url = getattr(ctx, "dashboard_url", None)
+    if url:
+        url = url if url.startswith("http") else f"http://{url}"
+        say(f"Ray dashboard: {url}")
+        if os.environ.get("RAY_AUTH_MODE", "").lower() != "disabled" and not address:
+            say("  Ray's token authentication is on: the page asks for the token in "
+                f"{Path.home() / '.ray' / 'auth_token'} (API clients send 'Authorization: Bearer <token>')")
+    return ctx
+
+
+def run_stage(
+    spec: StudySpec,
+    stage: str,
+    storage: Path,
+    name: str,
+    resume: bool,
+    env: dict[str, str],
+    writer: ResultsWriter,
+    params_list: Optional[list[dict[str, Any]]] = None,
+) -> Any:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from catkd.study.search import make_searcher
+    from catkd.study.space import param_space
+    from catkd.study.trainable import train_trial
+
+    import ray
+
+    metric = spec.metric if stage == "search" else "test_acc"
+    gpu = spec.resources.gpu
+    if gpu and not ray.cluster_resources().get("GPU"):
+        say(f"no GPU in this Ray cluster: trials run on CPU only ({spec.resources.cpu:g} CPU each)")
+        gpu = 0
+    resources = {"cpu": spec.resources.cpu, "gpu": gpu}
+    exp_path = storage / name
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, study=spec.model_dump(mode="json"), env=env, cpus=spec.resources.cpu,
+                             exp_path=str(exp_path)),
+        resources,
+    )
+    if resume and tune.Tuner.can_restore(str(exp_path)):
+        say(f"[{stage}] resuming {exp_path}")
+        tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True)
+    else:
+        if stage == "search":
+            searcher = make_searcher(spec, metric, spec.mode)
+            space = param_space(spec)
+            num_samples = spec.search.num_samples if searcher is not None else 1
+            if spec.scheduler.type == "asha":
+                scheduler = ASHAScheduler(
+                    time_attr="epoch",
+                    max_t=run_config(spec, {}).SOLVER.EPOCHS,
+                    grace_period=spec.scheduler.grace_period,
+                    reduction_factor=spec.scheduler.reduction_factor,
+                    brackets=spec.scheduler.brackets,
+                )
+            else:
+                scheduler = FIFOScheduler()
+        else:  # confirm: explicit grid, full budget, no early stopping
+            searcher, scheduler, num_samples = None, FIFOScheduler(), 1
+            space = {"grid": tune.grid_search(params_list)}
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=num_samples,
+                max_concurrent_trials=spec.max_concurrent,
+                metric=metric,
+                mode=spec.mode,
+                reuse_actors=True,  # a new trial reuses a finished one's worker: no process start or torch import
+                trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=str(storage),
+                callbacks=[make_callback(writer, metric, stage)],
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                verbose=0,
+            ),
+        )
+    return tuner.fit()
+
+
+def confirm_params(spec: StudySpec, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Top-k search configurations (by the study metric at their best epoch) x the confirm seeds."""
+    assert spec.confirm is not None
+    key = "best_val_acc" if spec.metric == "val_acc" else "best_test_acc"
+    pool = [t for t in trials if t["stage"] == "search" and t.get(key) is not None]
+    finished = [t for t in pool if t["status"] == "finished"]
+    pool = finished if len(finished) >= spec.confirm.top_k else pool
+    pool.sort(key=lambda t: t[key], reverse=spec.mode == "max")
+    out: list[dict[str, Any]] = []
+    seen: list[dict[str, Any]] = []
+    for t in pool:
+        params = _params_of(Path(t["trial_dir"]))
+        params.pop("seed", None)
+        if params in seen:
+            continue
+        seen.append(params)
+        for s in spec.confirm.seeds:
+            out.append({**params, "seed": s})
+        if len(seen) == spec.confirm.top_k:
+            break
+    return out
+
+
+def _params_of(trial_dir: Path) -> dict[str, Any]:
+    from catkd.study.space import trial_params
+
+    return trial_params(json.loads((trial_dir / "params.json").read_text()))
