@@ -180,9 +180,11 @@ def all_plots(study: Study, out_dir: Path, epoch: str = "auto") -> list[Path]:
     epoch = resolve_epoch(study, epoch)
     out_dir = Path(out_dir)
     made: list[Optional[Path]] = []
-    if study.name == "beta_sweep":
+    from analysis.layouts import layout_of
+
+    if layout_of(study) == "beta_sweep":
         made.append(accuracy_vs(study, BETA, "β (CAT loss weight)", out_dir / "accuracy_vs_beta.png", epoch, True))
-    if study.name in ("cam_resolution", "beta_sweep"):
+    if layout_of(study) in ("cam_resolution", "beta_sweep"):
         made.append(accuracy_vs(study, RES, "CAM resolution R", out_dir / "accuracy_vs_R.png", epoch, False))
     made.append(learning_curves(study, out_dir / "learning_curves.png", epoch))
     made.append(asha_picture(study, out_dir / "epochs_per_trial.png"))

@@ -439,3 +439,12 @@ def test_binarization_reports_on_minus_off_at_each_r_with_its_interval(tmp_path)
     ts = {t.name: t for t in tables.build(load(make_study(tmp_path / "bin", grid_spec("binarization"), trials)))}
     row = ts["binarization_differences"].rows[0]
     assert row[:3] == ["2", "binarized - not binarized", "-1.50"] and row[3].startswith("[")
+
+
+def test_the_report_key_chooses_the_layout_whatever_the_study_is_called(tmp_path):
+    d = _beta_study(tmp_path)
+    spec = yaml.safe_load((d / "study.yaml").read_text())
+    (d / "study.yaml").write_text(yaml.safe_dump({**spec, "name": "my_beta_scan", "report": "beta_sweep"}))
+    assert "beta_sweep_best" in [t.name for t in tables.build(load(d))]
+    (d / "study.yaml").write_text(yaml.safe_dump({**spec, "name": "my_beta_scan"}))
+    assert [t.name for t in tables.build(load(d))][0] == "generic"

@@ -142,6 +142,9 @@ class StudySpec(_Strict):
     max_concurrent: int = Field(4, ge=1)
     max_failures: int = Field(2, ge=0)
     smoke: SmokeSpec = SmokeSpec()
+    # the report's table layout (default: the layout named like the study, else a generic table)
+    report: Optional[Literal["beta_sweep", "cam_resolution", "binarization", "partial_cams", "data_reduction",
+                             "main_results", "teachers", "generic"]] = None
     smoke_mode: bool = False  # set by --smoke (recorded in study.yaml)
 
     @field_validator("name")
