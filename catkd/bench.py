@@ -1,4 +1,4 @@
-"""python -m catkd.bench {step,pipeline,study,asha,all}: ratios measured side by side in one run.
+"""python -m catkd.bench {step,pipeline,study,all} | asha | gpu | ...: ratios measured side by side in one run.
 
 This machine is shared and noisy, so every figure is a ratio of two things timed interleaved in
 the same process, as the median of repeats. The last line printed is one JSON object of the
@@ -8,13 +8,15 @@ named figures. (Not a test: nothing here asserts a time.)
   forward+backward+SGD step with CE only), resnet56 -> resnet20, batch 64 ("catkd_over_floor").
 - pipeline: our batched in-memory augmentation (per-image crop+flip) vs the reference's
   torchvision per-sample PIL transforms through a DataLoader with 2 workers ("speedup_vs_pil").
-- study: a --smoke study's training seconds summed over trials / (wall seconds x cores)
-  ("utilization"): how much of the machine Ray start-up, scheduling and checkpoints leave to
-  training. A trial's training seconds are the trainer's epochs: optimisation steps plus the
-  per-epoch evaluation ("utilization_steps_only" counts the steps alone). Median of 2 runs.
-- asha: a β grid on the synthetic data run to the end vs the same grid under ASHA: the share of
-  the grid's epochs ASHA trained ("asha_epoch_fraction") and whether its pick is within 0.5 pt of
-  the grid's best ("asha_found_best").
+- study: a --smoke study's trial processes' CPU time (user + system inside trials) / (wall seconds x
+  cores) ("utilization_cpu"): how much of the machine Ray start-up, imports, scheduling, stage
+  barriers and checkpoints leave to the trials. Beside it, the trainer's own timers (steps + the
+  per-epoch evaluation, "utilization_trainer_time"; steps alone "utilization_steps_only"), which
+  count a step waiting for a core as work. Median of 2 runs after an untimed warm-up.
+- asha (not in `all`: ~25 min here): a β grid on the synthetic data run to the end vs the same grid
+  under ASHA, handed to ASHA in three orders (ascending, descending, a seeded shuffle): the share of
+  the grid's epochs ASHA trained per order and at worst ("asha_epoch_fraction_max") and whether
+  every order's pick is within 0.5 pt of the grid's best ("asha_found_best_all").
 - gpu (not in `all`; needs CUDA): one CAT-KD trial resnet32x4 -> ShuffleV1 in fp32 and in bf16 +
   channels_last (images/s, projected 240-epoch wall time), and 4 trials at 0.25 GPU each vs one.
 """
@@ -152,6 +154,12 @@ def _run_smoke_study(study: str, storage: str, name: str) -> tuple[float, list[d
 
 
 def bench_study(study: str = "studies/beta_sweep.yaml", repeats: int = 2) -> dict:
+    """Utilisation of a --smoke study after an untimed warm-up run (the smoke teacher is cached).
+
+    utilization_cpu: CPU time (user + system, all threads) the trial processes spent inside trials
+    (`trial_cpu_seconds`, measured by each trial) / (wall x cores). utilization_trainer_time: the
+    trainer's own timers (optimisation steps + per-epoch evaluation) / (wall x cores), which counts a
+    step waiting for a core as work; utilization_steps_only: the steps alone."""
     import os
     import tempfile
 
@@ -163,14 +171,21 @@ def bench_study(study: str = "studies/beta_sweep.yaml", repeats: int = 2) -> dic
             wall, rows = _run_smoke_study(study, tmp, f"bench{i}")
             train = sum(r["epoch_seconds"] for r in rows)
             evals = sum(r["eval_seconds"] for r in rows)
-            runs.append({"wall": wall, "train": train, "eval": evals, "epochs": len(rows),
-                         "util": (train + evals) / (wall * cores), "util_steps": train / (wall * cores)})
-            print(f"study: {study} --smoke run {i + 1}: {len(rows)} trial-epochs, {train:.0f} s of training steps "
-                  f"+ {evals:.0f} s of per-epoch evaluation in {wall:.0f} s wall x {cores} cores: "
-                  f"{runs[-1]['util']:.3f} ({runs[-1]['util_steps']:.3f} counting the steps alone)")
+            cpu: dict[str, float] = {}
+            for r in rows:  # cumulative per trial: its last epoch holds the trial's total
+                cpu[r["trial_id"]] = max(cpu.get(r["trial_id"], 0.0), r.get("trial_cpu_seconds") or 0.0)
+            cpu_s = sum(cpu.values())
+            runs.append({"wall": wall, "train": train, "eval": evals, "cpu": cpu_s, "epochs": len(rows),
+                         "util_cpu": cpu_s / (wall * cores), "util": (train + evals) / (wall * cores),
+                         "util_steps": train / (wall * cores)})
+            print(f"study: {study} --smoke run {i + 1}: {len(rows)} trial-epochs in {wall:.0f} s wall x {cores} "
+                  f"cores; trial CPU time {cpu_s:.0f} s: utilization_cpu {runs[-1]['util_cpu']:.3f}; trainer "
+                  f"timers {train:.0f} s steps + {evals:.0f} s eval: {runs[-1]['util']:.3f} "
+                  f"({runs[-1]['util_steps']:.3f} steps alone)")
     med = lambda k: statistics.median(r[k] for r in runs)  # noqa: E731
     return {"study_wall_s": med("wall"), "study_train_s": med("train"), "study_eval_s": med("eval"),
-            "utilization": med("util"), "utilization_steps_only": med("util_steps")}
+            "study_trial_cpu_s": med("cpu"), "utilization_cpu": med("util_cpu"),
+            "utilization_trainer_time": med("util"), "utilization_steps_only": med("util_steps")}
 
 
 ASHA_STUDY = """\
@@ -195,18 +210,31 @@ smoke:
 """
 
 
-def bench_asha(points: int = 12, epochs: int = 9, tolerance: float = 0.5, reduction_factor: float = 4) -> dict:
-    """A β grid run to the end vs the same grid under ASHA (grace 1, `reduction_factor`) on the synthetic data.
+ASHA_ORDERS = ("ascending", "descending", "shuffled")
 
-    The grid's best is the highest final-epoch val_acc. ASHA's pick is its best trial that ran the
-    full budget; it "found the best" when that β's final val_acc in the grid run is within
-    `tolerance` points of the grid's best. Fraction: epochs ASHA trained / epochs the grid trained.
+
+def bench_asha(points: int = 12, epochs: int = 9, tolerance: float = 0.5, reduction_factor: float = 4,
+               orders: tuple[str, ...] = ASHA_ORDERS, seed: int = 0) -> dict:
+    """A β grid run to the end vs the same grid under ASHA (grace 1, `reduction_factor`) on the synthetic
+    data, with the grid handed to ASHA in each of `orders` (ascending β, descending, a seeded shuffle):
+    async ASHA promotes whichever trial reaches a rung first, so the order matters and one order alone
+    could flatter it.
+
+    The grid's best is the highest final-epoch val_acc (the grid run's values do not depend on the
+    order: training is deterministic per β). ASHA's pick is its best trial that ran the full budget;
+    it "found the best" when that β's final val_acc in the grid run is within `tolerance` points of
+    the grid's best. Fraction: epochs ASHA trained / epochs the grid trained. The smoke teacher is
+    trained and cached before either side is timed.
     """
     import math
+    import random
     import tempfile
     from pathlib import Path
 
     betas = [round(10 ** (3 * i / (points - 1)), 3) for i in range(points)]  # 1 .. 1000, log-spaced
+    shuffled = list(betas)
+    random.Random(seed).shuffle(shuffled)
+    order_of = {"ascending": betas, "descending": betas[::-1], "shuffled": shuffled}
 
     def final_acc(rows: list[dict]) -> dict[float, tuple[int, float]]:
         """β -> (epochs trained, val_acc at the last epoch; -inf for a diverged trial)."""
@@ -217,30 +245,41 @@ def bench_asha(points: int = 12, epochs: int = 9, tolerance: float = 0.5, reduct
         acc = lambda v: v if v is not None and math.isfinite(v) else -math.inf  # noqa: E731
         return {r["CAT_KD.LOSS.CAT_loss_weight"]: (r["epoch"], acc(r["val_acc"])) for r in by_trial.values()}
 
+    def run(tmp: str, name: str, grid: list, scheduler: str, n_epochs: int) -> tuple[float, list[dict]]:
+        path = Path(tmp) / f"{name}.yaml"
+        path.write_text(ASHA_STUDY.format(betas=grid, scheduler=scheduler, epochs=n_epochs, rf=reduction_factor))
+        return _run_smoke_study(str(path), tmp, name)
+
+    out: dict = {}
     with tempfile.TemporaryDirectory(prefix="catkd-bench-") as tmp:
-        res = {}
-        for scheduler in ("fifo", "asha"):
-            path = Path(tmp) / f"{scheduler}.yaml"
-            path.write_text(ASHA_STUDY.format(betas=betas, scheduler=scheduler, epochs=epochs, rf=reduction_factor))
-            wall, rows = _run_smoke_study(str(path), tmp, scheduler)
-            res[scheduler] = (wall, final_acc(rows))
-            print(f"asha: {scheduler:4s}: {len(rows)} epochs over {points} β values in {wall:.0f} s")
-    grid, asha = res["fifo"][1], res["asha"][1]
-    grid_best_beta = max(grid, key=lambda b: grid[b][1])
-    full = {b: a for b, (e, a) in asha.items() if e == epochs} or {b: a for b, (e, a) in asha.items()}
-    asha_beta = max(full, key=full.get)
-    grid_epochs = sum(e for e, _ in grid.values())
-    asha_epochs = sum(e for e, _ in asha.values())
-    gap = grid[grid_best_beta][1] - grid[asha_beta][1]
-    for b in betas:
-        ge, ga = grid[b]
-        ae, aa = asha[b]
-        print(f"asha:   β {b:9.3f}: grid val_acc {ga:6.2f} ({ge} ep) | ASHA {aa:6.2f} ({ae} ep)"
-              + ("   <- grid best" if b == grid_best_beta else "") + ("   <- ASHA pick" if b == asha_beta else ""))
-    print(f"asha: ASHA trained {asha_epochs} of the grid's {grid_epochs} epochs; its pick β {asha_beta:g} is "
-          f"{gap:.2f} pt below the grid's best β {grid_best_beta:g}")
-    return {"asha_epoch_fraction": asha_epochs / grid_epochs, "asha_found_best": bool(gap <= tolerance),
-            "asha_gap_pt": gap, "asha_grid_wall_s": res["fifo"][0], "asha_wall_s": res["asha"][0]}
+        run(tmp, "warm", [1.0], "fifo", 1)  # the smoke teacher, trained once and cached: not timed
+        grid_wall, rows = run(tmp, "grid", betas, "fifo", epochs)
+        grid = final_acc(rows)
+        grid_best_beta = max(grid, key=lambda b: grid[b][1])
+        grid_epochs = sum(e for e, _ in grid.values())
+        print(f"asha: grid (fifo): {len(rows)} epochs over {points} β values in {grid_wall:.0f} s; "
+              f"best β {grid_best_beta:g} (val_acc {grid[grid_best_beta][1]:.2f})")
+        fractions, found = [], []
+        for order in orders:
+            wall, rows = run(tmp, f"asha_{order}", order_of[order], "asha", epochs)
+            asha = final_acc(rows)
+            full = {b: a for b, (e, a) in asha.items() if e == epochs} or {b: a for b, (e, a) in asha.items()}
+            pick = max(full, key=full.get)
+            frac = sum(e for e, _ in asha.values()) / grid_epochs
+            gap = grid[grid_best_beta][1] - grid[pick][1]
+            fractions.append(frac)
+            found.append(bool(gap <= tolerance))
+            for b in betas:
+                print(f"asha:   [{order}] β {b:9.3f}: grid val_acc {grid[b][1]:6.2f} | ASHA {asha[b][1]:6.2f} "
+                      f"({asha[b][0]} ep)" + ("   <- grid best" if b == grid_best_beta else "")
+                      + ("   <- ASHA pick" if b == pick else ""))
+            print(f"asha: [{order}] ASHA trained {frac:.3f} of the grid's {grid_epochs} epochs in {wall:.0f} s; "
+                  f"its pick β {pick:g} is {gap:.2f} pt below the grid's best ({'found' if found[-1] else 'MISSED'})")
+            out.update({f"asha_epoch_fraction_{order}": frac, f"asha_found_best_{order}": found[-1],
+                        f"asha_gap_pt_{order}": gap, f"asha_wall_s_{order}": wall})
+    out.update({"asha_epoch_fraction_max": max(fractions), "asha_found_best_all": all(found),
+                "asha_grid_wall_s": grid_wall})
+    return out
 
 
 # ---- GPU: one trial's images/s (fp32 vs bf16 + channels_last) and 4 trials sharing one GPU ----------
@@ -335,13 +374,15 @@ def bench_gpu(quick: bool = False, concurrent: int = 4) -> dict:
     return out
 
 
-BENCHES = {"step": bench_step, "pipeline": bench_pipeline, "study": bench_study, "asha": bench_asha}
-EXTRA = {"gpu": bench_gpu}  # not part of `all`: needs a CUDA device
+BENCHES = {"step": bench_step, "pipeline": bench_pipeline, "study": bench_study}
+# not part of `all`: gpu needs a CUDA device; asha (a grid and three ASHA orders, ~25 min on 2 cores)
+# would take `all` past its 25-minute budget
+EXTRA = {"gpu": bench_gpu, "asha": bench_asha}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m catkd.bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("name", choices=[*BENCHES, *EXTRA, "all"], help="`all` runs step, pipeline, study and asha")
+    ap.add_argument("name", choices=[*BENCHES, *EXTRA, "all"], help="`all` runs step, pipeline and study (asha and gpu: by name)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for step")
     ap.add_argument("--quick", action="store_true", help="gpu: tiny models and data, to check the script on a CPU")
     ap.add_argument("--asha-points", type=int, default=12, help="asha: β values in the grid (default 12)")

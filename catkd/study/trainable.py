@@ -46,8 +46,12 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], env: dict[str, st
                 shutil.copyfile(src, resume_from)
     total = cfg.SOLVER.EPOCHS
 
+    cpu0 = _cpu_seconds()
+
     def report(metrics: dict[str, Any], run_dir: Path) -> None:
-        m = {**metrics, "status": "running", "epochs_budget": total}
+        # this process's CPU time (user + system, all threads) since the trial started: what
+        # `catkd.bench study` divides by wall x cores
+        m = {**metrics, "status": "running", "epochs_budget": total, "trial_cpu_seconds": _cpu_seconds() - cpu0}
         _maybe_inject_worker_exit(m["epoch"], spec.name)
         if m["epoch"] % checkpoint_every == 0 or m["epoch"] == total:
             tune.report(m, checkpoint=tune.Checkpoint.from_directory(_checkpoint_dir(run_dir)))
@@ -60,6 +64,11 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], env: dict[str, st
         nan = float("nan")
         tune.report({"epoch": result.epochs_done, "status": "diverged", "epochs_budget": total,
                      "val_acc": nan, "test_acc": nan})
+
+
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def _run_dir(exp_path: str, trial_dir_name: str) -> Path:
