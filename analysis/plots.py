@@ -75,7 +75,7 @@ def learning_curves(study: Study, out: Path, epoch: str, top: int = 5) -> Option
     for _, row in best.iterrows():
         c = e[e["trial_id"] == row["trial_id"]].sort_values("epoch")
         if len(c):
-            ax.plot(c["epoch"], c["test_acc"], marker=".", label=f"{row['trial_id']} ({row.get('stage', '')})")
+            ax.plot(c["epoch"], c["test_acc"], marker=".", label=f"{_settings_label(study, row)} ({row.get('stage', '')})")
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("test top-1 %")
