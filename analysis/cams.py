@@ -2,7 +2,8 @@
 
     python analysis/report.py EXPERIMENT_DIR --cams [--trial TRIAL_ID] [--images 6] [--out DIR]
 
-Picks the best finished trial (confirm stage first, then search, by best_test_acc; a trial without
+Picks the best finished trial (confirm stage first, then search, by best_val_acc, or best_test_acc
+without a validation split; a trial without
 a Tune checkpoint is skipped) or --trial; loads its latest Tune checkpoint (the config always from
 checkpoint.pth, the student weights from run/student_best.pth when it exists), rebuilds the test set
 on the CPU and draws, per image: the image, then teacher and student CAMs for the true class and for
@@ -75,8 +76,12 @@ def pick_trial(study: Study, trial_id: Optional[str] = None) -> Picked:
         t = t.copy()
         t["_stage"] = t.get("stage", pd.Series("search", index=t.index)) != "confirm"
         t["_finished"] = t.get("status", pd.Series("finished", index=t.index)) != "finished"
-        t["_acc"] = pd.to_numeric(t.get("best_test_acc"), errors="coerce").fillna(float("-inf"))
-        # finished first, confirm before search, then best test top-1
+        # chosen on validation when there is a split (nothing is chosen on the test set), else the
+        # best test epoch (the paper's convention, for studies without one)
+        val = pd.to_numeric(t.get("best_val_acc"), errors="coerce") if "best_val_acc" in t else None
+        by = val if val is not None and val.notna().any() else pd.to_numeric(t.get("best_test_acc"), errors="coerce")
+        t["_acc"] = by.fillna(float("-inf"))
+        # finished first, confirm before search, then the best by that metric
         t = t.sort_values(["_finished", "_stage", "_acc"], ascending=[True, True, False], kind="stable")
         candidates = [r for _, r in t.iterrows()]
     looked = []
