@@ -192,7 +192,7 @@ ASHA_STUDY = """\
 name: asha_bench
 description: catkd.bench asha -- a beta grid on the synthetic data, run to the end (fifo) or under ASHA
 base: cifar100/CAT_KD/res56_res20
-fixed: {{normalize: true}}
+fixed: {{normalize: true, DATASET.VAL_SIZE: 5000}}  # the real study tunes on validation too
 space:
   beta: {{grid: {betas}}}
 search: {{algorithm: grid}}
