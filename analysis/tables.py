@@ -16,6 +16,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from analysis.load import Study, load_paper, settings_columns
+from catkd.study.results import finite
 
 BETA = "CAT_KD.LOSS.CAT_loss_weight"
 RES = "CAT_KD.LOSS.CAM_RESOLUTION"
@@ -97,11 +98,7 @@ def _fmt_pub(v: Optional[float]) -> str:
     return "-" if v is None else f"{v:+.2f}"
 
 
-def _finite(v: Any) -> bool:
-    try:
-        return v is not None and not isinstance(v, bool) and math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
+_finite = finite  # one definition, with the trial record
 
 
 # Which epoch's test accuracy a cell shows (the reporting rule: nothing is chosen on the test set).

@@ -191,8 +191,8 @@ def collect(exp_dir: Path, spec: dict[str, Any], study_done: bool) -> tuple[list
         else:
             status = "error" if error else "running"
         wall = sum(_num(r.get("epoch_seconds")) or 0.0 for r in by_epoch.values())
-        val = [r["val_acc"] for r in by_epoch.values() if _finite(r.get("val_acc"))]
-        test = [r["test_acc"] for r in by_epoch.values() if _finite(r.get("test_acc"))]
+        val = [r["val_acc"] for r in by_epoch.values() if finite(r.get("val_acc"))]
+        test = [r["test_acc"] for r in by_epoch.values() if finite(r.get("test_acc"))]
         trial_rows.append({
             "trial_id": trial_id, "study": study, "stage": stage, "seed": seed,
             **settings,
@@ -209,7 +209,8 @@ def collect(exp_dir: Path, spec: dict[str, Any], study_done: bool) -> tuple[list
     return epoch_rows, trial_rows
 
 
-def _finite(v: Any) -> bool:
+def finite(v: Any) -> bool:
+    """A real, finite number (not None, not a bool, not NaN/inf)."""
     try:
         return v is not None and not isinstance(v, bool) and math.isfinite(float(v))
     except (TypeError, ValueError):
@@ -217,7 +218,7 @@ def _finite(v: Any) -> bool:
 
 
 def _best_val_epoch(by_epoch: dict[int, dict[str, Any]]) -> Optional[int]:
-    withval = [r for r in by_epoch.values() if _finite(r.get("val_acc"))]
+    withval = [r for r in by_epoch.values() if finite(r.get("val_acc"))]
     if not withval:
         return None
     return int(max(withval, key=lambda r: (r["val_acc"], -r["epoch"]))["epoch"])

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import yaml
 
+from catkd.config import _flatten
 from catkd.fsutil import atomic_write_json, atomic_write_text
 from catkd.study import results as res
 from catkd.study.preflight import absolutise, ensure_smoke_teacher, preflight
@@ -51,15 +52,6 @@ def _trials_started(exp_dir: Path) -> bool:
 _RUNTIME_KEYS = {"fixed.DISTILLER.TEACHER_CKPT"}
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict) and d:
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): d}
-
-
 def check_same_study(spec: StudySpec, saved: Path, source: str) -> None:
     """--resume continues the study that was started, or nothing: compare with the saved study.yaml."""
     try:
@@ -67,7 +59,7 @@ def check_same_study(spec: StudySpec, saved: Path, source: str) -> None:
     except (OSError, yaml.YAMLError) as e:
         raise StudyError(f"{source}: --resume: cannot read the saved {saved} ({e})") from None
     new = yaml.safe_load(dump_study(spec)) or {}
-    a, b = _flat(old), _flat(new)
+    a, b = _flatten(old), _flatten(new)
     keys = sorted(k for k in set(a) | set(b) if k not in _RUNTIME_KEYS and a.get(k, "<absent>") != b.get(k, "<absent>"))
     if keys:
         shown = "; ".join(f"{k}: saved {a.get(k, '<absent>')!r}, now {b.get(k, '<absent>')!r}" for k in keys[:8])
