@@ -122,7 +122,7 @@ def bench_pipeline(n: int = 10000, batch: int = 64, repeats: int = 3) -> dict:
 
     def run_ours():
         epoch[0] += 1
-        for xb, yb in ours.epoch_batches(epoch[0], 0):
+        for _ in ours.epoch_batches(epoch[0], 0):
             pass
 
     run_ref()
@@ -318,7 +318,7 @@ def _timed_fit(cfg, out_dir: str) -> list[dict]:
         epochs.append({"images": m["images_per_second"] * m["epoch_seconds"], "train_s": m["epoch_seconds"],
                        "eval_s": m["eval_seconds"], "start": end - m["epoch_seconds"], "end": end})
 
-    Trainer(cfg, out_dir=out_dir, log=lambda _: None).fit(report=report)
+    Trainer.from_config(cfg, out_dir=out_dir, log=lambda _: None).fit(report=report)
     return epochs
 
 

@@ -145,6 +145,9 @@ class RunCfg(_Section):
     PROGRESS: Literal["auto", "bar", "line", "none"] = "auto"
     CHECK_FINITE_EVERY: int = Field(20, ge=1)  # steps between (synchronising) divergence checks
     RESUME: bool = False  # continue from <output dir>/checkpoint.pth if present
+    # teacher cache (README, "Teacher cache"): auto | off | a directory
+    TEACHER_CACHE: str = "auto"
+    TEACHER_CACHE_MAX_GB: float = Field(32.0, ge=0)  # a larger store: the live teacher, with a notice
 
 
 class Config(_Section):

@@ -43,11 +43,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             overrides["DATASET.DOWNLOAD"] = True
         cfg_path = resolve_preset(args.cfg)
         cfg = load_config(cfg_path, overrides)
-        trainer = Trainer(cfg, out_dir=args.out)
+        out_dir = args.out or cfg.output_dir
         print(f"catkd: {cfg.DISTILLER.TYPE} {cfg.DISTILLER.TEACHER if cfg.DISTILLER.TYPE != 'NONE' else ''}"
               f"{' -> ' if cfg.DISTILLER.TYPE != 'NONE' else ''}{cfg.DISTILLER.STUDENT} on {cfg.DATASET.TYPE}"
-              f"{' (SYNTHETIC data)' if cfg.DATASET.TYPE == 'synthetic' else ''}; output: {trainer.out_dir}",
+              f"{' (SYNTHETIC data)' if cfg.DATASET.TYPE == 'synthetic' else ''}; output: {out_dir}",
               flush=True)
+        trainer = Trainer.from_config(cfg, out_dir=out_dir)
+        if trainer.targets is not None:
+            where = trainer.targets.store.dir if trainer.targets.cached else "off: live teacher"
+            print(f"catkd: teacher cache: {where}", flush=True)
         result = trainer.fit()
     except (ConfigError, DataError, TeacherWeightsError, CheckpointError) as e:
         msg = str(e)

@@ -29,7 +29,7 @@ DATA = {"DATASET.TYPE": "synthetic", "RUN.PROGRESS": "none", "SOLVER.BATCH_SIZE"
 def run(preset: str, out: Path, name: str, **over) -> "object":
     cfg = load_config(preset, {**DATA, "LOG.PREFIX": str(out), "EXPERIMENT.NAME": name, **over}, quiet=True)
     t0 = time.time()
-    r = Trainer(cfg, log=lambda s: None).fit()
+    r = Trainer.from_config(cfg, log=lambda s: None).fit()
     print(f"  {name}: {r.status}, best {r.best_test_acc:.2f}, last {r.last_test_acc:.2f} ({time.time() - t0:.0f}s)",
           flush=True)
     return r

@@ -13,6 +13,9 @@ os.environ.setdefault("RAY_TMPDIR", str(_RAY_TMP))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# catkd.train's teacher cache (RUN.TEACHER_CACHE auto) goes here, never to the user's ~/.cache
+os.environ["CATKD_CACHE"] = tempfile.mkdtemp(prefix="catkd-cache-")
+os.environ.pop("CATKD_TEACHER_CACHE", None)
 
 
 @pytest.fixture(scope="session")

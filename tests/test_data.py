@@ -323,8 +323,8 @@ def test_train_loader_same_seed_and_epoch_gives_identical_batches_after_restart(
     first = list(a.epoch_batches(3, seed=5))
     second = list(b.epoch_batches(3, seed=5))
     assert len(first) == len(second) == 3
-    for (x1, y1), (x2, y2) in zip(first, second):
-        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    for (x1, y1, i1, v1), (x2, y2, i2, v2) in zip(first, second):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2) and torch.equal(i1, i2) and torch.equal(v1, v2)
 
 
 def test_train_loader_leaves_global_rng_alone():
@@ -335,7 +335,7 @@ def test_train_loader_leaves_global_rng_alone():
 
 def test_train_loader_order_changes_with_epoch_and_seed():
     loader = small_loader(64, 8)
-    order = lambda e, s: torch.cat([y for _, y in loader.epoch_batches(e, s)]).tolist()
+    order = lambda e, s: torch.cat([b.labels for b in loader.epoch_batches(e, s)]).tolist()
     assert order(0, 0) != order(1, 0) and order(0, 0) != order(0, 1)
     assert order(0, 1) != order(1, 0)  # (seed, epoch) is mixed, not added
 
@@ -344,15 +344,15 @@ def test_train_loader_sees_every_sample_once_and_keeps_last_partial_batch():
     loader = small_loader(10, 4)
     assert len(loader) == 3 and loader.num_samples == 10
     batches = list(loader.epoch_batches(0, 0))
-    assert [len(y) for _, y in batches] == [4, 4, 2]
-    assert sorted(torch.cat([y for _, y in batches]).tolist()) == list(range(10))
-    x, y = batches[0]
+    assert [len(b.labels) for b in batches] == [4, 4, 2]
+    assert sorted(torch.cat([b.labels for b in batches]).tolist()) == list(range(10))
+    x, y, _, _ = batches[0]
     assert x.dtype == torch.float32 and x.shape == (4, 3, 8, 8) and y.dtype == torch.int64
 
 
 def test_train_loader_batches_are_augmented_normalised_images_of_their_labels():
     loader = small_loader(32, 32)
-    x, y = next(loader.epoch_batches(0, 0))
+    x, y, _, _ = next(loader.epoch_batches(0, 0))
     raw = torch.round((x * 0.25 + 0.5) * 255).to(torch.uint8)
     pad_value = (0 - 0.5) / 0.25
     assert (x == pad_value).any()  # some zero padding shows
@@ -368,10 +368,33 @@ def test_train_loader_batches_equal_crop_flip_of_the_epochs_draws():
     g = epoch_generator(3, 2)
     perm = torch.randperm(37, generator=g)
     oy, ox, flip = draw_crop_flip(37, g, 4)
-    for b, (x, y) in enumerate(loader.epoch_batches(2, seed=3)):
+    for b, (x, y, _, _) in enumerate(loader.epoch_batches(2, seed=3)):
         sl = slice(8 * b, 8 * b + 8)
         want = crop_flip(loader.images[perm[sl]], oy[sl], ox[sl], flip[sl], 4)
         assert torch.equal(y, perm[sl]) and torch.equal(x, normalize(want, loader.mean, loader.std))
+
+
+def test_train_batches_carry_each_images_stored_index_and_its_view_id():
+    # the view id decodes to the crop and flip the image actually got; the index is the row of the
+    # dataset as stored (source_index), not of the (split / reduced) training set
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (12, 3, 8, 8), generator=g, dtype=torch.uint8)
+    source = torch.arange(100, 112)
+    loader = TrainLoader(images, torch.arange(12), (0.5,) * 3, (0.25,) * 3, 5, source_index=source)
+    seen = []
+    for x, y, index, view in loader.epoch_batches(4, seed=2):
+        raw = torch.round((x * 0.25 + 0.5) * 255).to(torch.uint8)
+        assert index.dtype == torch.int64 and view.dtype == torch.int64
+        for n in range(len(y)):
+            oy, ox, f = int(view[n]) // 2 // 9, int(view[n]) // 2 % 9, int(view[n]) % 2
+            assert 0 <= int(view[n]) < 162
+            assert torch.equal(raw[n], reference_crop_flip(images[index[n] - 100], oy, ox, bool(f), 4))
+            assert int(index[n]) == 100 + int(y[n])
+        seen += index.tolist()
+    assert sorted(seen) == list(range(100, 112))
+    idx, views = loader.epoch_views(4, seed=2)
+    assert idx.tolist() == [i for b in loader.epoch_batches(4, 2) for i in b.index.tolist()]
+    assert views.tolist() == [v for b in loader.epoch_batches(4, 2) for v in b.view.tolist()]
 
 
 def test_eval_loader_fixed_order_without_augmentation():
@@ -486,11 +509,12 @@ def test_imagenet_folders_yield_224_batches(imagenet):
     b = build_data(cfg, torch.device("cpu"))
     assert b.num_classes == 2 and b.image_size == 224 and b.val is None
     assert b.train.num_samples == 6 and len(b.train) == 2 and b.test.num_samples == 4 and len(b.test) == 2
-    batches = list(b.train.epoch_batches(0, 0))
+    batches = [t[:2] for t in b.train.epoch_batches(0, 0)]
+    assert all(t.index is None and t.view is None for t in b.train.epoch_batches(0, 0))  # no finite view set
     assert [tuple(x.shape) for x, _ in batches] == [(4, 3, 224, 224), (2, 3, 224, 224)]
     assert sorted(torch.cat([y for _, y in batches]).tolist()) == [0, 0, 0, 1, 1, 1]
     assert batches[0][0].dtype == torch.float32 and batches[0][1].dtype == torch.int64
-    again = list(b.train.epoch_batches(0, 0))
+    again = [t[:2] for t in b.train.epoch_batches(0, 0)]
     assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(batches, again))
     test = list(b.test)
     assert [tuple(x.shape) for x, _ in test] == [(3, 3, 224, 224), (1, 3, 224, 224)]
@@ -514,12 +538,12 @@ def test_every_dataset_type_of_the_config_has_a_builder():
 def test_imagenet_augmentation_does_not_depend_on_worker_count(imagenet):
     def batches(workers):
         cfg = make_cfg(TYPE="imagenet", ROOT=str(imagenet), NUM_WORKERS=workers, batch_size=4)
-        return list(build_data(cfg, torch.device("cpu")).train.epoch_batches(2, 9))
+        return [t[:2] for t in build_data(cfg, torch.device("cpu")).train.epoch_batches(2, 9)]
 
     state = torch.get_rng_state()
     a, b = batches(0), batches(2)
     assert torch.equal(state, torch.get_rng_state())
     assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
-    c = list(build_data(make_cfg(TYPE="imagenet", ROOT=str(imagenet), NUM_WORKERS=0, batch_size=4),
-                        torch.device("cpu")).train.epoch_batches(3, 9))
+    c = [t[:2] for t in build_data(make_cfg(TYPE="imagenet", ROOT=str(imagenet), NUM_WORKERS=0, batch_size=4),
+                                   torch.device("cpu")).train.epoch_batches(3, 9)]
     assert not all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(a, c))

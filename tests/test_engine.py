@@ -40,7 +40,7 @@ def teacher_ckpt(tmp_path_factory) -> Path:
     cfg = build_config({}, "<test>", {**SMALL, "LOG.PREFIX": str(tmp), "EXPERIMENT.NAME": "t",
                                       "DISTILLER.TYPE": "NONE", "DISTILLER.STUDENT": "resnet14",
                                       "SOLVER.EPOCHS": 6, "SOLVER.LR_DECAY_STAGES": [5]}, quiet=True)
-    result = Trainer(cfg, log=lambda s: None).fit()
+    result = Trainer.from_config(cfg, log=lambda s: None).fit()
     assert result.status == "finished"
     path = tmp / "t" / "ckpt_epoch_6.pth"
     assert path.is_file()
@@ -50,7 +50,7 @@ def teacher_ckpt(tmp_path_factory) -> Path:
 def test_short_synthetic_run_learns_well_above_chance(tmp_path):
     cfg = cfg_for(tmp_path, DISTILLER__TYPE="NONE", DISTILLER__STUDENT="resnet8", SOLVER__EPOCHS=6,
                   SOLVER__LR_DECAY_STAGES=[5], EXPERIMENT__NAME="v")
-    result = Trainer(cfg, log=lambda s: None).fit()
+    result = Trainer.from_config(cfg, log=lambda s: None).fit()
     assert result.status == "finished" and result.epochs_done == 6
     assert result.best_test_acc > 45.0  # chance is 25% with 4 classes
     rows = [json.loads(l) for l in (tmp_path / "v" / "metrics.jsonl").read_text().splitlines()]
@@ -66,7 +66,7 @@ def test_vanilla_checkpoint_loads_as_teacher_and_catkd_runs_end_to_end(tmp_path,
     cfg = cfg_for(tmp_path, DISTILLER__TYPE="CAT_KD", DISTILLER__TEACHER="resnet14", DISTILLER__STUDENT="resnet8",
                   DISTILLER__TEACHER_CKPT=str(teacher_ckpt), SOLVER__EPOCHS=2, DATASET__VAL_SIZE=40,
                   CAT_KD__LOSS__CAT_loss_weight=50.0, EXPERIMENT__NAME="c")
-    result = Trainer(cfg, log=lambda s: None).fit()
+    result = Trainer.from_config(cfg, log=lambda s: None).fit()
     assert result.status == "finished"
     last = result.history[-1]
     assert last["loss_cat"] > 0 and last["loss_ce"] > 0 and "val_acc" in last
@@ -88,8 +88,7 @@ def test_training_steps_do_not_synchronise_with_the_host(tmp_path, teacher_ckpt,
         cfg = cfg_for(tmp_path, DISTILLER__TYPE="CAT_KD", DISTILLER__TEACHER="resnet14", DISTILLER__STUDENT="resnet8",
                       DISTILLER__TEACHER_CKPT=str(teacher_ckpt), SOLVER__BATCH_SIZE=batch,
                       RUN__CHECK_FINITE_EVERY=check_every, EXPERIMENT__NAME=f"s{batch}_{check_every}")
-        trainer = Trainer(cfg, log=lambda s: None)
-        trainer._build()
+        trainer = Trainer.from_config(cfg, log=lambda s: None)
         steps = len(trainer.data.train)
         syncs.clear()
         trainer.train_epoch(1)
@@ -107,7 +106,7 @@ def test_partial_binarized_cat_runs_with_any_class_count(tmp_path, teacher_ckpt)
                   DISTILLER__TEACHER_CKPT=str(teacher_ckpt), SOLVER__EPOCHS=1, CAT_KD__onlyCAT=True,
                   CAT_KD__IF_BINARIZE=True, CAT_KD__IF_OnlyTransferPartialCAMs=True, CAT_KD__CAMs_Nums=3,
                   CAT_KD__Strategy=1, DATASET__REDUCTION=True, DATASET__RESERVED_CLASS_NUM=3, EXPERIMENT__NAME="p")
-    result = Trainer(cfg, log=lambda s: None).fit()
+    result = Trainer.from_config(cfg, log=lambda s: None).fit()
     assert result.status == "finished"
     assert set(k for k in result.history[-1] if k.startswith("loss_")) == {"loss_cat"}
     assert "test_acc_unseen" in result.history[-1]  # class 3 was never seen in training
@@ -119,7 +118,7 @@ def test_cam_resolution_larger_than_the_cams_is_rejected_with_the_key(tmp_path, 
     cfg = cfg_for(tmp_path, DISTILLER__TYPE="CAT_KD", DISTILLER__TEACHER="resnet14", DISTILLER__STUDENT="resnet8",
                   DISTILLER__TEACHER_CKPT=str(teacher_ckpt), CAT_KD__LOSS__CAM_RESOLUTION=16)
     with pytest.raises(ConfigError, match="CAT_KD.LOSS.CAM_RESOLUTION"):
-        Trainer(cfg, log=lambda s: None).fit()
+        Trainer.from_config(cfg, log=lambda s: None).fit()
 
 
 class Interrupt(Exception):
@@ -130,16 +129,16 @@ def test_interrupted_and_resumed_run_ends_with_bitwise_equal_weights(tmp_path, t
     common = dict(DISTILLER__TYPE="CAT_KD", DISTILLER__TEACHER="resnet14", DISTILLER__STUDENT="resnet8",
                   DISTILLER__TEACHER_CKPT=str(teacher_ckpt), SOLVER__EPOCHS=3, SOLVER__LR_DECAY_STAGES=[2],
                   CAT_KD__LOSS__CAT_loss_weight=20.0)
-    Trainer(cfg_for(tmp_path, EXPERIMENT__NAME="straight", **common), log=lambda s: None).fit()
+    Trainer.from_config(cfg_for(tmp_path, EXPERIMENT__NAME="straight", **common), log=lambda s: None).fit()
 
     def stop_after_2(metrics, out_dir):
         if metrics["epoch"] == 2:
             raise Interrupt  # killed after epoch 2's checkpoint was written
 
     with pytest.raises(Interrupt):
-        Trainer(cfg_for(tmp_path, EXPERIMENT__NAME="cut", **common), log=lambda s: None).fit(report=stop_after_2)
+        Trainer.from_config(cfg_for(tmp_path, EXPERIMENT__NAME="cut", **common), log=lambda s: None).fit(report=stop_after_2)
     cfg = cfg_for(tmp_path, EXPERIMENT__NAME="cut", RUN__RESUME=True, **common)
-    result = Trainer(cfg, log=lambda s: None).fit()
+    result = Trainer.from_config(cfg, log=lambda s: None).fit()
     assert [m["epoch"] for m in result.history] == [1, 2, 3]
     a = torch.load(tmp_path / "straight" / "checkpoint.pth", weights_only=True)
     b = torch.load(tmp_path / "cut" / "checkpoint.pth", weights_only=True)
@@ -153,7 +152,7 @@ def test_non_finite_loss_stops_the_run_as_diverged(tmp_path):
     cfg = cfg_for(tmp_path, DISTILLER__TYPE="NONE", DISTILLER__STUDENT="resnet8", SOLVER__EPOCHS=3,
                   SOLVER__LR=1e12, RUN__CHECK_FINITE_EVERY=2, EXPERIMENT__NAME="d")
     reports = []
-    result = Trainer(cfg, log=lambda s: None).fit(report=lambda m, d: reports.append(m))
+    result = Trainer.from_config(cfg, log=lambda s: None).fit(report=lambda m, d: reports.append(m))
     assert result.status == "diverged"
     assert result.epochs_done == 0 and reports == []
     status = json.loads((tmp_path / "d" / "status.json").read_text())

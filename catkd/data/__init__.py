@@ -9,18 +9,19 @@ validation hold-out and the data reduction are in catkd.data.splits.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 
-from catkd.data.common import DataBundle, DataError
+from catkd.data.common import DataBundle, DataError, ViewSet
 from catkd.data.loader import EvalBatches, EvalLoader, TrainBatches, TrainLoader, normalize, random_crop_flip
 
 if TYPE_CHECKING:  # pragma: no cover
     from catkd.config import Config
 
 __all__ = [
-    "DATASETS", "DataBundle", "DataError", "EvalBatches", "EvalLoader", "TrainBatches", "TrainLoader",
+    "DATASETS", "DataBundle", "DataError", "DatasetEntry", "ViewSet", "dataset_entry", "EvalBatches", "EvalLoader", "TrainBatches", "TrainLoader",
     "build_data", "normalize", "random_crop_flip",
 ]
 
@@ -43,20 +44,42 @@ def _imagenet(cfg: "Config", device: torch.device) -> DataBundle:
     return build_imagenet(cfg, device)
 
 
-# DATASET.TYPE -> builder(cfg, device) -> DataBundle
-DATASETS: dict[str, Callable[["Config", torch.device], DataBundle]] = {
-    "cifar100": _cifar100,
-    "synthetic": _synthetic,
-    "imagenet": _imagenet,
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A dataset as the rest of catkd knows it before loading it: its builder, and what it declares
+    (model outputs, image size, training view set) for the checks of a run or a study."""
+
+    build: Callable[["Config", torch.device], DataBundle]
+    num_classes: Callable[["Config"], int]
+    image_size: Callable[["Config"], int]
+    views: Callable[["Config"], Optional[ViewSet]]  # None: no finite view set (no teacher cache)
+
+
+_CIFAR_VIEWS = ViewSet(32, 4, True)  # crop at offsets 0..8 of the 4-px zero-padded image, flip
+
+# DATASET.TYPE -> entry
+DATASETS: dict[str, DatasetEntry] = {
+    "cifar100": DatasetEntry(_cifar100, lambda cfg: 100, lambda cfg: 32, lambda cfg: _CIFAR_VIEWS),
+    "synthetic": DatasetEntry(
+        _synthetic,
+        lambda cfg: cfg.DATASET.SYNTHETIC.NUM_CLASSES,
+        lambda cfg: cfg.DATASET.SYNTHETIC.IMAGE_SIZE,
+        lambda cfg: ViewSet(cfg.DATASET.SYNTHETIC.IMAGE_SIZE, 4, True),
+    ),
+    # the class count is the folders' (1000 for ILSVRC-2012); RandomResizedCrop: no finite view set
+    "imagenet": DatasetEntry(_imagenet, lambda cfg: 1000, lambda cfg: 224, lambda cfg: None),
 }
 
 
-def build_data(cfg: "Config", device: torch.device | str = "cpu") -> DataBundle:
-    """Build the loaders for cfg.DATASET on `device` (in-memory sets are stored there)."""
+def dataset_entry(cfg: "Config") -> DatasetEntry:
     try:
-        builder = DATASETS[cfg.DATASET.TYPE]
+        return DATASETS[cfg.DATASET.TYPE]
     except KeyError:
         raise DataError(
             f"DATASET.TYPE: unknown dataset {cfg.DATASET.TYPE!r}; known: {', '.join(sorted(DATASETS))}"
         ) from None
-    return builder(cfg, torch.device(device))
+
+
+def build_data(cfg: "Config", device: torch.device | str = "cpu") -> DataBundle:
+    """Build the loaders for cfg.DATASET on `device` (in-memory sets are stored there)."""
+    return dataset_entry(cfg).build(cfg, torch.device(device))

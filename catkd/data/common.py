@@ -19,6 +19,26 @@ class DataError(ValueError):
     """
 
 
+@dataclass(frozen=True)
+class ViewSet:
+    """The finite set of training views of an image: a crop at offsets 0..2*padding in each
+    direction of the zero-padded image, and (if flip) its mirror image. CIFAR: 9 x 9 x 2 = 162.
+
+    View id of (oy, ox, flipped) = (oy * (2 * padding + 1) + ox) * 2 + flipped (0 without flips
+    and padding: one view, the image itself)."""
+
+    image_size: int
+    padding: int
+    flip: bool
+
+    @property
+    def count(self) -> int:
+        return (2 * self.padding + 1) ** 2 * (2 if self.flip else 1)
+
+    def describe(self) -> dict[str, Any]:
+        return {"image_size": self.image_size, "padding": self.padding, "flip": self.flip, "views": self.count}
+
+
 @dataclass
 class DataBundle:
     """Everything the trainer needs from the data side."""
@@ -31,6 +51,12 @@ class DataBundle:
     std: tuple[float, ...]
     image_size: int
     info: dict[str, Any] = field(default_factory=dict)  # JSON-able description of what was built
+    # the training views (None: no finite set, e.g. ImageNet's RandomResizedCrop), the number of
+    # training images as stored (before validation split / reduction) and the training set's identity
+    # (a content hash): what a teacher cache entry depends on besides the teacher
+    views: Optional[ViewSet] = None
+    source_size: int = 0
+    identity: Optional[dict[str, Any]] = None
 
 
 def mix_seed(*parts: int) -> int:

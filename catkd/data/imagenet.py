@@ -20,7 +20,7 @@ from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
 from catkd.data.common import DataBundle, DataError, mix_seed
-from catkd.data.loader import Batch, _affine, epoch_generator
+from catkd.data.loader import Batch, TrainBatch, _affine, epoch_generator
 from catkd.data.splits import stratified_holdout
 
 MEAN = (0.485, 0.456, 0.406)
@@ -94,10 +94,11 @@ class _FolderLoader:
 class FolderTrainLoader(_FolderLoader):
     """Same interface as loader.TrainLoader: epoch_batches(epoch, seed), len, num_samples."""
 
-    def epoch_batches(self, epoch: int, seed: int) -> Iterator[Batch]:
+    def epoch_batches(self, epoch: int, seed: int) -> Iterator[TrainBatch]:
+        """RandomResizedCrop has no finite view set: batches carry no (index, view)."""
         self.dataset.seed, self.dataset.epoch = int(seed), int(epoch)
         g = epoch_generator(seed, epoch)
-        return self._batches(RandomSampler(self.dataset, generator=g), g)
+        return (TrainBatch(x, y) for x, y in self._batches(RandomSampler(self.dataset, generator=g), g))
 
 
 class FolderEvalLoader(_FolderLoader):

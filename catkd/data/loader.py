@@ -10,7 +10,7 @@ same after a restart, and the same on CPU and GPU.
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional, Protocol, Sequence, Union
+from typing import Iterator, NamedTuple, Optional, Protocol, Sequence, Union
 
 import torch
 
@@ -18,6 +18,17 @@ from catkd.data.common import mix_seed
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Stats = Union[Sequence[float], torch.Tensor]
+
+
+class TrainBatch(NamedTuple):
+    """A training batch: images (N x C x H x W float), labels (N,), and, where the loader has a
+    finite view set, each image's index in the dataset as stored (before the validation split and
+    the reduction) and its view id (catkd.data.common.ViewSet), both (N,) int64 on the CPU; else None."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    index: Optional[torch.Tensor] = None
+    view: Optional[torch.Tensor] = None
 
 
 class TrainBatches(Protocol):
@@ -28,7 +39,7 @@ class TrainBatches(Protocol):
 
     def __len__(self) -> int: ...
 
-    def epoch_batches(self, epoch: int, seed: int) -> Iterator[Batch]: ...
+    def epoch_batches(self, epoch: int, seed: int) -> Iterator[TrainBatch]: ...
 
 
 class EvalBatches(Protocol):
@@ -109,6 +120,11 @@ def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: 
     return crop_flip(images, oy, ox, flip, padding)
 
 
+def view_ids(oy: torch.Tensor, ox: torch.Tensor, flip: torch.Tensor, padding: int) -> torch.Tensor:
+    """The view id of each (crop offset, flip): (oy * (2p + 1) + ox) * 2 + flip (ViewSet)."""
+    return (oy.long() * (2 * padding + 1) + ox.long()) * 2 + flip.long()
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The CPU generator an epoch's randomness comes from: a function of (seed, epoch) only."""
     return torch.Generator().manual_seed(mix_seed(seed, epoch))
@@ -154,30 +170,53 @@ class _InMemory:
 class TrainLoader(_InMemory):
     """Shuffled, augmented batches of an in-memory training set; last partial batch kept."""
 
-    def __init__(self, *args, padding: int = 4, augment: bool = True, **kwargs):
+    def __init__(self, *args, padding: int = 4, augment: bool = True,
+                 source_index: Optional[torch.Tensor] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.padding = int(padding)
         self.augment = bool(augment)
+        # row i of this set is image source_index[i] of the dataset as stored (the teacher cache's key)
+        self.source_index = (torch.arange(self.num_samples) if source_index is None
+                             else torch.as_tensor(source_index, dtype=torch.int64).cpu())
+        if len(self.source_index) != self.num_samples:
+            raise ValueError(f"{len(self.source_index)} source indices for {self.num_samples} images")
         if self.augment:
             # the set zero-padded once (+56 % memory at 32 px, 4 px padding): a batch's crops and
             # flips are then one gather, without padding every batch
             self._padded = torch.nn.functional.pad(self.images, (self.padding,) * 4).contiguous()
 
-    def epoch_batches(self, epoch: int, seed: int) -> Iterator[Batch]:
+    def epoch_draws(self, epoch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The epoch's order (rows of this set) and each position's view id, on the CPU: every random
+        number of the epoch, drawn from epoch_generator(seed, epoch) alone."""
         g = epoch_generator(seed, epoch)
         perm = torch.randperm(self.num_samples, generator=g)
-        if self.augment:
-            oy, ox, flip = (t.to(self.device) for t in draw_crop_flip(self.num_samples, g, self.padding))
-        perm = perm.to(self.device)
+        if not self.augment:
+            return perm, torch.zeros(self.num_samples, dtype=torch.int64)
+        oy, ox, flip = draw_crop_flip(self.num_samples, g, self.padding)
+        return perm, view_ids(oy, ox, flip, self.padding)
+
+    def epoch_views(self, epoch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dataset index as stored, view id) of every image the epoch trains on, in order."""
+        perm, views = self.epoch_draws(epoch, seed)
+        return self.source_index[perm], views
+
+    def epoch_batches(self, epoch: int, seed: int) -> Iterator[TrainBatch]:
+        perm, views = self.epoch_draws(epoch, seed)
+        index = self.source_index[perm]
+        p = 2 * self.padding + 1
+        flip, off = (views % 2).bool(), views // 2  # the view id holds the draws: decode, do not redraw
+        oy, ox = (off // p).to(self.device), (off % p).to(self.device)
+        flip = flip.to(self.device)
+        perm_dev = perm.to(self.device)
+        h, w = self.images.shape[2:]
         for start in range(0, self.num_samples, self.batch_size):
             sl = slice(start, start + self.batch_size)
-            idx = perm[sl]
+            idx = perm_dev[sl]
             if self.augment:
-                h, w = self.images.shape[2:]
                 x = gather_crops(self._padded.index_select(0, idx), oy[sl], ox[sl], flip[sl], h, w)
             else:
                 x = self.images.index_select(0, idx)
-            yield self._normalize(x), self.labels.index_select(0, idx)
+            yield TrainBatch(self._normalize(x), self.labels.index_select(0, idx), index[sl], views[sl])
 
 
 class EvalLoader(_InMemory):

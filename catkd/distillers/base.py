@@ -2,10 +2,16 @@
 
 The engine sums the dict and logs every term; the teacher is frozen and stays in eval mode whatever
 `train()` is called with. Nothing here knows the device: tensors arrive where the engine put them.
+
+Teacher targets (docs/contracts.md, C8): a distiller with a teacher declares what it uses of the
+teacher's output, `teacher_targets(logits, feats) -> {name: (N, ...) tensor}`, and computes its
+losses from those targets only. They come from the live teacher or, identical up to the storage
+dtype, from the teacher cache (`ctx["teacher_targets"]`); `target_spec()` names the parameters the
+targets depend on (part of the cache's key).
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +35,28 @@ class Distiller(nn.Module):
     def from_config(cls, cfg: Config, student: nn.Module, teacher: Optional[nn.Module], num_classes: int):
         raise NotImplementedError
 
+    @classmethod
+    def check_config(cls, cfg: Config, num_classes: int, cam_shapes: Callable[[], dict[str, tuple[int, int]]]) -> None:
+        """Raise ConfigError (naming the key) for settings that cannot work with this dataset's class
+        count or these models' CAMs (`cam_shapes()` -> {"teacher": (H, W), "student": (H, W)})."""
+
+    def target_spec(self) -> dict[str, Any]:
+        """What the teacher targets depend on besides the teacher and the input (the cache key)."""
+        return {}
+
+    def teacher_targets(self, logits: Tensor, feats: dict[str, Any]) -> dict[str, Tensor]:
+        """The teacher's output as this distiller uses it: {name: (N, ...) float tensor}."""
+        raise NotImplementedError
+
+    def live_targets(self, images: Tensor) -> dict[str, Tensor]:
+        logits, feats = self.teacher_outputs(images)
+        return self.teacher_targets(logits, feats)
+
+    def targets(self, images: Tensor, ctx: dict[str, Any]) -> dict[str, Tensor]:
+        """The batch's teacher targets: the engine's (cache or live provider), else the live teacher."""
+        t = ctx.get("teacher_targets")
+        return t if t is not None else self.live_targets(images)
+
     def train(self, mode: bool = True) -> "Distiller":
         super().train(mode)
         if self.teacher is not None:
@@ -49,7 +77,7 @@ class Distiller(nn.Module):
         with torch.no_grad():
             return self.teacher(images)
 
-    def forward_train(self, images: Tensor, targets: Tensor, ctx: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward_train(self, images: Tensor, labels: Tensor, ctx: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
 
     def forward_test(self, images: Tensor) -> Tensor:

@@ -89,12 +89,24 @@ class CATKD(Distiller):
         self.partial_n, self.strategy = partial_n, strategy
 
     @classmethod
-    def from_config(cls, cfg, student, teacher, num_classes):
+    def check_config(cls, cfg, num_classes, cam_shapes):
         c = cfg.CAT_KD
         if c.IF_OnlyTransferPartialCAMs and c.CAMs_Nums > num_classes:
             raise ConfigError(
                 f"CAT_KD.CAMs_Nums: {c.CAMs_Nums} is more than the {num_classes} classes of the dataset"
             )
+        shapes = cam_shapes()
+        smallest = min(*shapes["student"], *shapes["teacher"])
+        if c.LOSS.CAM_RESOLUTION > smallest:  # pooling would up-sample
+            raise ConfigError(
+                f"CAT_KD.LOSS.CAM_RESOLUTION: {c.LOSS.CAM_RESOLUTION} is larger than the CAMs "
+                f"(student {cfg.DISTILLER.STUDENT} {shapes['student']}, teacher {cfg.DISTILLER.TEACHER} "
+                f"{shapes['teacher']}); use at most {smallest}"
+            )
+
+    @classmethod
+    def from_config(cls, cfg, student, teacher, num_classes):
+        c = cfg.CAT_KD
         return cls(
             student,
             teacher,
@@ -108,22 +120,31 @@ class CATKD(Distiller):
             strategy=c.Strategy,
         )
 
-    def transfer_loss(self, s_cams: Tensor, t_cams: Tensor) -> Tensor:
-        """Unweighted L_CAT for a batch: binarize (teacher), select classes, pool, normalize, MSE."""
-        t_cams = t_cams.float()
-        s_cams = s_cams.float()
-        # teacher's bias-free logits rank the classes (its Linear bias is dropped, as in the reference)
-        t_logits = t_cams.mean(dim=(2, 3))
-        if self.binarize:
-            t_cams = binarize_cams(t_cams)
-        if self.partial_n is not None:
-            s_cams, t_cams = select_cams(s_cams, t_cams, t_logits, self.partial_n, self.strategy)
-        return cat_loss(s_cams, t_cams, self.resolution, self.normalize)
+    def target_spec(self):
+        # β, normalisation, partial selection and the student do not change the targets: they share
+        return {"targets": "cams", "resolution": self.resolution, "binarize": self.binarize}
 
-    def forward_train(self, images, targets, ctx):
-        _, t_feats = self.teacher_outputs(images)  # teacher first: see Distiller.teacher_outputs
+    def teacher_targets(self, logits, feats):
+        """cams: (N, K, R, R) the teacher's CAMs, binarised if asked, pooled to R x R; rank: (N, K) its
+        bias-free logits (the maps' means, its Linear bias dropped as in the reference), which rank the
+        classes for partial CAMs. Pooling per map commutes with the per-class selection."""
+        cams = feats["cams"].float()
+        rank = cams.mean(dim=(2, 3))
+        if self.binarize:
+            cams = binarize_cams(cams)
+        return {"cams": F.adaptive_avg_pool2d(cams, self.resolution), "rank": rank}
+
+    def transfer_loss(self, s_cams: Tensor, targets: dict[str, Tensor]) -> Tensor:
+        """Unweighted L_CAT for a batch from the teacher targets: select classes, pool, normalise, MSE."""
+        s_cams, t_cams = s_cams.float(), targets["cams"].float()
+        if self.partial_n is not None:
+            s_cams, t_cams = select_cams(s_cams, t_cams, targets["rank"].float(), self.partial_n, self.strategy)
+        return cat_loss(s_cams, t_cams, self.resolution, self.normalize)  # pooling R x R to R x R is exact
+
+    def forward_train(self, images, labels, ctx):
+        t = self.targets(images, ctx)  # teacher first: see Distiller.teacher_outputs
         logits, s_feats = self.student(images)
-        losses = {"loss_cat": self.beta * self.transfer_loss(s_feats["cams"], t_feats["cams"])}
+        losses = {"loss_cat": self.beta * self.transfer_loss(s_feats["cams"], t)}
         if not self.only_cat:
-            losses = {"loss_ce": self.ce_weight * F.cross_entropy(logits, targets), **losses}
+            losses = {"loss_ce": self.ce_weight * F.cross_entropy(logits, labels), **losses}
         return logits, losses

@@ -60,12 +60,18 @@ class DKD(Distiller):
         d = cfg.DKD
         return cls(student, teacher, d.CE_WEIGHT, d.ALPHA, d.BETA, d.T, d.WARMUP)
 
-    def forward_train(self, images, targets, ctx):
-        t_logits, _ = self.teacher_outputs(images)  # teacher first: see Distiller.teacher_outputs
+    def target_spec(self):
+        return {"targets": "logits"}  # the same targets as KD: the two share a cache
+
+    def teacher_targets(self, logits, feats):
+        return {"logits": logits.float()}
+
+    def forward_train(self, images, labels, ctx):
+        t = self.targets(images, ctx)  # teacher first: see Distiller.teacher_outputs
         logits, _ = self.student(images)
         ramp = min(ctx["epoch"] / self.warmup, 1.0)
         return logits, {
-            "loss_ce": self.ce_weight * F.cross_entropy(logits, targets),
-            "loss_dkd": ramp * dkd_loss(logits, t_logits.float(), targets, self.alpha, self.beta,
+            "loss_ce": self.ce_weight * F.cross_entropy(logits, labels),
+            "loss_dkd": ramp * dkd_loss(logits, t["logits"].float(), labels, self.alpha, self.beta,
                                         self.temperature),
         }

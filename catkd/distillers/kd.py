@@ -31,10 +31,16 @@ class KD(Distiller):
         k = cfg.KD
         return cls(student, teacher, k.TEMPERATURE, k.LOSS.CE_WEIGHT, k.LOSS.KD_WEIGHT)
 
-    def forward_train(self, images, targets, ctx):
-        t_logits, _ = self.teacher_outputs(images)  # teacher first: see Distiller.teacher_outputs
+    def target_spec(self):
+        return {"targets": "logits"}
+
+    def teacher_targets(self, logits, feats):
+        return {"logits": logits.float()}  # (N, K), with the teacher's Linear bias
+
+    def forward_train(self, images, labels, ctx):
+        t = self.targets(images, ctx)  # teacher first: see Distiller.teacher_outputs
         logits, _ = self.student(images)
         return logits, {
-            "loss_ce": self.ce_weight * F.cross_entropy(logits, targets),
-            "loss_kd": self.kd_weight * kd_loss(logits, t_logits.float(), self.temperature),
+            "loss_ce": self.ce_weight * F.cross_entropy(logits, labels),
+            "loss_kd": self.kd_weight * kd_loss(logits, t["logits"].float(), self.temperature),
         }

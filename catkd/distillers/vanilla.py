@@ -13,6 +13,6 @@ class Vanilla(Distiller):
     def from_config(cls, cfg, student, teacher, num_classes):
         return cls(student)
 
-    def forward_train(self, images, targets, ctx):
+    def forward_train(self, images, labels, ctx):
         logits, _ = self.student(images)
-        return logits, {"loss_ce": F.cross_entropy(logits, targets)}
+        return logits, {"loss_ce": F.cross_entropy(logits, labels)}

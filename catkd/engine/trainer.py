@@ -1,9 +1,10 @@
 """One training run: data, models, distiller, the epoch loop, evaluation, checkpoints.
 
-`Trainer(cfg).fit(report=...)` knows nothing of Ray. `report(metrics, checkpoint_dir)` is called
+`Trainer.from_config(cfg).fit(report=...)` knows nothing of Ray. `report(metrics, checkpoint_dir)` is called
 after every epoch, once that epoch's checkpoint is on disk; the Ray adapter turns it into
 `tune.report`. Recipe (docs/method.md, "Training recipe"): SGD over the student's parameters, step decay at the
-LR_DECAY_STAGES (lr for epoch e is LR * rate^#{s : e > s}), teacher always in eval mode.
+LR_DECAY_STAGES (lr for epoch e is LR * rate^#{s : e > s}), teacher always in eval mode. The
+teacher's output reaches the distiller as targets from a provider (live, or the teacher cache).
 """
 from __future__ import annotations
 
@@ -121,68 +122,60 @@ class Progress:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, out_dir: Optional[Path] = None, log: Callable[[str], None] = print):
-        self.cfg = cfg
+    """One run from built parts. `Trainer.from_config(cfg)` builds them from a config (what
+    `catkd.train`, the study trials and the smoke teacher use); tests and benchmarks may pass their own.
+
+    targets: the teacher targets provider (catkd.teacher_cache: live teacher or cache), None for a
+    distiller without a teacher."""
+
+    def __init__(self, cfg: Config, distiller: nn.Module, data: Any, optimizer: torch.optim.Optimizer,
+                 scheduler: Any, device: torch.device, targets: Any = None, out_dir: Optional[Path] = None,
+                 log: Callable[[str], None] = print):
+        self.cfg, self.distiller, self.data = cfg, distiller, data
+        self.optimizer, self.scheduler, self.device, self.targets = optimizer, scheduler, device, targets
         self.out_dir = Path(out_dir) if out_dir is not None else cfg.output_dir
         self.log = log
+        self.bf16 = cfg.RUN.PRECISION == "bf16"
 
-    # ---- construction -------------------------------------------------------------------
-    def _build(self) -> None:
+    @classmethod
+    def from_config(cls, cfg: Config, out_dir: Optional[Path] = None, log: Callable[[str], None] = print,
+                    notice: Optional[Callable[[str], None]] = None) -> "Trainer":
+        """Validate (catkd.engine.validate, the path the study pre-flight shares), then build the data,
+        models, distiller, optimiser, schedule and teacher targets provider. `notice`: where one-line
+        notices go (the teacher cache's), default `log`."""
         from catkd.data import build_data
         from catkd.distillers import DISTILLERS, build_distiller
+        from catkd.engine.validate import validate_run
         from catkd.models import build_model, load_teacher_weights
+        from catkd.teacher_cache import build_targets
 
-        cfg = self.cfg
         if cfg.RUN.THREADS:
             torch.set_num_threads(cfg.RUN.THREADS)
-        self.device = resolve_device(cfg.RUN.DEVICE)
+        device = resolve_device(cfg.RUN.DEVICE)
         kind = DISTILLERS.get(cfg.DISTILLER.TYPE)
+        validate_run(cfg)
         if kind.needs_teacher:  # fail before the (possibly slow) data loading
             check_teacher_file(cfg)
         seed_everything(cfg.EXPERIMENT.SEED)
-        self.data = build_data(cfg, self.device)
+        data = build_data(cfg, device)
         family = "imagenet" if cfg.DATASET.TYPE == "imagenet" else "cifar"
-        k = self.data.num_classes
+        k = data.num_classes
         student = build_model(cfg.DISTILLER.STUDENT, num_classes=k, head_bias=kind.student_head_bias, family=family)
         teacher = None
         if kind.needs_teacher:
             teacher = build_model(cfg.DISTILLER.TEACHER, num_classes=k, head_bias=True, family=family)
             load_teacher_weights(teacher, teacher_path(cfg))
-        self.distiller = build_distiller(cfg, student, teacher, k).to(self.device)
+        distiller = build_distiller(cfg, student, teacher, k).to(device)
         if cfg.RUN.CHANNELS_LAST:
-            self.distiller.to(memory_format=torch.channels_last)
-        self._check_cam_resolution()
+            distiller.to(memory_format=torch.channels_last)
         s = cfg.SOLVER
-        self.optimizer = torch.optim.SGD(
-            self.distiller.learnable_parameters(),
-            lr=s.LR,
-            momentum=s.MOMENTUM,
-            weight_decay=s.WEIGHT_DECAY,
-            nesterov=s.NESTEROV,
-        )
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            self.optimizer, milestones=s.LR_DECAY_STAGES, gamma=s.LR_DECAY_RATE
-        )
-        self.bf16 = cfg.RUN.PRECISION == "bf16"
-
-    def _check_cam_resolution(self) -> None:
-        """CAM_RESOLUTION larger than a CAM map would up-sample it: reject with the key named."""
-        if self.distiller.teacher is None or not hasattr(self.distiller, "resolution"):
-            return
-        size = self.data.image_size
-        x = torch.zeros(1, 3, size, size, device=self.device)
-        was = self.distiller.student.training
-        self.distiller.eval()
-        with torch.no_grad():
-            hs = self.distiller.student(x)[1]["cams"].shape[-2:]
-            ht = self.distiller.teacher(x)[1]["cams"].shape[-2:]
-        self.distiller.train(was)
-        smallest = min(*hs, *ht)
-        if self.distiller.resolution > smallest:
-            raise ConfigError(
-                f"CAT_KD.LOSS.CAM_RESOLUTION: {self.distiller.resolution} is larger than the CAMs "
-                f"(student {tuple(hs)}, teacher {tuple(ht)}); use at most {smallest}"
-            )
+        optimizer = torch.optim.SGD(distiller.learnable_parameters(), lr=s.LR, momentum=s.MOMENTUM,
+                                    weight_decay=s.WEIGHT_DECAY, nesterov=s.NESTEROV)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=s.LR_DECAY_STAGES,
+                                                         gamma=s.LR_DECAY_RATE)
+        self = cls(cfg, distiller, data, optimizer, scheduler, device, out_dir=out_dir, log=log)
+        self.targets = build_targets(cfg, distiller, data, device, self._autocast, log=notice or log)
+        return self
 
     # ---- the loop -----------------------------------------------------------------------
     def _autocast(self):
@@ -193,8 +186,17 @@ class Trainer:
     def _images(self, images: Tensor) -> Tensor:
         return images.contiguous(memory_format=torch.channels_last) if self.cfg.RUN.CHANNELS_LAST else images
 
+    def step(self, batch, epoch: int, step: int) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """One optimisation step on a TrainBatch: the teacher targets first (provider), then train_step."""
+        images = self._images(batch.images)
+        ctx: dict[str, Any] = {"epoch": epoch, "step": step}
+        if self.targets is not None:
+            with torch.no_grad(), self._autocast():
+                ctx["teacher_targets"] = self.targets(batch, images)
+        return train_step(self.distiller, self.optimizer, images, batch.labels, ctx, self._autocast())
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        cfg, dist, opt = self.cfg, self.distiller, self.optimizer
+        cfg, dist = self.cfg, self.distiller
         dist.train()
         loader = self.data.train
         progress = Progress(cfg.RUN.PROGRESS, len(loader), f"epoch {epoch}")
@@ -203,10 +205,9 @@ class Trainer:
         total_loss = torch.zeros((), device=self.device)
         seen = 0
         t0 = time.perf_counter()
-        for step, (images, targets) in enumerate(loader.epoch_batches(epoch, cfg.EXPERIMENT.SEED), 1):
-            images = self._images(images)
-            logits, losses, loss = train_step(dist, opt, images, targets, {"epoch": epoch, "step": step},
-                                              self._autocast())
+        for step, batch in enumerate(loader.epoch_batches(epoch, cfg.EXPERIMENT.SEED), 1):
+            logits, losses, loss = self.step(batch, epoch, step)
+            targets = batch.labels
             n = targets.shape[0]
             seen += n
             with torch.no_grad():  # accumulate on device: no host sync per step
@@ -227,6 +228,8 @@ class Trainer:
         out.update({name: v.item() / seen for name, v in sums.items()})
         out["epoch_seconds"] = seconds
         out["images_per_second"] = seen / seconds if seconds > 0 else float("nan")
+        if self.targets is not None:  # what the teacher cache saved this epoch
+            out.update(self.targets.take_stats())
         return out
 
     @torch.no_grad()
@@ -305,7 +308,6 @@ class Trainer:
         checkpoint when RUN.RESUME is set). Returns the run's summary; a run whose loss becomes
         non-finite stops with status "diverged" (its last good checkpoint is kept)."""
         cfg = self.cfg
-        self._build()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.best_test, self.best_val = 0.0, None
         self.history: list[dict[str, Any]] = []

@@ -90,46 +90,10 @@ def check_study(spec: StudySpec, source: str) -> None:
 
 
 def _check_trial_semantics(cfg: Config, source: str, where: str) -> None:
-    """Checks that need more than one key (beyond the run-config schema)."""
-    c = cfg.CAT_KD
-    if cfg.DATASET.TYPE == "synthetic":
-        k = cfg.DATASET.SYNTHETIC.NUM_CLASSES
-    elif cfg.DATASET.TYPE == "imagenet":
-        k = 1000
-    else:
-        k = 100
-    if c.IF_OnlyTransferPartialCAMs and c.CAMs_Nums > k:
-        raise StudyError(f"{source}: {where}: CAT_KD.CAMs_Nums {c.CAMs_Nums} is more than the {k} classes")
-    if cfg.DATASET.REDUCTION and cfg.DATASET.RESERVED_CLASS_NUM > k:
-        raise StudyError(
-            f"{source}: {where}: DATASET.RESERVED_CLASS_NUM {cfg.DATASET.RESERVED_CLASS_NUM} is more than the {k} classes"
-        )
-    from catkd.models import build_model
+    """Checks that need more than one key: the same path `catkd.train` takes (catkd.engine.validate)."""
+    from catkd.engine.validate import validate_run
 
-    if cfg.DISTILLER.TYPE == "CAT_KD":  # names are canonical once a config is built
-        res = c.LOSS.CAM_RESOLUTION
-        smallest = _cam_size(cfg, build_model)
-        if res > smallest:
-            raise StudyError(
-                f"{source}: {where}: CAT_KD.LOSS.CAM_RESOLUTION {res} is larger than the CAMs "
-                f"({smallest}x{smallest}) of {cfg.DISTILLER.TEACHER}/{cfg.DISTILLER.STUDENT}"
-            )
-
-
-_CAM_CACHE: dict[tuple, int] = {}
-
-
-def _cam_size(cfg: Config, build_model) -> int:
-    import torch
-
-    family = "imagenet" if cfg.DATASET.TYPE == "imagenet" else "cifar"
-    size = {"imagenet": 224, "cifar100": 32}.get(cfg.DATASET.TYPE, cfg.DATASET.SYNTHETIC.IMAGE_SIZE)
-    out = []
-    for name in (cfg.DISTILLER.TEACHER, cfg.DISTILLER.STUDENT):
-        key = (family, name, size)
-        if key not in _CAM_CACHE:
-            m = build_model(name, num_classes=2, family=family).eval()
-            with torch.no_grad():
-                _CAM_CACHE[key] = min(m(torch.zeros(1, 3, size, size))[1]["cams"].shape[-2:])
-        out.append(_CAM_CACHE[key])
-    return min(out)
+    try:
+        validate_run(cfg)
+    except ConfigError as e:
+        raise StudyError(f"{source}: {where}: {e}") from None

@@ -104,7 +104,7 @@ def ensure_smoke_teacher(spec: StudySpec, cache: Path) -> Optional[Path]:
     say(f"smoke teacher {spec.smoke.teacher}: training {spec.smoke.teacher_epochs} epochs on the SYNTHETIC data "
         "(once; cached)")
     t0 = time.time()
-    result = Trainer(cfg, out_dir=out, log=lambda s: say(f"  teacher {s}")).fit()
+    result = Trainer.from_config(cfg, out_dir=out, log=lambda s: say(f"  teacher {s}")).fit()
     if result.status != "finished":
         raise RuntimeError(f"smoke teacher training {result.status}")
     say(f"smoke teacher: test top-1 {result.last_test_acc:.2f} in {time.time() - t0:.0f}s -> {path}")

@@ -25,6 +25,7 @@ from catkd.fsutil import atomic_write_bytes, atomic_write_json
 EPOCH_COLUMNS = [
     "epoch", "lr", "train_loss", "train_acc", "val_acc", "val_acc_top5", "test_acc", "test_acc_top5",
     "best_val_acc", "best_test_acc", "test_acc_unseen", "epoch_seconds", "eval_seconds", "images_per_second", "trial_cpu_seconds",
+    "teacher_images", "teacher_cache_hit_rate",
 ]
 ID_COLUMNS = ["trial_id", "study", "stage", "seed"]
 STATUSES = ("finished", "stopped", "diverged", "error", "running")

@@ -24,7 +24,8 @@ from catkd.study import results as res
 from catkd.study.preflight import absolutise, ensure_smoke_teacher, preflight
 from catkd.study.progress import say, summary_table
 from catkd.study.spec import StudyError, StudySpec, dump_study
-from catkd.study.stages import confirm_params, run_stage, start_ray
+from catkd.study.stages import confirm_params, run_stage, start_ray, teacher_cache_env
+from catkd.teacher_cache.provider import ENV_DIR
 
 
 class ResultsWriter:
@@ -90,6 +91,9 @@ def run_study(
     exp_dir = storage / name
     saved = exp_dir / "study.yaml"
     spec, env = absolutise(spec)
+    # the teacher cache of every trial: one store per key under the storage directory (node-local
+    # when the cluster has several nodes: see stages.teacher_cache_env)
+    env.setdefault(ENV_DIR, os.environ.get(ENV_DIR) or str(storage / ".cache" / "teacher"))
     started = _trials_started(exp_dir)
     if exp_dir.exists() and not resume and started:
         raise StudyError(f"{source}: {exp_dir} already exists; use --resume to continue it or --name for a new study")
@@ -120,6 +124,7 @@ def run_study(
     say(f"study {spec.name}{smoke}: experiment directory {exp_dir}")
     t0 = time.time()
     start_ray(address, dashboard)
+    teacher_cache_env(env, explicit=bool(os.environ.get(ENV_DIR)))
     if state.get("search") != "done":
         atomic_write_json(state_path, {**state, "search": "running"})
         run_stage(spec, "search", storage, name, resume, env, writer)

@@ -40,6 +40,21 @@ def start_ray(address: Optional[str], dashboard: bool) -> Any:
     return ctx
 
 
+def teacher_cache_env(env: dict[str, str], explicit: bool) -> None:
+    """Memory-mapped stores are coherent between the processes of one machine, not across machines
+    on a network filesystem: with several nodes each keeps its own (its user cache directory),
+    unless the user named the directory (CATKD_TEACHER_CACHE or fixed.RUN.TEACHER_CACHE)."""
+    import ray
+
+    from catkd.teacher_cache.provider import ENV_DIR
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1 and not explicit:
+        env.pop(ENV_DIR, None)
+        say(f"teacher cache: {len(nodes)} nodes: each keeps its own store (~/.cache/catkd/teacher on "
+            "that node); set CATKD_TEACHER_CACHE to share one directory")
+
+
 def run_stage(
     spec: StudySpec,
     stage: str,

@@ -58,7 +58,8 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], env: dict[str, st
         else:
             tune.report(m)
 
-    result = Trainer(cfg, out_dir=out_dir, log=lambda s: None).fit(report=report, resume_from=resume_from)
+    trainer = Trainer.from_config(cfg, out_dir=out_dir, log=lambda s: None, notice=print)  # notices: the trial's log
+    result = trainer.fit(report=report, resume_from=resume_from)
     if result.status == "diverged":
         # a final row marks the trial diverged (metric NaN); it returns normally, so it is not retried
         nan = float("nan")

@@ -1,0 +1,184 @@
+"""Targets providers: what the Trainer asks for a batch's teacher targets (it knows nothing else).
+
+- LiveTargets: the frozen teacher on the batch (the distiller's `live_targets`).
+- CachedTargets: the same values from the store, computing only the (image, view) entries nobody
+  has computed yet, and always returning the values as stored.
+
+`build_targets` chooses: RUN.TEACHER_CACHE `off` -> live; `auto` (default) or a directory -> the
+cache, unless the data has no finite view set (ImageNet), the store would exceed
+RUN.TEACHER_CACHE_MAX_GB, or it cannot be created; each of those says so in one line and uses the
+live teacher.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from catkd.teacher_cache.store import FORMAT_VERSION, Layout, StoreError, TeacherStore
+
+# float16: per-step loss difference vs float32 targets measured in `python -m catkd.bench cache`
+# (README, "Teacher cache"); half the size of float32, exact for binarised maps pooled to R x R
+STORE_DTYPE = "float16"
+ENV_DIR = "CATKD_TEACHER_CACHE"  # set by the study driver: <storage>/.cache/teacher
+
+
+class LiveTargets:
+    """The live teacher. Counts the images it forwards (the epoch metric `teacher_images`)."""
+
+    cached = False
+
+    def __init__(self, distiller):
+        self.distiller = distiller
+        self.forwarded = self.lookups = 0
+
+    def compute(self, images: Tensor) -> dict[str, Tensor]:
+        return self.distiller.live_targets(images)
+
+    def __call__(self, batch, images: Tensor) -> dict[str, Tensor]:
+        n = images.shape[0]
+        self.forwarded += n
+        self.lookups += n
+        return self.compute(images)
+
+    def take_stats(self) -> dict[str, float]:
+        """Since the last call: images the teacher forwarded, and the share served from the cache."""
+        out = {"teacher_images": self.forwarded,
+               "teacher_cache_hit_rate": 1.0 - self.forwarded / self.lookups if self.lookups else 0.0}
+        self.forwarded = self.lookups = 0
+        return out
+
+
+class CachedTargets(LiveTargets):
+    """The live teacher behind a TeacherStore: (batch.index, batch.view) -> stored targets."""
+
+    cached = True
+
+    def __init__(self, distiller, store: TeacherStore, fields: tuple[tuple[str, tuple[int, ...]], ...]):
+        super().__init__(distiller)
+        self.store, self.fields = store, fields
+
+    def __call__(self, batch, images: Tensor) -> dict[str, Tensor]:
+        rows = self.store.rows(batch.index.numpy(), batch.view.numpy())
+
+        def compute(pos: np.ndarray) -> np.ndarray:
+            sub = images.index_select(0, torch.from_numpy(pos).to(images.device))
+            t = self.compute(sub)
+            return torch.cat([t[name].float().reshape(len(pos), -1) for name, _ in self.fields], 1).cpu().numpy()
+
+        values, computed = self.store.fetch(rows, compute)
+        self.forwarded += computed
+        self.lookups += len(rows)
+        v = torch.from_numpy(values).to(images.device, non_blocking=True).float()
+        out, off = {}, 0
+        for name, shape in self.fields:
+            w = math.prod(shape)
+            out[name] = v[:, off:off + w].reshape(-1, *shape)
+            off += w
+        return out
+
+
+# ---- the key ------------------------------------------------------------------------------------
+_SHA: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    st = path.stat()
+    k = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if k not in _SHA:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA[k] = h.hexdigest()
+    return _SHA[k]
+
+
+def cache_key(cfg, data, distiller) -> dict[str, Any]:
+    """Everything the targets depend on, and nothing else: β, the student, the seed, the reduction
+    and the validation split are not in it, so studies varying them share one store."""
+    from catkd.config import teacher_path
+
+    return {
+        "format": FORMAT_VERSION,
+        "teacher": cfg.DISTILLER.TEACHER,
+        "teacher_sha256": file_sha256(teacher_path(cfg)),
+        "data": data.identity,
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "views": data.views.describe(),
+        "precision": cfg.RUN.PRECISION,
+        "channels_last": bool(cfg.RUN.CHANNELS_LAST),
+        "targets": distiller.target_spec(),
+        "dtype": STORE_DTYPE,
+    }
+
+
+def store_name(key: dict[str, Any]) -> str:
+    spec = key["targets"]
+    what = spec.get("targets", "t")
+    if "resolution" in spec:
+        what += f"-R{spec['resolution']}" + ("-bin" if spec.get("binarize") else "")
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{key['teacher']}-{what}-{digest}"
+
+
+def store_size(num_images: int, views: int, per_image_values: int, dtype: str = STORE_DTYPE) -> int:
+    """Bytes a store takes on disk (values + flags + claims)."""
+    fields = (("v", (per_image_values,)),)
+    return Layout(num_images, views, fields, dtype).total_bytes
+
+
+def cache_root(cfg) -> Optional[Path]:
+    """Where stores live: RUN.TEACHER_CACHE if a directory; `auto`: the study's (CATKD_TEACHER_CACHE),
+    else the user cache ($CATKD_CACHE/teacher, $XDG_CACHE_HOME/catkd/teacher, ~/.cache/catkd/teacher)."""
+    mode = cfg.RUN.TEACHER_CACHE
+    if mode == "off":
+        return None
+    if mode != "auto":
+        return Path(mode).expanduser()
+    if os.environ.get(ENV_DIR):
+        return Path(os.environ[ENV_DIR])
+    if os.environ.get("CATKD_CACHE"):
+        return Path(os.environ["CATKD_CACHE"]).expanduser() / "teacher"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "catkd" / "teacher"
+
+
+def build_targets(cfg, distiller, data, device: torch.device, autocast: Callable[[], Any],
+                  log: Callable[[str], None] = print) -> Optional[LiveTargets]:
+    """The provider for this run (None without a teacher)."""
+    if distiller.teacher is None:
+        return None
+    live = LiveTargets(distiller)
+    root = cache_root(cfg)
+    if root is None:
+        return live
+    if data.views is None:
+        log(f"teacher cache: {cfg.DATASET.TYPE} has no finite set of training views (random resized crops): "
+            "using the live teacher")
+        return live
+    size = data.image_size
+    with torch.no_grad(), autocast():
+        probe = live.compute(torch.zeros(1, 3, size, size, device=device))
+    fields = tuple((name, tuple(int(d) for d in t.shape[1:])) for name, t in probe.items())
+    layout = Layout(data.source_size, data.views.count, fields, STORE_DTYPE)
+    cap = cfg.RUN.TEACHER_CACHE_MAX_GB
+    if layout.total_bytes > cap * 1e9:
+        log(f"teacher cache: the store would take {layout.total_bytes / 1e9:.1f} GB "
+            f"(> RUN.TEACHER_CACHE_MAX_GB {cap:g}): using the live teacher")
+        return live
+    key = cache_key(cfg, data, distiller)
+    try:
+        store = TeacherStore(root, store_name(key), key, layout, log=log)
+    except StoreError as e:
+        log(f"teacher cache: {e}: using the live teacher")
+        return live
+    return CachedTargets(distiller, store, fields)

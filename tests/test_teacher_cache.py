@@ -1,0 +1,310 @@
+"""The teacher cache (C8): exact, shared, safe under concurrent filling, rebuilt when damaged."""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from catkd.config import build_config
+from catkd.engine import Trainer
+from catkd.teacher_cache.provider import CachedTargets, LiveTargets, build_targets
+from catkd.teacher_cache.store import Layout, TeacherStore
+
+SMALL = {
+    "DATASET.TYPE": "synthetic",
+    "DATASET.SYNTHETIC.NUM_CLASSES": 4,
+    "DATASET.SYNTHETIC.TRAIN_PER_CLASS": 24,
+    "DATASET.SYNTHETIC.TEST_PER_CLASS": 10,
+    "DATASET.SYNTHETIC.IMAGE_SIZE": 32,
+    "SOLVER.BATCH_SIZE": 16,
+    "SOLVER.LR": 0.05,
+    "SOLVER.EPOCHS": 3,
+    "RUN.PROGRESS": "none",
+    "RUN.THREADS": 1,
+    "LOG.SAVE_CHECKPOINT_FREQ": 0,
+    "DISTILLER.TEACHER": "resnet8",
+    "DISTILLER.STUDENT": "resnet8",
+}
+
+DISTILLERS = {
+    "CAT-KD": {"DISTILLER.TYPE": "CAT_KD", "CAT_KD.LOSS.CAT_loss_weight": 5.0},
+    "CAT (onlyCAT)": {"DISTILLER.TYPE": "CAT_KD", "CAT_KD.onlyCAT": True, "CAT_KD.LOSS.CAT_loss_weight": 5.0},
+    "binarised CAMs": {"DISTILLER.TYPE": "CAT_KD", "CAT_KD.IF_BINARIZE": True},
+    "partial CAMs": {"DISTILLER.TYPE": "CAT_KD", "CAT_KD.IF_OnlyTransferPartialCAMs": True, "CAT_KD.CAMs_Nums": 2},
+    "KD": {"DISTILLER.TYPE": "KD"},
+    "DKD": {"DISTILLER.TYPE": "DKD", "DKD.WARMUP": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    """A resnet8 'teacher' for the 4 synthetic classes (random weights, BN statistics of the data)."""
+    from catkd.models import build_model
+
+    torch.manual_seed(0)
+    m = build_model("resnet8", 4)
+    p = tmp_path_factory.mktemp("teacher") / "resnet8.pth"
+    torch.save({"model": m.state_dict()}, p)
+    return p
+
+
+def cfg(tmp: Path, teacher: Path, cache, **over):
+    o = {**SMALL, "LOG.PREFIX": str(tmp), "DISTILLER.TEACHER_CKPT": str(teacher),
+         "RUN.TEACHER_CACHE": str(cache)}
+    o.update(over)
+    return build_config({}, "<test>", o, quiet=True)
+
+
+def step_losses(trainer: Trainer, epochs=(1, 2)) -> list[tuple[dict[str, float], dict[str, float]]]:
+    """Per step of training (the optimiser steps with the provider's targets): the losses with the
+    provider's targets and, on the same batch and the same weights, with the live teacher's."""
+    out = []
+    d = trainer.distiller
+    d.train()
+    for e in epochs:
+        for s, batch in enumerate(trainer.data.train.epoch_batches(e, trainer.cfg.EXPERIMENT.SEED), 1):
+            with torch.no_grad():
+                live = {"epoch": e, "step": s, "teacher_targets": d.live_targets(batch.images)}
+                _, live_losses = d.forward_train(batch.images, batch.labels, live)
+            _, losses, _ = trainer.step(batch, e, s)
+            out.append(({k: float(v.detach()) for k, v in losses.items()},
+                        {k: float(v) for k, v in live_losses.items()}))
+    return out
+
+
+@pytest.mark.parametrize("name", list(DISTILLERS))
+def test_per_step_losses_with_the_cache_equal_those_without(tmp_path, teacher, name):
+    over = DISTILLERS[name]
+    quiet = lambda s: None  # noqa: E731
+    off = Trainer.from_config(cfg(tmp_path, teacher, "off", **over), log=quiet)
+    assert type(off.targets) is LiveTargets
+    first = Trainer.from_config(cfg(tmp_path, teacher, tmp_path / "cache", **over), log=quiet)
+    assert isinstance(first.targets, CachedTargets)
+    b = step_losses(first)
+    assert first.targets.take_stats()["teacher_images"] == first.targets.store.filled() > 0
+    # a second run on the filled store: every entry is a hit, and the values are the ones stored
+    second = Trainer.from_config(cfg(tmp_path, teacher, tmp_path / "cache", **over), log=quiet)
+    c = step_losses(second)
+    stats = second.targets.take_stats()
+    assert stats["teacher_images"] == 0 and stats["teacher_cache_hit_rate"] == 1.0
+    assert len(b) == len(c) == 2 * len(first.data.train)
+    for (cached, live), (hit, _) in zip(b, c):
+        assert cached.keys() == live.keys()
+        for k in cached:
+            assert cached[k] == pytest.approx(live[k], rel=1e-3, abs=1e-6), (k, cached[k], live[k])
+        assert hit == cached  # bitwise: a miss is written, then read back like a hit
+    # and the off switch trains exactly like the live teacher inside the distiller always did
+    losses_off = [{k: float(v.detach()) for k, v in off.step(bt, 1, i)[1].items()}
+                  for i, bt in enumerate(off.data.train.epoch_batches(1, 0), 1)]
+    assert losses_off[0] == b[0][1]
+
+
+def test_live_targets_equal_the_old_teacher_path_exactly(tmp_path, teacher):
+    # the targets refactor changed no number: binarise/select/pool on full maps == pool first (R x R)
+    from catkd.distillers.cat_kd import binarize_cams, cat_loss, select_cams
+
+    t = Trainer.from_config(cfg(tmp_path, teacher, "off", **DISTILLERS["partial CAMs"], **{"CAT_KD.IF_BINARIZE": True}),
+                            log=lambda s: None)
+    d = t.distiller
+    x = next(iter(t.data.train.epoch_batches(1, 0))).images
+    with torch.no_grad():
+        _, tf = d.teacher(x)
+        _, sf = d.student(x)
+        full = tf["cams"].float()
+        s_sel, t_sel = select_cams(sf["cams"].float(), binarize_cams(full), full.mean(dim=(2, 3)), 2, 0)
+        old = cat_loss(s_sel, t_sel, d.resolution, d.normalize)
+        new = d.transfer_loss(sf["cams"], d.live_targets(x))
+    assert torch.equal(old, new)
+
+
+def test_a_killed_and_resumed_run_with_the_cache_ends_bitwise_equal_to_an_uninterrupted_one(tmp_path, teacher):
+    over = DISTILLERS["CAT-KD"]
+    quiet = lambda s: None  # noqa: E731
+    straight = Trainer.from_config(cfg(tmp_path, teacher, tmp_path / "c1", **over, **{"EXPERIMENT.NAME": "a"}), log=quiet)
+    straight.fit()
+
+    class Killed(Exception):
+        pass
+
+    cut = Trainer.from_config(cfg(tmp_path, teacher, tmp_path / "c2", **over, **{"EXPERIMENT.NAME": "b"}), log=quiet)
+    compute, calls = cut.targets.compute, []
+
+    def dies_while_computing(images):  # killed inside a miss of the third epoch, entries claimed
+        calls.append(1)
+        if len(calls) == 2 * len(cut.data.train) + 3:
+            raise Killed
+        return compute(images)
+
+    cut.targets.compute = dies_while_computing
+    with pytest.raises(Killed):
+        cut.fit()
+    assert len(cut.history) == 2  # the checkpoint is epoch 2's; epoch 3 had filled part of the store
+    partly = cut.targets.store.filled()
+    resumed = Trainer.from_config(cfg(tmp_path, teacher, tmp_path / "c2", **over,
+                                      **{"EXPERIMENT.NAME": "b", "RUN.RESUME": True}), log=quiet)
+    assert resumed.targets.store.filled() == partly  # the store kept what the killed run filled
+    resumed.fit()
+    a = straight.distiller.student.state_dict()
+    b = resumed.distiller.student.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["train_loss"] for m in straight.history] == [m["train_loss"] for m in resumed.history]
+
+
+def test_store_key_is_shared_across_beta_student_seed_reduction_and_split_but_not_R_or_binarize(tmp_path, teacher):
+    def name(**over):
+        t = Trainer.from_config(cfg(tmp_path, teacher, tmp_path / "k", **{"DISTILLER.TYPE": "CAT_KD", **over}),
+                                log=lambda s: None)
+        return t.targets.store.dir.name
+
+    base = name()
+    assert name(**{"CAT_KD.LOSS.CAT_loss_weight": 123.0}) == base
+    assert name(**{"DISTILLER.STUDENT": "resnet14"}) == base
+    assert name(**{"EXPERIMENT.SEED": 7}) == base
+    assert name(**{"DATASET.VAL_SIZE": 20}) == base
+    assert name(**{"DATASET.REDUCTION": True, "DATASET.RESERVED_CLASS_NUM": 2, "DATASET.RESERVED_RATE": 0.5}) == base
+    assert name(**{"CAT_KD.IF_OnlyTransferPartialCAMs": True, "CAT_KD.CAMs_Nums": 1}) == base
+    assert name(**{"CAT_KD.onlyCAT": True}) == base
+    others = {name(**{"CAT_KD.LOSS.CAM_RESOLUTION": 1}), name(**{"CAT_KD.IF_BINARIZE": True}),
+              name(**{"DISTILLER.TYPE": "KD"}), name(**{"DATASET.SYNTHETIC.SEED": 5})}
+    assert len(others) == 4 and base not in others
+    assert name(**{"DISTILLER.TYPE": "KD"}) == name(**{"DISTILLER.TYPE": "DKD"})  # both use the logits
+    assert sorted(p.name for p in (tmp_path / "k").iterdir() if not p.name.startswith(".")) == sorted({base, *others})
+
+
+def _layout(n=6, views=4) -> Layout:
+    return Layout(n, views, (("a", (2, 3)), ("b", (4,))), "float16")
+
+
+def _values(rows: np.ndarray) -> np.ndarray:
+    return np.sin(rows[:, None] * 0.37 + np.arange(10)[None, :]).astype(np.float32)
+
+
+def test_a_truncated_or_mismatched_store_is_rebuilt_never_used(tmp_path):
+    notes = []
+    key = {"k": 1}
+    s = TeacherStore(tmp_path, "x", key, _layout(), log=notes.append)
+    rows = np.arange(24)
+    vals, done = s.fetch(rows, lambda pos: _values(rows[pos]))
+    assert done == 24 and s.filled() == 24
+    np.testing.assert_array_equal(vals, _values(rows).astype(np.float16))
+    again = TeacherStore(tmp_path, "x", key, _layout(), log=notes.append)
+    assert again.filled() == 24 and notes == []  # intact: reused
+    with open(tmp_path / "x" / "data.bin", "r+b") as f:
+        f.truncate(100)
+    t = TeacherStore(tmp_path, "x", key, _layout(), log=notes.append)
+    assert t.filled() == 0 and "truncated" in notes[-1] and "rebuilding" in notes[-1]
+    header = json.loads((tmp_path / "x" / "header.json").read_text())
+    header["key"]["k"] = 2
+    (tmp_path / "x" / "header.json").write_text(json.dumps(header))
+    TeacherStore(tmp_path, "x", key, _layout(), log=notes.append)
+    assert "does not match its key" in notes[-1]
+    TeacherStore(tmp_path, "x", key, _layout(n=7), log=notes.append)  # another shape under the same name
+    assert "does not match" in notes[-1]
+
+
+def test_claims_of_a_process_that_died_are_taken_over_at_once(tmp_path):
+    s = TeacherStore(tmp_path, "x", {"k": 1}, _layout(), log=lambda m: None)
+    dead = mp.get_context("spawn").Process(target=os.getpid)
+    dead.start()
+    dead.join()
+    rows = np.arange(5)
+    import time
+
+    s.claims[rows] = (time.time(), dead.pid)  # claimed, never filled (the process was killed)
+    t0 = time.time()
+    _, done = s.fetch(rows, lambda pos: _values(rows[pos]))
+    assert done == 5 and time.time() - t0 < 5
+
+
+def _fill(root: str, ready, go, out) -> None:
+    """One of two processes filling the same store with a real (tiny) teacher."""
+    torch.set_num_threads(1)
+    from catkd.models import build_model
+
+    torch.manual_seed(0)
+    teacher = build_model("resnet8", 4).eval()
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(8, 3, 32, 32, generator=g)
+    layout = Layout(8, 12, (("logits", (4,)),), "float16")
+    store = TeacherStore(Path(root), "shared", {"k": "fill"}, layout, log=lambda m: None)
+    ready.set()
+    go.wait()
+    computed = 0
+    order = np.random.default_rng(os.getpid()).permutation(96)  # each process its own order
+    for chunk in np.array_split(order, 12):
+        def compute(pos, chunk=chunk):
+            with torch.no_grad():
+                x = images[torch.from_numpy(chunk[pos] // 12)]
+                return teacher(x)[0].numpy()
+        _, n = store.fetch(chunk, compute)
+        computed += n
+    out.put(computed)
+
+
+def test_two_processes_filling_one_store_compute_each_entry_once_and_leave_no_half_written_entry(tmp_path):
+    ctx = mp.get_context("spawn")
+    ready, go, out = [ctx.Event(), ctx.Event()], ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_fill, args=(str(tmp_path), ready[i], go, out)) for i in range(2)]
+    for p in procs:
+        p.start()
+    for r in ready:
+        assert r.wait(120)
+    go.set()
+    for p in procs:
+        p.join(180)
+        assert p.exitcode == 0
+    counts = [out.get(timeout=5), out.get(timeout=5)]
+    store = TeacherStore(tmp_path, "shared", {"k": "fill"}, Layout(8, 12, (("logits", (4,)),), "float16"),
+                         log=lambda m: None)
+    assert store.filled() == 96 and sum(counts) == 96  # claims: no entry computed twice
+    from catkd.models import build_model
+
+    torch.manual_seed(0)
+    teacher = build_model("resnet8", 4).eval()
+    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = teacher(images)[0].numpy()
+    got = np.asarray(store.data).reshape(8, 12, 4).astype(np.float32)
+    np.testing.assert_allclose(got, np.repeat(want[:, None], 12, 1), rtol=2e-3, atol=2e-3)
+
+
+def test_the_live_teacher_with_a_notice_when_the_store_would_exceed_the_cap(tmp_path, teacher):
+    notes = []
+    t = Trainer.from_config(cfg(tmp_path, teacher, tmp_path / "c", **{"DISTILLER.TYPE": "KD",
+                                                                      "RUN.TEACHER_CACHE_MAX_GB": 0.0001}),
+                            log=notes.append)
+    assert type(t.targets) is LiveTargets and "RUN.TEACHER_CACHE_MAX_GB" in notes[-1]
+    assert not (tmp_path / "c").exists()
+
+
+def test_the_live_teacher_with_a_notice_without_a_finite_view_set(tmp_path, teacher):
+    # ImageNet's loader declares no view set (random resized crops)
+    import dataclasses
+
+    t = Trainer.from_config(cfg(tmp_path, teacher, "off", **{"DISTILLER.TYPE": "KD"}), log=lambda s: None)
+    data = dataclasses.replace(t.data, views=None)
+    notes = []
+    c = cfg(tmp_path, teacher, tmp_path / "c", **{"DISTILLER.TYPE": "KD", "DATASET.TYPE": "synthetic"})
+    p = build_targets(c, t.distiller, data, torch.device("cpu"), t._autocast, log=notes.append)
+    assert type(p) is LiveTargets and "no finite set of training views" in notes[-1]
+    from catkd.data import DATASETS
+
+    assert DATASETS["imagenet"].views(c) is None and DATASETS["cifar100"].views(c).count == 162
+
+
+def test_epoch_metrics_carry_teacher_images_and_the_hit_rate(tmp_path, teacher):
+    c = cfg(tmp_path, teacher, tmp_path / "c", **{"DISTILLER.TYPE": "KD", "SOLVER.EPOCHS": 2})
+    r1 = Trainer.from_config(c, log=lambda s: None).fit()
+    n = r1.history[0]["teacher_images"]
+    assert n == 96 and r1.history[0]["teacher_cache_hit_rate"] == 0.0  # 96 training images, empty store
+    r2 = Trainer.from_config(c.model_copy(update={}), out_dir=tmp_path / "again", log=lambda s: None).fit()
+    assert [m["teacher_images"] for m in r2.history] == [0, 0]
+    assert [m["teacher_cache_hit_rate"] for m in r2.history] == [1.0, 1.0]
+    off = Trainer.from_config(cfg(tmp_path, teacher, "off", **{"DISTILLER.TYPE": "KD", "SOLVER.EPOCHS": 1,
+                                                                "EXPERIMENT.NAME": "off"}), log=lambda s: None).fit()
+    assert off.history[0]["teacher_images"] == 96 and off.history[0]["teacher_cache_hit_rate"] == 0.0
