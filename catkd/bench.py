@@ -1,4 +1,4 @@
-"""python -m catkd.bench {step,pipeline,study,all} | asha | gpu | ...: ratios measured side by side in one run.
+"""python -m catkd.bench {step,pipeline,study,cache,all} | asha | gpu: ratios measured side by side in one run.
 
 This machine is shared and noisy, so every figure is a ratio of two things timed interleaved in
 the same process, as the median of repeats. The last line printed is one JSON object of the
@@ -13,6 +13,9 @@ named figures. (Not a test: nothing here asserts a time.)
   barriers and checkpoints leave to the trials. Beside it, the trainer's own timers (steps + the
   per-epoch evaluation, "utilization_trainer_time"; steps alone "utilization_steps_only"), which
   count a step waiting for a core as work. Median of 2 runs after an untimed warm-up.
+- cache: what the teacher cache saves (catkd.bench_cache: the warm-cache step over the student's
+  step, same-seed sharing, teacher forwards and wall of beta_sweep --smoke with over without it,
+  the real-scale fraction from the loader's draws, the store dtype's loss difference).
 - asha (not in `all`: ~25 min here): a β grid on the synthetic data run to the end vs the same grid
   under ASHA, handed to ASHA in three orders (ascending, descending, a seeded shuffle): the share of
   the grid's epochs ASHA trained per order and at worst ("asha_epoch_fraction_max") and whether
@@ -137,14 +140,15 @@ def bench_pipeline(n: int = 10000, batch: int = 64, repeats: int = 3) -> dict:
     return {"ours_images_per_s": ours_ips, "pil_images_per_s": ref_ips, "speedup_vs_pil": ours_ips / ref_ips}
 
 
-def _run_smoke_study(study: str, storage: str, name: str) -> tuple[float, list[dict]]:
+def _run_smoke_study(study: str, storage: str, name: str, extra: list[str] = ()) -> tuple[float, list[dict]]:
     """Run `python -m catkd.study STUDY --smoke` in a subprocess; (wall seconds, epoch rows)."""
     import subprocess
     from pathlib import Path
 
     import pyarrow.parquet as pq
 
-    cmd = [sys.executable, "-m", "catkd.study", study, "--smoke", "--no-dashboard", "--storage", storage, "--name", name]
+    cmd = [sys.executable, "-m", "catkd.study", study, "--smoke", "--no-dashboard", "--storage", storage, "--name", name,
+           *extra]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -374,7 +378,13 @@ def bench_gpu(quick: bool = False, concurrent: int = 4) -> dict:
     return out
 
 
-BENCHES = {"step": bench_step, "pipeline": bench_pipeline, "study": bench_study}
+def bench_cache() -> dict:
+    from catkd.bench_cache import bench_cache as run
+
+    return run()
+
+
+BENCHES = {"step": bench_step, "pipeline": bench_pipeline, "study": bench_study, "cache": bench_cache}
 # not part of `all`: gpu needs a CUDA device; asha (a grid and three ASHA orders, ~25 min on 2 cores)
 # would take `all` past its 25-minute budget
 EXTRA = {"gpu": bench_gpu, "asha": bench_asha}
@@ -382,7 +392,8 @@ EXTRA = {"gpu": bench_gpu, "asha": bench_asha}
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m catkd.bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("name", choices=[*BENCHES, *EXTRA, "all"], help="`all` runs step, pipeline and study (asha and gpu: by name)")
+    ap.add_argument("name", choices=[*BENCHES, *EXTRA, "all"],
+                    help="`all` runs step, pipeline, study and cache (asha and gpu: by name)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for step")
     ap.add_argument("--quick", action="store_true", help="gpu: tiny models and data, to check the script on a CPU")
     ap.add_argument("--asha-points", type=int, default=12, help="asha: β values in the grid (default 12)")

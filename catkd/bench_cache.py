@@ -1,0 +1,308 @@
+"""`python -m catkd.bench cache`: what the teacher cache saves, each figure measured side by side.
+
+- cached_step_over_student_step: a CAT-KD training step resnet56 -> resnet20, batch 64, its targets
+  from a warm store (the Trainer's own path: CachedTargets then train_step), over a CE-only step of
+  the student alone; beside it the same step with the live teacher (live_step_over_student_step).
+- store dtype: the per-step loss difference of float16 / bfloat16 targets vs float32 targets, on
+  the same batches and weights (loss_rel_diff_fp16 / _bf16: median and max over steps).
+- same_seed_sharing: teacher images forwarded by 4 concurrent same-seed trials sharing one store,
+  over what one trial alone forwards (1 is perfect, 4 is no sharing).
+- teacher_forward_fraction, study_wall_ratio: beta_sweep --smoke with the cache (a cold store)
+  over the same study with RUN.TEACHER_CACHE off: teacher images forwarded, and wall time.
+- teacher_forward_fraction_real: beta_sweep at real scale (CIFAR-100 sizes, its validation split,
+  its ASHA rungs, its confirm stage), from the loader's own draws without training: distinct
+  (image, view) pairs the study's seeds draw over the teacher forwards it runs without the cache.
+"""
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+SMOKE_STUDY = "studies/beta_sweep.yaml"
+
+
+def smoke_cfg(teacher_ckpt: str, tmp: str, **over):
+    """The smoke study's run config (its synthetic data, teacher resnet20 -> student resnet8) with
+    `over` ({dotted key: value}) applied."""
+    from catkd.config import Config
+    from catkd.study.checks import run_config
+    from catkd.study.spec import load_study
+
+    d = run_config(load_study(SMOKE_STUDY, smoke=True), {}).to_dict()
+    for k, v in {"DISTILLER.TEACHER_CKPT": teacher_ckpt, "RUN.PROGRESS": "none", "LOG.PREFIX": tmp,
+                 "RUN.THREADS": 1, **over}.items():
+        *path, last = k.split(".")
+        node = d
+        for part in path:
+            node = node[part]
+        node[last] = v
+    return Config.model_validate(d)
+
+
+def _interleaved(fns: dict, repeats: int) -> dict[str, float]:
+    for fn in fns.values():  # warm-up
+        fn()
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench_cached_step(batch: int = 64, repeats: int = 15) -> dict:
+    import torch.nn.functional as F
+
+    from catkd.data.loader import TrainBatch
+    from catkd.distillers.cat_kd import CATKD
+    from catkd.engine.trainer import train_step
+    from catkd.models import build_model
+    from catkd.teacher_cache.provider import CachedTargets
+    from catkd.teacher_cache.store import Layout, TeacherStore
+
+    torch.manual_seed(0)
+    t = build_model("resnet56", 100).eval()
+    s = build_model("resnet20", 100, head_bias=False)
+    dist = CATKD(s, t, beta=0.7, resolution=2, normalize=False)  # the res56_res20 preset: R = 2
+    dist.train()
+    opt = torch.optim.SGD(s.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, 3, 32, 32)
+    y = torch.randint(0, 100, (batch,))
+    b = TrainBatch(x, y, torch.arange(batch), torch.zeros(batch, dtype=torch.int64))
+    out: dict = {}
+    with tempfile.TemporaryDirectory(prefix="catkd-bench-cache-") as tmp:
+        probe = dist.live_targets(x[:1])
+        fields = tuple((k, tuple(v.shape[1:])) for k, v in probe.items())
+        store = TeacherStore(Path(tmp), "step", {"bench": 1}, Layout(batch, 1, fields, "float16"), log=lambda m: None)
+        cached = CachedTargets(dist, store, fields)
+        cached(b, x)  # fills the store: from here on every lookup is a hit (a warm cache)
+
+        def cached_step():  # what Trainer.step runs with the cache
+            with torch.no_grad():
+                tt = cached(b, x)
+            train_step(dist, opt, x, y, {"teacher_targets": tt}, contextlib.nullcontext())
+
+        def live_step():
+            train_step(dist, opt, x, y, {}, contextlib.nullcontext())
+
+        def student_step():
+            logits, _ = s(x)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        med = _interleaved({"cached": cached_step, "live": live_step, "student": student_step}, repeats)
+    out.update({"cached_step_ms": med["cached"] * 1000, "live_step_ms": med["live"] * 1000,
+                "student_step_ms": med["student"] * 1000,
+                "cached_step_over_student_step": med["cached"] / med["student"],
+                "live_step_over_student_step": med["live"] / med["student"]})
+    print(f"cache: CAT-KD step resnet56 -> resnet20, batch {batch}: warm cache {med['cached'] * 1000:.1f} ms, "
+          f"live teacher {med['live'] * 1000:.1f} ms, student alone (CE) {med['student'] * 1000:.1f} ms: "
+          f"{out['cached_step_over_student_step']:.3f}x / {out['live_step_over_student_step']:.3f}x the student's step")
+    return out
+
+
+def bench_store_dtype(teacher_ckpt: str, steps: int = 20) -> dict:
+    """Loss with targets rounded to float16 / bfloat16 vs float32 targets, same batches and weights:
+    CAT-KD (R = 2 and 4, normalised as the presets; binarised) and KD, on the smoke study's data with
+    its trained teacher."""
+    from catkd.engine import Trainer
+
+    out: dict = {}
+    variants = {
+        "CAT-KD R2": {"CAT_KD.LOSS.CAM_RESOLUTION": 2},
+        "CAT-KD R4": {"CAT_KD.LOSS.CAM_RESOLUTION": 4},
+        "CAT-KD R2 binarised": {"CAT_KD.LOSS.CAM_RESOLUTION": 2, "CAT_KD.IF_BINARIZE": True},
+    }
+    rel: dict[str, list[float]] = {"float16": [], "bfloat16": []}
+    for label, over in [*variants.items(), ("KD", {"DISTILLER.TYPE": "KD"})]:
+        with tempfile.TemporaryDirectory(prefix="catkd-bench-dtype-") as tmp:
+            cfg = smoke_cfg(teacher_ckpt, tmp, **{"RUN.TEACHER_CACHE": "off", "RUN.THREADS": 0,
+                                                  "DISTILLER.TYPE": "CAT_KD", **over})
+            tr = Trainer.from_config(cfg, log=lambda m: None)
+            d = tr.distiller
+            d.train()
+            worst = {k: 0.0 for k in rel}
+            for i, batch in enumerate(tr.data.train.epoch_batches(1, 0), 1):
+                if i > steps:
+                    break
+                with torch.no_grad():
+                    t32 = d.live_targets(batch.images)
+                    ctx = {"epoch": 1, "step": i}
+                    base = {k: float(v) for k, v in d.forward_train(batch.images, batch.labels,
+                                                                   {**ctx, "teacher_targets": t32})[1].items()}
+                    for dt in rel:
+                        tq = {k: v.to(getattr(torch, dt)).float() for k, v in t32.items()}
+                        got = d.forward_train(batch.images, batch.labels, {**ctx, "teacher_targets": tq})[1]
+                        for k, v in got.items():
+                            if k == "loss_ce":  # does not depend on the teacher
+                                continue
+                            r = abs(float(v) - base[k]) / max(abs(base[k]), 1e-12)
+                            rel[dt].append(r)
+                            worst[dt] = max(worst[dt], r)
+                tr.step(batch, 1, i)  # train on: the weights move as in a run
+            print(f"cache: store dtype, {label}: max per-step relative loss difference vs float32 targets: "
+                  f"float16 {worst['float16']:.2e}, bfloat16 {worst['bfloat16']:.2e} ({steps} steps)")
+    for dt, short in (("float16", "fp16"), ("bfloat16", "bf16")):
+        out[f"loss_rel_diff_{short}_median"] = statistics.median(rel[dt])
+        out[f"loss_rel_diff_{short}_max"] = max(rel[dt])
+    return out
+
+
+def _sharing_trial(cfg_dict: dict, ready, go, q) -> None:
+    torch.set_num_threads(1)
+    from catkd.config import Config
+    from catkd.engine import Trainer
+
+    tr = Trainer.from_config(Config.model_validate(cfg_dict), log=lambda m: None)
+    ready.set()
+    go.wait()
+    stats = tr.train_epoch(1)
+    q.put(stats["teacher_images"])
+
+
+def _run_trials(cfg_dict: dict, n: int) -> list[int]:
+    ctx = mp.get_context("spawn")
+    go, q = ctx.Event(), ctx.Queue()
+    ready = [ctx.Event() for _ in range(n)]
+    procs = [ctx.Process(target=_sharing_trial, args=(cfg_dict, ready[i], go, q)) for i in range(n)]
+    for p in procs:
+        p.start()
+    for r in ready:
+        r.wait(300)
+    go.set()  # all start their first epoch together, as ASHA's first max_concurrent trials do
+    counts = [q.get(timeout=600) for _ in range(n)]
+    for p in procs:
+        p.join(60)
+    return counts
+
+
+def bench_sharing(teacher_ckpt: str, trials: int = 4) -> dict:
+    """`trials` same-seed CAT-KD trials (different β) start together on one empty store vs one alone."""
+    with tempfile.TemporaryDirectory(prefix="catkd-bench-share-") as tmp:
+        def cfg(cache: str, beta: float) -> dict:
+            return smoke_cfg(teacher_ckpt, tmp, **{"RUN.TEACHER_CACHE": cache,
+                                                   "CAT_KD.LOSS.CAT_loss_weight": beta}).to_dict()
+
+        alone = _run_trials(cfg(os.path.join(tmp, "alone"), 1.0), 1)[0]
+        together = _run_trials(cfg(os.path.join(tmp, "shared"), 1.0), trials)
+    ratio = sum(together) / alone
+    print(f"cache: {trials} concurrent same-seed trials forwarded {sum(together)} teacher images ({together}), "
+          f"one trial alone {alone}: same_seed_sharing {ratio:.3f} (1 = perfect, {trials} = no sharing)")
+    return {"same_seed_sharing": ratio, "same_seed_teacher_images": sum(together), "one_trial_teacher_images": alone}
+
+
+def bench_smoke_study(study: str = SMOKE_STUDY) -> dict:
+    """The smoke study with the cache (cold store) and without, after the smoke teacher is trained."""
+    from catkd.bench import _run_smoke_study
+    from catkd.study.preflight import ensure_smoke_teacher
+    from catkd.study.spec import load_study
+
+    out: dict = {}
+    tmp = tempfile.mkdtemp(prefix="catkd-bench-cache-study-")
+    try:
+        spec = load_study(study, smoke=True)
+        teacher = ensure_smoke_teacher(spec, Path(tmp) / ".cache" / "teachers")  # not timed
+        runs = {}
+        for label, sets in (("cache", []), ("off", ["--set", "fixed.RUN.TEACHER_CACHE=off"])):
+            shutil.rmtree(Path(tmp) / ".cache" / "teacher", ignore_errors=True)  # a cold store
+            wall, rows = _run_smoke_study(study, tmp, f"cache-{label}", extra=sets)
+            runs[label] = (wall, sum(int(r.get("teacher_images") or 0) for r in rows), len(rows))
+            stores = sorted(p.name for p in (Path(tmp) / ".cache" / "teacher").glob("*")) if label == "cache" else []
+            print(f"cache: {study} --smoke, teacher cache {label}: {wall:.0f} s wall, {runs[label][1]:,} teacher "
+                  f"images forwarded in {len(rows)} trial-epochs" + (f"; stores: {', '.join(stores)}" if stores else ""))
+        out["teacher_forward_fraction"] = runs["cache"][1] / runs["off"][1]
+        out["study_wall_ratio"] = runs["cache"][0] / runs["off"][0]
+        out["study_wall_cache_s"], out["study_wall_off_s"] = runs["cache"][0], runs["off"][0]
+        out["_teacher_ckpt"] = str(teacher)
+        print(f"cache: teacher_forward_fraction {out['teacher_forward_fraction']:.3f}, "
+              f"study_wall_ratio {out['study_wall_ratio']:.3f}")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    out["_tmp"] = tmp
+    return out
+
+
+def asha_trial_epochs(num_samples: int, grace: int, rf: float, max_t: int) -> list[float]:
+    """Expected trials still running at each epoch under ASHA (one bracket): every rung (grace * rf^k)
+    keeps 1/rf of the trials that reach it, and at least one trial runs to max_t (Ray's asynchronous
+    ASHA promotes the first trial to reach a rung)."""
+    alive, rung, out = float(num_samples), grace, []
+    for epoch in range(1, max_t + 1):
+        out.append(alive)
+        if epoch == rung and epoch < max_t:
+            alive = max(alive / rf, 1.0)
+            rung = int(round(rung * rf))
+    return out
+
+
+def bench_real_fraction(study: str = SMOKE_STUDY) -> dict:
+    """Distinct (image, view) pairs beta_sweep's seeds draw at real scale / teacher forwards without
+    the cache, from the real loader's draws (CIFAR-100 sizes and split; no images, no training)."""
+    from catkd.data.loader import TrainLoader
+    from catkd.data.splits import stratified_holdout
+    from catkd.study.checks import run_config
+    from catkd.study.spec import load_study
+
+    spec = load_study(study)
+    cfg = run_config(spec, {})
+    epochs = cfg.SOLVER.EPOCHS
+    labels = np.repeat(np.arange(100), 500)  # CIFAR-100: 50,000 training images, 500 per class
+    train_idx, _, _ = stratified_holdout(labels, cfg.DATASET.VAL_SIZE, cfg.DATASET.SPLIT_SEED)
+    n = len(train_idx)
+    loader = TrainLoader(torch.zeros(n, 3, 1, 1, dtype=torch.uint8), torch.zeros(n, dtype=torch.int64),
+                         (0.5,) * 3, (0.25,) * 3, cfg.SOLVER.BATCH_SIZE, source_index=torch.from_numpy(train_idx))
+    views = 162
+    seen = np.zeros(50_000 * views, dtype=bool)
+    sc = spec.scheduler
+    alive = (asha_trial_epochs(spec.search.num_samples, sc.grace_period, sc.reduction_factor, epochs)
+             if sc.type == "asha" else [float(spec.search.num_samples)] * epochs)
+    search_trial_epochs = sum(alive) * len(spec.seeds)
+    confirm = spec.confirm
+    confirm_trial_epochs = (confirm.top_k * len(confirm.seeds) * epochs) if confirm else 0
+    seed_epochs = {s: epochs for s in spec.seeds}  # the longest trial of each seed draws epochs 1..max_t
+    for s in (confirm.seeds if confirm else []):
+        seed_epochs[s] = epochs
+    t0 = time.perf_counter()
+    for seed, last in seed_epochs.items():
+        for e in range(1, last + 1):
+            idx, v = loader.epoch_views(e, seed)
+            seen[idx.numpy() * views + v.numpy()] = True
+    distinct = int(seen.sum())
+    forwards = (search_trial_epochs + confirm_trial_epochs) * n
+    frac = distinct / forwards
+    print(f"cache: {study} at real scale ({n:,} training images, {epochs} epochs, ASHA grace "
+          f"{sc.grace_period} rf {sc.reduction_factor:g} over {spec.search.num_samples} trials: "
+          f"{search_trial_epochs:,.0f} expected search trial-epochs + {confirm_trial_epochs:,} confirm): "
+          f"{distinct:,} distinct (image, view) pairs over {forwards:,.0f} teacher forwards without the cache: "
+          f"teacher_forward_fraction_real {frac:.4f} ({time.perf_counter() - t0:.0f} s of draws)")
+    return {"teacher_forward_fraction_real": frac, "real_distinct_pairs": distinct, "real_forwards_without_cache": forwards}
+
+
+def bench_cache() -> dict:
+    out: dict = {}
+    out.update(bench_cached_step())
+    out.update(bench_real_fraction())
+    study = bench_smoke_study()
+    tmp, teacher = study.pop("_tmp"), study.pop("_teacher_ckpt")
+    try:
+        out.update(study)
+        out.update(bench_sharing(teacher))
+        out.update(bench_store_dtype(teacher))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
