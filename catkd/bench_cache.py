@@ -62,7 +62,7 @@ def _interleaved(fns: dict, repeats: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def bench_cached_step(batch: int = 64, repeats: int = 15) -> dict:
+def bench_cached_step(batch: int = 64, repeats: int = 30) -> dict:
     import torch.nn.functional as F
 
     from catkd.data.loader import TrainBatch

@@ -149,6 +149,16 @@ class RunCfg(_Section):
     TEACHER_CACHE: str = "auto"
     TEACHER_CACHE_MAX_GB: float = Field(32.0, ge=0)  # a larger store: the live teacher, with a notice
 
+    @field_validator("TEACHER_CACHE", mode="before")
+    @classmethod
+    def _cache_mode(cls, v: Any) -> Any:
+        # yaml reads a bare off / on as a boolean: they mean the switch, not a directory called "False"
+        if isinstance(v, bool):
+            return "auto" if v else "off"
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("expected auto, off or a directory, got an empty string")
+        return v
+
 
 class Config(_Section):
     EXPERIMENT: ExperimentCfg = ExperimentCfg()

@@ -12,6 +12,7 @@ import torch
 
 from catkd.config import build_config
 from catkd.engine import Trainer
+from catkd.train import main as train_main
 from catkd.teacher_cache.provider import CachedTargets, LiveTargets, build_targets
 from catkd.teacher_cache.store import Layout, TeacherStore
 
@@ -132,15 +133,15 @@ def test_a_killed_and_resumed_run_with_the_cache_ends_bitwise_equal_to_an_uninte
         pass
 
     cut = Trainer.from_config(cfg(tmp_path, teacher, tmp_path / "c2", **over, **{"EXPERIMENT.NAME": "b"}), log=quiet)
-    compute, calls = cut.targets.compute, []
+    forward, calls = cut.distiller.teacher_outputs, []
 
     def dies_while_computing(images):  # killed inside a miss of the third epoch, entries claimed
         calls.append(1)
         if len(calls) == 2 * len(cut.data.train) + 3:
             raise Killed
-        return compute(images)
+        return forward(images)
 
-    cut.targets.compute = dies_while_computing
+    cut.distiller.teacher_outputs = dies_while_computing
     with pytest.raises(Killed):
         cut.fit()
     assert len(cut.history) == 2  # the checkpoint is epoch 2's; epoch 3 had filled part of the store
@@ -189,7 +190,7 @@ def test_a_truncated_or_mismatched_store_is_rebuilt_never_used(tmp_path):
     key = {"k": 1}
     s = TeacherStore(tmp_path, "x", key, _layout(), log=notes.append)
     rows = np.arange(24)
-    vals, done = s.fetch(rows, lambda pos: _values(rows[pos]))
+    vals, done = s.fetch(rows, lambda pos, _: (_values(rows[pos]), []))
     assert done == 24 and s.filled() == 24
     np.testing.assert_array_equal(vals, _values(rows).astype(np.float16))
     again = TeacherStore(tmp_path, "x", key, _layout(), log=notes.append)
@@ -217,7 +218,7 @@ def test_claims_of_a_process_that_died_are_taken_over_at_once(tmp_path):
 
     s.claims[rows] = (time.time(), dead.pid)  # claimed, never filled (the process was killed)
     t0 = time.time()
-    _, done = s.fetch(rows, lambda pos: _values(rows[pos]))
+    _, done = s.fetch(rows, lambda pos, _: (_values(rows[pos]), []))
     assert done == 5 and time.time() - t0 < 5
 
 
@@ -237,10 +238,10 @@ def _fill(root: str, ready, go, out) -> None:
     computed = 0
     order = np.random.default_rng(os.getpid()).permutation(96)  # each process its own order
     for chunk in np.array_split(order, 12):
-        def compute(pos, chunk=chunk):
+        def compute(pos, _, chunk=chunk):
             with torch.no_grad():
                 x = images[torch.from_numpy(chunk[pos] // 12)]
-                return teacher(x)[0].numpy()
+                return teacher(x)[0].numpy(), []
         _, n = store.fetch(chunk, compute)
         computed += n
     out.put(computed)
@@ -308,3 +309,44 @@ def test_epoch_metrics_carry_teacher_images_and_the_hit_rate(tmp_path, teacher):
     off = Trainer.from_config(cfg(tmp_path, teacher, "off", **{"DISTILLER.TYPE": "KD", "SOLVER.EPOCHS": 1,
                                                                 "EXPERIMENT.NAME": "off"}), log=lambda s: None).fit()
     assert off.history[0]["teacher_images"] == 96 and off.history[0]["teacher_cache_hit_rate"] == 0.0
+
+
+def test_no_store_that_would_fill_the_disk_the_live_teacher_says_why(tmp_path, teacher, monkeypatch):
+    from catkd.teacher_cache import store
+
+    monkeypatch.setattr(store, "FREE_MARGIN_BYTES", 1e18)  # as if the disk were nearly full
+    notes = []
+    t = Trainer.from_config(cfg(tmp_path, teacher, tmp_path / "c", **{"DISTILLER.TYPE": "KD"}), log=notes.append)
+    assert type(t.targets) is LiveTargets
+    assert "free" in notes[-1] and "using the live teacher" in notes[-1]
+    assert not any(p.name.startswith("resnet8") for p in (tmp_path / "c").iterdir())  # nothing half-made
+
+
+def test_one_teacher_forward_fills_the_stores_of_the_other_target_specs(tmp_path, teacher):
+    # a CAT-KD R=2 run fills, from the same forwards, the stores of R=1 and of KD's logits that
+    # already exist beside its own: a run of those then forwards no image, and trains on the same
+    # values (within the store's float16 rounding) as with the live teacher
+    quiet = lambda s: None  # noqa: E731
+    mk = lambda **o: Trainer.from_config(cfg(tmp_path, teacher, tmp_path / "c", **o), log=quiet)  # noqa: E731
+    cat2 = mk(**{"DISTILLER.TYPE": "CAT_KD", "CAT_KD.LOSS.CAM_RESOLUTION": 2})
+    cat1 = mk(**{"DISTILLER.TYPE": "CAT_KD", "CAT_KD.LOSS.CAM_RESOLUTION": 1})
+    kd = mk(**{"DISTILLER.TYPE": "KD"})
+    cat2.train_epoch(1)
+    assert cat2.targets.store.filled() == cat1.targets.store.filled() == kd.targets.store.filled() == 96
+    for t in (cat1, kd):
+        pairs = step_losses(t, epochs=(1,))
+        assert t.targets.take_stats()["teacher_images"] == 0
+        for cached, live in pairs:
+            for k in cached:
+                assert cached[k] == pytest.approx(live[k], rel=1e-3, abs=1e-6), (k, cached[k], live[k])
+
+
+def test_off_written_bare_in_yaml_means_the_live_teacher(tmp_path, teacher):
+    # yaml reads `off` as False: it must mean the switch, not a directory named "False"
+    from catkd.config import load_config
+
+    p = tmp_path / "run.yaml"
+    p.write_text("RUN:\n  TEACHER_CACHE: off\n")
+    assert load_config(str(p), {}, quiet=True).RUN.TEACHER_CACHE == "off"
+    assert build_config({}, "<test>", {"RUN.TEACHER_CACHE": False}, quiet=True).RUN.TEACHER_CACHE == "off"
+    assert train_main(["--cfg", str(p), "RUN.TEACHER_CACHE", "", "SOLVER.EPOCHS", "1"]) == 2  # empty: exit 2

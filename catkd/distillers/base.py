@@ -45,8 +45,11 @@ class Distiller(nn.Module):
         return {}
 
     def teacher_targets(self, logits: Tensor, feats: dict[str, Any]) -> dict[str, Tensor]:
-        """The teacher's output as this distiller uses it: {name: (N, ...) float tensor}."""
-        raise NotImplementedError
+        """The teacher's output as this distiller uses it: {name: (N, ...) float tensor}, computed
+        from target_spec() alone (catkd.distillers.targets)."""
+        from catkd.distillers.targets import compute_targets
+
+        return compute_targets(self.target_spec(), logits, feats)
 
     def live_targets(self, images: Tensor) -> dict[str, Tensor]:
         logits, feats = self.teacher_outputs(images)

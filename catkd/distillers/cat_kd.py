@@ -13,15 +13,7 @@ from torch import Tensor
 from catkd.config import ConfigError
 from catkd.distillers.base import Distiller
 from catkd.distillers.registry import DISTILLERS
-
-
-def binarize_cams(cams: Tensor) -> Tensor:
-    """1.0 where a map exceeds the mean of its absolute values over H x W, else 0.0.
-
-    cams: (N, K, H, W) -> (N, K, H, W), same dtype. Applied to the teacher's CAMs before pooling.
-    """
-    threshold = cams.abs().mean(dim=(2, 3), keepdim=True)
-    return (cams > threshold).to(cams.dtype)
+from catkd.distillers.targets import binarize_cams  # noqa: F401 (C2: importable from here)
 
 
 def select_cams(
@@ -123,16 +115,6 @@ class CATKD(Distiller):
     def target_spec(self):
         # β, normalisation, partial selection and the student do not change the targets: they share
         return {"targets": "cams", "resolution": self.resolution, "binarize": self.binarize}
-
-    def teacher_targets(self, logits, feats):
-        """cams: (N, K, R, R) the teacher's CAMs, binarised if asked, pooled to R x R; rank: (N, K) its
-        bias-free logits (the maps' means, its Linear bias dropped as in the reference), which rank the
-        classes for partial CAMs. Pooling per map commutes with the per-class selection."""
-        cams = feats["cams"].float()
-        rank = cams.mean(dim=(2, 3))
-        if self.binarize:
-            cams = binarize_cams(cams)
-        return {"cams": F.adaptive_avg_pool2d(cams, self.resolution), "rank": rank}
 
     def transfer_loss(self, s_cams: Tensor, targets: dict[str, Tensor]) -> Tensor:
         """Unweighted L_CAT for a batch from the teacher targets: select classes, pool, normalise, MSE."""

@@ -63,9 +63,6 @@ class DKD(Distiller):
     def target_spec(self):
         return {"targets": "logits"}  # the same targets as KD: the two share a cache
 
-    def teacher_targets(self, logits, feats):
-        return {"logits": logits.float()}
-
     def forward_train(self, images, labels, ctx):
         t = self.targets(images, ctx)  # teacher first: see Distiller.teacher_outputs
         logits, _ = self.student(images)

@@ -34,9 +34,6 @@ class KD(Distiller):
     def target_spec(self):
         return {"targets": "logits"}
 
-    def teacher_targets(self, logits, feats):
-        return {"logits": logits.float()}  # (N, K), with the teacher's Linear bias
-
     def forward_train(self, images, labels, ctx):
         t = self.targets(images, ctx)  # teacher first: see Distiller.teacher_outputs
         logits, _ = self.student(images)

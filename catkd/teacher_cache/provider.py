@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from catkd.distillers.targets import TARGET_KINDS, compute_targets
 from catkd.teacher_cache.store import FORMAT_VERSION, Layout, StoreError, TeacherStore
 
 # float16: per-step loss difference vs float32 targets measured in `python -m catkd.bench cache`
@@ -57,23 +59,61 @@ class LiveTargets:
 
 
 class CachedTargets(LiveTargets):
-    """The live teacher behind a TeacherStore: (batch.index, batch.view) -> stored targets."""
+    """The live teacher behind a TeacherStore: (batch.index, batch.view) -> stored targets.
+
+    A miss runs the teacher once and fills, from the same forward, the entries of this store and of
+    its siblings: the other stores of the same teacher, data and precision under the same root (other
+    target specs, e.g. another R, or KD's logits beside CAT-KD's CAMs)."""
 
     cached = True
+    RESCAN_S = 20.0  # how often to look for sibling stores (another trial may create one)
 
-    def __init__(self, distiller, store: TeacherStore, fields: tuple[tuple[str, tuple[int, ...]], ...]):
+    def __init__(self, distiller, store: TeacherStore, fields: tuple[tuple[str, tuple[int, ...]], ...],
+                 key: Optional[dict[str, Any]] = None, log: Callable[[str], None] = print):
         super().__init__(distiller)
-        self.store, self.fields = store, fields
+        self.store, self.fields, self.key, self.log = store, fields, key, log
+        self._siblings: dict[str, tuple[TeacherStore, dict[str, Any]]] = {}
+        self._scanned = -math.inf
+
+    def siblings(self) -> list[tuple[TeacherStore, dict[str, Any]]]:
+        if self.key is not None and time.monotonic() - self._scanned > self.RESCAN_S:
+            self._scanned = time.monotonic()
+            base = {k: v for k, v in self.key.items() if k != "targets"}
+            for d in sorted(self.store.root.iterdir()):
+                if d == self.store.dir or d.name.startswith(".") or d.name in self._siblings:
+                    continue
+                try:
+                    header = json.loads((d / "header.json").read_text())
+                    key, layout = header["key"], Layout.from_describe(header["layout"])
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue
+                if ({k: v for k, v in key.items() if k != "targets"} != base
+                        or key["targets"].get("targets") not in TARGET_KINDS
+                        or (layout.num_images, layout.views) != (self.store.layout.num_images, self.store.layout.views)):
+                    continue
+                try:
+                    self._siblings[d.name] = (TeacherStore(self.store.root, d.name, key, layout, log=self.log),
+                                              key["targets"])
+                except StoreError:
+                    continue
+        return list(self._siblings.values())
 
     def __call__(self, batch, images: Tensor) -> dict[str, Tensor]:
         rows = self.store.rows(batch.index.numpy(), batch.view.numpy())
+        sibs = self.siblings()
 
-        def compute(pos: np.ndarray) -> np.ndarray:
+        def compute(pos: np.ndarray, sib_pos: list[np.ndarray]):
             sub = images.index_select(0, torch.from_numpy(pos).to(images.device))
-            t = self.compute(sub)
-            return torch.cat([t[name].float().reshape(len(pos), -1) for name, _ in self.fields], 1).cpu().numpy()
+            logits, feats = self.distiller.teacher_outputs(sub)
+            own = _pack(self.distiller.teacher_targets(logits, feats), self.fields)
+            local = {int(p): i for i, p in enumerate(pos)}
+            theirs = []
+            for (sib, spec), p in zip(sibs, sib_pos):
+                t = _pack(compute_targets(spec, logits, feats), sib.layout.fields)
+                theirs.append(t[[local[int(q)] for q in p]])
+            return own, theirs
 
-        values, computed = self.store.fetch(rows, compute)
+        values, computed = self.store.fetch(rows, compute, [s for s, _ in sibs])
         self.forwarded += computed
         self.lookups += len(rows)
         v = torch.from_numpy(values).to(images.device, non_blocking=True).float()
@@ -83,6 +123,12 @@ class CachedTargets(LiveTargets):
             out[name] = v[:, off:off + w].reshape(-1, *shape)
             off += w
         return out
+
+
+def _pack(targets: dict[str, Tensor], fields) -> np.ndarray:
+    """{name: (N, ...)} -> N x width float32, in the store's field order."""
+    n = next(iter(targets.values())).shape[0]
+    return torch.cat([targets[name].float().reshape(n, -1) for name, _ in fields], 1).cpu().numpy()
 
 
 # ---- the key ------------------------------------------------------------------------------------
@@ -181,4 +227,4 @@ def build_targets(cfg, distiller, data, device: torch.device, autocast: Callable
     except StoreError as e:
         log(f"teacher cache: {e}: using the live teacher")
         return live
-    return CachedTargets(distiller, store, fields)
+    return CachedTargets(distiller, store, fields, key=key, log=log)

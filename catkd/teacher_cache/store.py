@@ -6,7 +6,8 @@ Layout of a store directory `<root>/<name>/`:
     data.bin     num_images x views x width values (`dtype`), row = image * views + view
     flags.bin    one byte per (image, view): 0 empty, 1 filled (written after the entry's data)
     claims.bin   per (image, view): when and by which process id it was claimed (0: unclaimed)
-    lock         flock'd around claiming, so concurrent trials never compute the same entry
+(claims are taken under one flock per root, `<root>/.claims.lock`, for this store and its siblings
+together: concurrent trials never compute the same entry)
 
 An entry is filled once and then only read: a process claims the entries its batch misses, computes
 them, writes the values and then the flags; a process that finds an entry claimed by another waits
@@ -15,7 +16,8 @@ is taken over: a run killed mid-batch and resumed does not wait for its own dead
 
 A directory whose header does not match the key, or whose files have the wrong size (truncated), is
 rebuilt, never used. Files are allocated in full up front (posix_fallocate), so a full disk is an
-error at open (the run then uses the live teacher), not a crash while writing a mapped page.
+error at open (the run then uses the live teacher), not a crash while writing a mapped page; a
+store that would leave less than 2 GB or 5 % of the disk free is not created either.
 Memory-mapped files are coherent between the processes of one machine; on several machines share a
 store only on a filesystem that gives that (catkd keeps stores node-local by default).
 """
@@ -30,13 +32,14 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 FORMAT_VERSION = 1
 CLAIM_TIMEOUT_S = 120.0  # a claim older than this is from a process that died: take it over
 _POLL_S = 0.002
+FREE_MARGIN_BYTES, FREE_MARGIN_SHARE = 2e9, 0.05  # a new store leaves at least this much of the disk free
 _CLAIM = np.dtype([("t", "<f8"), ("pid", "<i8")])
 
 
@@ -70,6 +73,10 @@ class Layout:
     def describe(self) -> dict[str, Any]:
         return {"num_images": self.num_images, "views": self.views, "dtype": self.dtype,
                 "fields": [[n, list(s)] for n, s in self.fields], "width": self.width}
+
+    @classmethod
+    def from_describe(cls, d: dict[str, Any]) -> "Layout":
+        return cls(int(d["num_images"]), int(d["views"]), tuple((n, tuple(s)) for n, s in d["fields"]), d["dtype"])
 
 
 @contextmanager
@@ -148,6 +155,12 @@ class TeacherStore:
         return None
 
     def _create(self) -> None:
+        st = os.statvfs(self.root)
+        free, total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+        keep = max(FREE_MARGIN_BYTES, FREE_MARGIN_SHARE * total)  # room for checkpoints and results
+        if self.layout.total_bytes > free - keep:
+            raise StoreError(f"{self.layout.total_bytes / 1e9:.1f} GB would leave less than {keep / 1e9:.1f} GB "
+                             f"free on {self.root} ({free / 1e9:.1f} GB free)")
         tmp = self.root / f".{self.dir.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -155,7 +168,6 @@ class TeacherStore:
             _allocate(tmp / "data.bin", self.layout.data_bytes)
             _allocate(tmp / "flags.bin", self.layout.entries)
             _allocate(tmp / "claims.bin", self.layout.entries * _CLAIM.itemsize)
-            (tmp / "lock").touch()
             (tmp / "header.json").write_text(json.dumps(self.header, indent=1, sort_keys=True))
             os.rename(tmp, self.dir)  # complete or absent
         except BaseException:
@@ -169,7 +181,7 @@ class TeacherStore:
             np.zeros(shape, L.dtype)
         self.flags = np.memmap(self.dir / "flags.bin", dtype=np.uint8, mode="r+", shape=(L.entries,))
         self.claims = np.memmap(self.dir / "claims.bin", dtype=_CLAIM, mode="r+", shape=(L.entries,))
-        self._lock_path = self.dir / "lock"
+        self._lock_path = self.root / ".claims.lock"  # one for all stores of the root: see fetch
 
     # ---- entries -------------------------------------------------------------------------
     def rows(self, index: np.ndarray, view: np.ndarray) -> np.ndarray:
@@ -182,41 +194,62 @@ class TeacherStore:
     def filled(self) -> int:
         return int(np.count_nonzero(self.flags))
 
-    def _claim(self, rows: np.ndarray) -> np.ndarray:
-        """Claim the rows that are neither filled nor claimed by a live process; return them."""
+    def _free(self, rows: np.ndarray, now: float) -> np.ndarray:
+        """Mask of `rows` neither filled nor claimed by a live process (call under the claims lock)."""
+        c = self.claims[rows]
+        empty = self.flags[rows] == 0
+        free = empty & ((c["t"] == 0) | (now - c["t"] > CLAIM_TIMEOUT_S))
+        other = empty & ~free
+        if other.any():  # claims of processes that are gone (killed mid-batch) are free
+            for pid in np.unique(c["pid"][other]):
+                if not _alive(int(pid)):
+                    free |= other & (c["pid"] == pid)
+        return free
+
+    def _claim(self, rows: np.ndarray, siblings: Sequence["TeacherStore"] = ()) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Claim the free rows of this store and, among those, the free rows of each sibling (stores of
+        other target specs of the same teacher and data, filled from the same teacher forward)."""
         with _flock(self._lock_path):
-            now = time.time()
-            c = self.claims[rows]
-            free = (self.flags[rows] == 0) & ((c["t"] == 0) | (now - c["t"] > CLAIM_TIMEOUT_S))
-            other = (self.flags[rows] == 0) & ~free
-            if other.any():  # claims of processes that are gone (killed mid-batch) are free
-                for pid in np.unique(c["pid"][other]):
-                    if not _alive(int(pid)):
-                        free |= other & (c["pid"] == pid)
-            mine = rows[free]
-            self.claims[mine] = (now, os.getpid())
-        return mine
+            now, pid = time.time(), os.getpid()
+            mine = rows[self._free(rows, now)]
+            self.claims[mine] = (now, pid)
+            theirs = []
+            for sib in siblings:
+                r = mine[sib._free(mine, now)] if mine.size else mine
+                sib.claims[r] = (now, pid)
+                theirs.append(r)
+        return mine, theirs
 
     def _write(self, rows: np.ndarray, values: np.ndarray) -> None:
         self.data[rows] = values.astype(self.layout.dtype, copy=False)
         self.flags[rows] = 1  # after the data: a reader that sees the flag sees the values
 
-    def fetch(self, rows: np.ndarray, compute: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, int]:
+    def _release(self, rows: np.ndarray) -> None:
+        self.claims[rows[self.flags[rows] == 0]] = (0.0, 0)
+
+    def fetch(self, rows: np.ndarray, compute: Callable[..., Any],
+              siblings: Sequence["TeacherStore"] = ()) -> tuple[np.ndarray, int]:
         """The stored values of `rows` (len(rows) x width), computing the missing ones.
 
-        compute(positions) gets positions into `rows` and returns their values (len x width, float).
-        Returns (values as stored, number of entries this call computed)."""
+        compute(positions, sibling_positions) gets positions into `rows` of the entries to compute
+        for this store and, per sibling, the positions (a subset) to fill there too; it returns
+        (values len x width, [values per sibling]). Returns (values as stored, entries computed)."""
         where = {int(r): i for i, r in enumerate(rows)}
+        pos = lambda rs: np.fromiter((where[int(r)] for r in rs), np.int64, len(rs))  # noqa: E731
         missing = rows[self.flags[rows] == 0]
         done = 0
         while missing.size:
-            mine = self._claim(missing)
+            mine, theirs = self._claim(missing, siblings)
             if mine.size:
                 try:
-                    values = compute(np.fromiter((where[int(r)] for r in mine), np.int64, mine.size))
+                    values, sib_values = compute(pos(mine), [pos(r) for r in theirs])
+                    for sib, r, v in zip(siblings, theirs, sib_values):
+                        sib._write(r, np.asarray(v))
                     self._write(mine, np.asarray(values))
-                except BaseException:
-                    self.claims[mine[self.flags[mine] == 0]] = (0.0, 0)  # release: others need not wait
+                except BaseException:  # release: others need not wait for a claim that will not be filled
+                    self._release(mine)
+                    for sib, r in zip(siblings, theirs):
+                        sib._release(r)
                     raise
                 done += int(mine.size)
             missing = missing[self.flags[missing] == 0]
