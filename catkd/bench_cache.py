@@ -221,7 +221,7 @@ def bench_smoke_study(study: str = SMOKE_STUDY) -> dict:
             shutil.rmtree(Path(tmp) / ".cache" / "teacher", ignore_errors=True)  # a cold store
             wall, rows = _run_smoke_study(study, tmp, f"cache-{label}", extra=sets)
             runs[label] = (wall, sum(int(r.get("teacher_images") or 0) for r in rows), len(rows))
-            stores = sorted(p.name for p in (Path(tmp) / ".cache" / "teacher").glob("*")) if label == "cache" else []
+            stores = sorted(p.name for p in (Path(tmp) / ".cache" / "teacher").glob("[!.]*")) if label == "cache" else []
             print(f"cache: {study} --smoke, teacher cache {label}: {wall:.0f} s wall, {runs[label][1]:,} teacher "
                   f"images forwarded in {len(rows)} trial-epochs" + (f"; stores: {', '.join(stores)}" if stores else ""))
         out["teacher_forward_fraction"] = runs["cache"][1] / runs["off"][1]
@@ -237,25 +237,13 @@ def bench_smoke_study(study: str = SMOKE_STUDY) -> dict:
     return out
 
 
-def asha_trial_epochs(num_samples: int, grace: int, rf: float, max_t: int) -> list[float]:
-    """Expected trials still running at each epoch under ASHA (one bracket): every rung (grace * rf^k)
-    keeps 1/rf of the trials that reach it, and at least one trial runs to max_t (Ray's asynchronous
-    ASHA promotes the first trial to reach a rung)."""
-    alive, rung, out = float(num_samples), grace, []
-    for epoch in range(1, max_t + 1):
-        out.append(alive)
-        if epoch == rung and epoch < max_t:
-            alive = max(alive / rf, 1.0)
-            rung = int(round(rung * rf))
-    return out
-
-
 def bench_real_fraction(study: str = SMOKE_STUDY) -> dict:
     """Distinct (image, view) pairs beta_sweep's seeds draw at real scale / teacher forwards without
     the cache, from the real loader's draws (CIFAR-100 sizes and split; no images, no training)."""
     from catkd.data.loader import TrainLoader
     from catkd.data.splits import stratified_holdout
     from catkd.study.checks import run_config
+    from catkd.study.estimate import asha_trial_epochs
     from catkd.study.spec import load_study
 
     spec = load_study(study)

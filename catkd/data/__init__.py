@@ -53,21 +53,26 @@ class DatasetEntry:
     num_classes: Callable[["Config"], int]
     image_size: Callable[["Config"], int]
     views: Callable[["Config"], Optional[ViewSet]]  # None: no finite view set (no teacher cache)
+    sizes: Callable[["Config"], tuple[int, int]] = lambda cfg: (0, 0)  # (training images as stored, test images)
 
 
 _CIFAR_VIEWS = ViewSet(32, 4, True)  # crop at offsets 0..8 of the 4-px zero-padded image, flip
 
 # DATASET.TYPE -> entry
 DATASETS: dict[str, DatasetEntry] = {
-    "cifar100": DatasetEntry(_cifar100, lambda cfg: 100, lambda cfg: 32, lambda cfg: _CIFAR_VIEWS),
+    "cifar100": DatasetEntry(_cifar100, lambda cfg: 100, lambda cfg: 32, lambda cfg: _CIFAR_VIEWS,
+                             lambda cfg: (50_000, 10_000)),
     "synthetic": DatasetEntry(
         _synthetic,
         lambda cfg: cfg.DATASET.SYNTHETIC.NUM_CLASSES,
         lambda cfg: cfg.DATASET.SYNTHETIC.IMAGE_SIZE,
         lambda cfg: ViewSet(cfg.DATASET.SYNTHETIC.IMAGE_SIZE, 4, True),
+        lambda cfg: (cfg.DATASET.SYNTHETIC.NUM_CLASSES * cfg.DATASET.SYNTHETIC.TRAIN_PER_CLASS,
+                     cfg.DATASET.SYNTHETIC.NUM_CLASSES * cfg.DATASET.SYNTHETIC.TEST_PER_CLASS),
     ),
     # the class count is the folders' (1000 for ILSVRC-2012); RandomResizedCrop: no finite view set
-    "imagenet": DatasetEntry(_imagenet, lambda cfg: 1000, lambda cfg: 224, lambda cfg: None),
+    "imagenet": DatasetEntry(_imagenet, lambda cfg: 1000, lambda cfg: 224, lambda cfg: None,
+                             lambda cfg: (1_281_167, 50_000)),  # ILSVRC-2012
 }
 
 

@@ -1,0 +1,248 @@
+"""`--dry-run`: what a study will cost, before it runs (nothing written, Ray not started).
+
+The plan: trials per stage, the epoch budget (the most it can take; under ASHA also the expected
+epochs from its rungs). The cost: a short measurement, on this machine's device, of each distinct
+(teacher, student, distiller, batch size, image size) of the study - training steps with the live
+teacher, with the teacher cache warm (the student's step plus reading targets), the teacher's
+forward alone (filling the cache) and the evaluation forward - turned into device-hours and wall
+time at the study's concurrency.
+
+Model (stated in the output): device time = trial-epochs x (training images / training img/s +
+evaluation images / evaluation img/s); with the cache, the teacher runs once per distinct (image,
+view) its seeds draw (the expected count for uniformly drawn views) and every step costs the
+warm-cache step. Wall = device time / concurrent trials, concurrency = min(max_concurrent, what this
+machine fits of the study's per-trial resources); trials sharing one GPU are assumed not to slow each
+other (a lower bound there; `python -m catkd.bench gpu` measures what 4 trials on one GPU give).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from catkd.config import Config
+from catkd.study.spec import StudySpec, expand_grid
+
+
+def asha_trial_epochs(num_samples: int, grace: int, rf: float, max_t: int) -> list[float]:
+    """Expected trials still running at each epoch 1..max_t under ASHA (one bracket): every rung
+    (grace * rf^k) keeps 1/rf of the trials that reach it, and at least one trial runs to max_t
+    (Ray's asynchronous ASHA promotes the first trial to reach a rung)."""
+    alive, rung, out = float(num_samples), grace, []
+    for epoch in range(1, max_t + 1):
+        out.append(alive)
+        if epoch == rung and epoch < max_t:
+            alive = max(alive / rf, 1.0)
+            rung = int(round(rung * rf))
+    return out
+
+
+@dataclass
+class Group:
+    """Trials of one stage with the same cost key."""
+
+    stage: str
+    cfg: Config
+    trials: int
+    max_epochs: float  # trial-epochs if none is stopped early
+    expected_epochs: float  # under the stage's scheduler
+    seeds: tuple[int, ...]
+
+
+def _cost_key(cfg: Config) -> tuple:
+    return (cfg.DISTILLER.TYPE, cfg.DISTILLER.TEACHER, cfg.DISTILLER.STUDENT, cfg.SOLVER.BATCH_SIZE,
+            cfg.DATASET.TYPE, cfg.DATASET.SYNTHETIC.IMAGE_SIZE if cfg.DATASET.TYPE == "synthetic" else 0)
+
+
+def plan(spec: StudySpec) -> list[Group]:
+    """The trials of each stage, grouped by cost key, with their epoch budgets."""
+    from catkd.study.checks import run_config
+    from catkd.study.preflight import probe_configs
+
+    groups: list[Group] = []
+    if spec.search.algorithm == "grid":
+        cfgs = [run_config(spec, p) for p in expand_grid(spec)]
+    else:  # the sampled values are not known yet: spread num_samples over the finite model choices
+        probes = probe_configs(spec)
+        cfgs = [probes[i % len(probes)] for i in range(spec.search.num_samples)]
+    n = len(cfgs)
+    epochs = max(c.SOLVER.EPOCHS for c in cfgs)
+    if spec.scheduler.type == "asha":
+        expected_share = sum(asha_trial_epochs(n, spec.scheduler.grace_period, spec.scheduler.reduction_factor,
+                                               epochs)) / (n * epochs)
+    else:
+        expected_share = 1.0
+    by_key: dict[tuple, list[Config]] = {}
+    for c in cfgs:
+        by_key.setdefault(_cost_key(c), []).append(c)
+    for cs in by_key.values():
+        total = sum(c.SOLVER.EPOCHS for c in cs)
+        groups.append(Group("search", cs[0], len(cs), total, total * expected_share,
+                            tuple(sorted({c.EXPERIMENT.SEED for c in cs}))))
+    if spec.confirm is not None:
+        c = cfgs[0]
+        k = spec.confirm.top_k * len(spec.confirm.seeds)
+        groups.append(Group("confirm", c, k, k * c.SOLVER.EPOCHS, k * c.SOLVER.EPOCHS, tuple(spec.confirm.seeds)))
+    return groups
+
+
+# ---- measurement ------------------------------------------------------------------------------
+_MEASURED: dict[tuple, dict[str, float]] = {}
+
+
+def measure(cfg: Config, threads: int, steps: int = 3) -> dict[str, float]:
+    """Images/s on this machine's device: a training step with the live teacher, a warm-cache step
+    (the student's step; the cache bench measures it at 1.01-1.04x), the teacher's forward, and the
+    student's evaluation forward. Random weights and inputs: the speed does not depend on them."""
+    key = (*_cost_key(cfg), threads)
+    if key in _MEASURED:
+        return _MEASURED[key]
+    from catkd.data import dataset_entry
+    from catkd.distillers import DISTILLERS, build_distiller
+    from catkd.engine.trainer import resolve_device, train_step
+    from catkd.models import build_model
+
+    torch.set_num_threads(max(1, threads))
+    dev = resolve_device(cfg.RUN.DEVICE)
+    entry = dataset_entry(cfg)
+    k, size = entry.num_classes(cfg), entry.image_size(cfg)
+    family = "imagenet" if cfg.DATASET.TYPE == "imagenet" else "cifar"
+    kind = DISTILLERS.get(cfg.DISTILLER.TYPE)
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        student = build_model(cfg.DISTILLER.STUDENT, k, head_bias=kind.student_head_bias, family=family)
+        teacher = build_model(cfg.DISTILLER.TEACHER, k, family=family) if kind.needs_teacher else None
+    dist = build_distiller(cfg, student, teacher, k).to(dev)
+    dist.train()
+    opt = torch.optim.SGD(dist.learnable_parameters(), lr=1e-3, momentum=0.9)
+    b = cfg.SOLVER.BATCH_SIZE
+    x = torch.randn(b, 3, size, size, generator=g).to(dev)
+    y = torch.randint(0, k, (b,), generator=g).to(dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    null = contextlib.nullcontext
+
+    def timed(fn) -> float:
+        fn()  # warm-up
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        sync()
+        return (time.perf_counter() - t0) / steps
+
+    live = timed(lambda: train_step(dist, opt, x, y, {"epoch": 1}, null()))
+    out = {"train_live": b / live}
+    if teacher is not None:
+        with torch.no_grad():
+            t = {kk: v.detach() for kk, v in dist.live_targets(x).items()}
+        out["train_cached"] = b / timed(lambda: train_step(dist, opt, x, y, {"epoch": 1, "teacher_targets": t}, null()))
+        with torch.no_grad():
+            out["teacher_forward"] = b / timed(lambda: dist.teacher(x))
+    else:
+        out["train_cached"] = out["train_live"]
+    dist.eval()
+    with torch.no_grad():
+        out["eval"] = b / timed(lambda: dist.student(x))
+    _MEASURED[key] = out
+    return out
+
+
+def _slots(spec: StudySpec) -> tuple[int, str]:
+    cores = os.cpu_count() or 1
+    cpu = max(spec.resources.cpu, 1e-9)
+    fit = int(cores // cpu) or 1
+    what = f"{cores} CPU cores / {spec.resources.cpu:g} per trial"
+    if spec.resources.gpu and torch.cuda.is_available():
+        fit = min(fit, int(torch.cuda.device_count() / spec.resources.gpu))
+        what += f", {torch.cuda.device_count()} GPU / {spec.resources.gpu:g} per trial"
+    return max(1, min(spec.max_concurrent, fit)), what
+
+
+def estimate(spec: StudySpec, say=print) -> dict[str, Any]:
+    """Print the plan and the cost; return the figures (nothing written, Ray not started)."""
+    from catkd.data import dataset_entry
+    from catkd.distillers import DISTILLERS
+
+    groups = plan(spec)
+    slots, fits = _slots(spec)
+    threads = max(1, int(spec.resources.cpu))
+    device = "cuda" if (spec.resources.gpu and torch.cuda.is_available()) else "cpu"
+    say(f"plan of {spec.name}{' (SMOKE)' if spec.smoke_mode else ''}:")
+    for stage in ("search", "confirm"):
+        gs = [g for g in groups if g.stage == stage]
+        if not gs:
+            continue
+        n = sum(g.trials for g in gs)
+        how = (f"grid of {n}" if spec.search.algorithm == "grid" else f"{n} samples ({spec.search.algorithm})") \
+            if stage == "search" else f"top {spec.confirm.top_k} x seeds {list(spec.confirm.seeds)}"
+        mx, ex = sum(g.max_epochs for g in gs), sum(g.expected_epochs for g in gs)
+        sched = (f"; expected under ASHA (grace {spec.scheduler.grace_period}, reduction factor "
+                 f"{spec.scheduler.reduction_factor:g}): {ex:,.0f}" if stage == "search" and spec.scheduler.type == "asha" else "")
+        say(f"  [{stage}] {n} trials ({how}): at most {mx:,.0f} trial-epochs{sched}")
+    say(f"cost, measured on this machine ({device}, {threads} thread(s) per trial; {len({_cost_key(g.cfg) for g in groups})} "
+        f"distinct model/distiller setups, {3} timed steps each):")
+    total_live = total_cached = 0.0
+    fills: dict[tuple, dict[str, Any]] = {}
+    for g in groups:
+        cfg = g.cfg
+        entry = dataset_entry(cfg)
+        stored, test = entry.sizes(cfg)
+        train = stored - cfg.DATASET.VAL_SIZE
+        if cfg.DATASET.REDUCTION:
+            train = int(train * cfg.DATASET.RESERVED_CLASS_NUM / entry.num_classes(cfg) * cfg.DATASET.RESERVED_RATE)
+        evals = test + cfg.DATASET.VAL_SIZE
+        m = measure(cfg.model_copy(update={"RUN": cfg.RUN.model_copy(update={"DEVICE": device})}), threads)
+        per_epoch_live = train / m["train_live"] + evals / m["eval"]
+        per_epoch_cached = train / m["train_cached"] + evals / m["eval"]
+        live_s = g.expected_epochs * per_epoch_live
+        needs_teacher = DISTILLERS.get(cfg.DISTILLER.TYPE).needs_teacher
+        cache_on = needs_teacher and entry.views(cfg) is not None and cfg.RUN.TEACHER_CACHE != "off"
+        cached_s = g.expected_epochs * per_epoch_cached if cache_on else live_s
+        if cache_on:  # the teacher forwards every distinct (image, view) the seeds draw, once per teacher
+            f = fills.setdefault((cfg.DISTILLER.TEACHER, cfg.DATASET.TYPE), {"draws": {}, "cfg": cfg, "m": m,
+                                                                             "train": train, "views": entry.views(cfg).count})
+            for s in g.seeds:
+                f["draws"][s] = max(f["draws"].get(s, 0), cfg.SOLVER.EPOCHS)
+        total_live += live_s
+        total_cached += cached_s
+        say(f"  [{g.stage}] {g.trials} x {cfg.DISTILLER.TYPE} {cfg.DISTILLER.TEACHER + ' -> ' if needs_teacher else ''}"
+            f"{cfg.DISTILLER.STUDENT}, batch {cfg.SOLVER.BATCH_SIZE}: {m['train_live']:,.0f} img/s with the live "
+            f"teacher" + (f", {m['train_cached']:,.0f} img/s with the cache warm" if needs_teacher else "")
+            + f"; {g.expected_epochs:,.0f} trial-epochs of {train:,} training + {evals:,} evaluation images")
+    fill_s = 0.0
+    for (teacher, _), f in fills.items():
+        draws = sum(f["draws"].values())
+        distinct = f["train"] * f["views"] * (1 - (1 - 1 / f["views"]) ** draws)
+        fill_s += distinct / f["m"]["teacher_forward"]
+        say(f"  teacher cache: {teacher} forwards ~{distinct:,.0f} distinct (image, view) pairs once "
+            f"({len(f['draws'])} seed(s) x up to {max(f['draws'].values())} epochs), "
+            f"{f['m']['teacher_forward']:,.0f} img/s")
+    total_cached += fill_s
+    hours = lambda s: s / 3600  # noqa: E731
+    out = {"trial_epochs_max": sum(g.max_epochs for g in groups),
+           "trial_epochs_expected": sum(g.expected_epochs for g in groups),
+           "device_hours_live": hours(total_live), "device_hours": hours(total_cached),
+           "concurrency": slots, "wall_hours": hours(total_cached) / slots,
+           "wall_hours_live": hours(total_live) / slots}
+    cache_note = (f" (with the teacher cache; {out['device_hours_live']:,.2f} device-hours, "
+                  f"{_fmt_h(out['wall_hours_live'])} wall with the live teacher)" if fills else "")
+    say(f"estimate: {out['device_hours']:,.2f} device-hours; {_fmt_h(out['wall_hours'])} wall at {slots} concurrent "
+        f"trial(s) (max_concurrent {spec.max_concurrent}; this machine fits {fits}){cache_note}")
+    say("  model: device time = trial-epochs x (train images / train img/s + eval images / eval img/s), "
+        "expected ASHA epochs; wall = device time / concurrent trials (trials sharing a GPU assumed not to "
+        "slow each other); Ray start-up, checkpoints and stage barriers not counted")
+    return out
+
+
+def _fmt_h(h: float) -> str:
+    if h < 1 / 60:
+        return f"{h * 3600:.0f} s"
+    if h < 1:
+        return f"{h * 60:.1f} min"
+    return f"{h:.1f} h" if h < 48 else f"{h / 24:.1f} days"
+
