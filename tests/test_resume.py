@@ -148,10 +148,13 @@ def test_optuna_asha_confirm_study_killed_in_search_and_in_confirm_loses_and_rep
             same = [(r["test_acc"], r.get("val_acc"), r["train_loss"]) for r in raw if r["epoch"] == e]
             assert len(set(same)) == 1, (t["trial_id"], e, same)
         assert sorted(r["epoch"] for r in rows if r["trial_id"] == t["trial_id"]) == sorted(set(epochs))
-    # the Optuna study ends with num_samples trials
+    # the Optuna study ends with num_samples trials, in the searcher's state and in <experiment>/optuna.db
+    # (which the kill left with trials the searcher's last checkpoint never knew: told FAIL, not RUNNING)
     saved = sorted(exp.glob("searcher-state-*.pkl"))
     with open(saved[-1], "rb") as f:
         state = pickle.load(f)
-    study = state["_ot_study"] if isinstance(state, dict) else state[0]
-    assert len(study.trials) == 6
-    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
+    ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    for study in (state["_ot_study"] if isinstance(state, dict) else state[0],
+                  optuna.load_study(study_name="tiny", storage=f"sqlite:///{exp / 'optuna.db'}")):
+        assert len([t for t in study.trials if t.state in ended]) == 6
+        assert all(t.state in (*ended, optuna.trial.TrialState.FAIL) for t in study.trials)

@@ -1,5 +1,5 @@
 """python -m catkd.study STUDY.yaml [--smoke] [--resume] [--storage DIR] [--name NAME]
-[--address ADDR] [--dashboard/--no-dashboard] [--set KEY=VALUE ...]
+[--address ADDR] [--dashboard/--no-dashboard] [--set KEY=VALUE ...] [--log wandb|mlflow] [--dry-run]
 
 Exit 0 when the study finished (even if some trials failed; they are reported), 2 on bad input
 (before Ray starts, nothing written), 1 on any other failure.
@@ -31,6 +31,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          "anyone who reaches an open dashboard can run code on the cluster)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="change a study key, e.g. --set search.num_samples=8 --set fixed.SOLVER.EPOCHS=30")
+    ap.add_argument("--log", action="append", default=[], choices=["wandb", "mlflow"],
+                    help="also track every trial in Weights & Biases / MLflow (repeatable; optional extras)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="validate, print the trials, epoch budget and a measured cost estimate; run nothing")
     args = ap.parse_args(argv)
 
     from catkd.study.spec import StudyError, load_study, parse_set
@@ -41,6 +45,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"catkd.study: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     name = args.name or (spec.name + ("-smoke" if args.smoke else ""))
+    if args.dry_run:
+        return dry_run(spec, args.study)
+    from catkd.study.trackers import check_trackers
+
+    try:
+        check_trackers(args.log, args.study)
+    except StudyError as e:
+        print(f"catkd.study: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
     from catkd.study.runner import run_study
 
@@ -52,7 +65,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         return run_study(spec, args.study, Path(args.storage), name, resume=args.resume,
-                         address=args.address, dashboard=args.dashboard)
+                         address=args.address, dashboard=args.dashboard, trackers=tuple(dict.fromkeys(args.log)))
     except StudyError as e:
         print(f"catkd.study: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -71,6 +84,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 ray.shutdown()
         except Exception:
             pass
+
+
+def dry_run(spec, source: str) -> int:
+    """--dry-run: the plan and a measured cost estimate; nothing written, Ray not started. Exit 2 if
+    the pre-flight (dataset and teacher files) would stop the real run."""
+    from catkd.study.estimate import estimate
+    from catkd.study.preflight import absolutise, preflight
+    from catkd.study.progress import say
+    from catkd.study.spec import StudyError
+
+    spec, env = absolutise(spec)
+    estimate(spec, say=say)
+    if spec.smoke_mode:
+        say(f"--smoke: the small teacher ({spec.smoke.teacher}) is trained first unless it is cached; "
+            "not in the estimate")
+        return 0
+    import os
+
+    os.environ.update({k: v for k, v in env.items() if k.startswith("CATKD_") and k not in os.environ})
+    try:
+        preflight(spec, source)
+    except StudyError as e:
+        print(f"catkd.study: error: the real run would stop at pre-flight: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    say("pre-flight: dataset and teacher files found; nothing was written")
+    return 0
 
 
 if __name__ == "__main__":

@@ -79,6 +79,7 @@ def run_study(
     resume: bool = False,
     address: Optional[str] = None,
     dashboard: bool = True,
+    trackers: tuple[str, ...] = (),
 ) -> int:
     """Run (or resume) the study; returns the process exit code.
 
@@ -127,7 +128,7 @@ def run_study(
     teacher_cache_env(env, explicit=bool(os.environ.get(ENV_DIR)))
     if state.get("search") != "done":
         atomic_write_json(state_path, {**state, "search": "running"})
-        run_stage(spec, "search", storage, name, resume, env, writer)
+        run_stage(spec, "search", storage, name, resume, env, writer, trackers=trackers)
         state["search"] = "done"
         atomic_write_json(state_path, state)
     if spec.confirm is not None and state.get("confirm") != "done":
@@ -139,7 +140,7 @@ def run_study(
             state["confirm"] = "running"
             atomic_write_json(state_path, state)
             run_stage(spec, "confirm", exp_dir, "confirm", resume and (exp_dir / "confirm").exists(),
-                      env, writer, params)
+                      env, writer, params, trackers=trackers, study_dir=exp_dir)
         state["confirm"] = "done"
         atomic_write_json(state_path, state)
     trials = writer.write(study_done=True)

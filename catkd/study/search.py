@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Optional
 
 import optuna
@@ -22,6 +23,18 @@ class HonestOptunaSearch(OptunaSearch):
     is told PRUNED; TPE ranks pruned trials by that last value, as with Optuna's own pruners.
     A diverged trial reports a NaN metric and ends as FAIL.
     """
+
+    def restore(self, checkpoint_path: str) -> None:
+        """After a kill, the study's database may hold trials the searcher's last checkpoint does not
+        know (started after it): they will never report, so they are told FAIL, not left RUNNING."""
+        super().restore(checkpoint_path)
+        study = getattr(self, "_ot_study", None)
+        if study is None:
+            return
+        known = {t._trial_id for t in self._ot_trials.values()}
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if t._trial_id not in known:
+                study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -48,8 +61,11 @@ class HonestOptunaSearch(OptunaSearch):
         return super().on_trial_complete(trial_id, result, error)
 
 
-def make_searcher(spec: StudySpec, metric: str, mode: str) -> Optional[OptunaSearch]:
-    """Searcher for the study's search.algorithm (None for grid: Tune's grid_search does it)."""
+def make_searcher(spec: StudySpec, metric: str, mode: str, db: Optional[Path] = None) -> Optional[OptunaSearch]:
+    """Searcher for the study's search.algorithm (None for grid: Tune's grid_search does it).
+
+    The Optuna study lives in `db` (SQLite, `<experiment>/optuna.db`), written as the study runs:
+    `optuna-dashboard sqlite:///<experiment>/optuna.db` shows it live."""
     algo = spec.search.algorithm
     if algo == "grid":
         return None
@@ -58,4 +74,8 @@ def make_searcher(spec: StudySpec, metric: str, mode: str) -> Optional[OptunaSea
         sampler = optuna.samplers.TPESampler(seed=spec.search.seed, n_startup_trials=startup)
     else:
         sampler = optuna.samplers.RandomSampler(seed=spec.search.seed)
-    return HonestOptunaSearch(space=DefineByRun(spec), metric=metric, mode=mode, sampler=sampler)
+    storage = None
+    if db is not None:
+        storage = optuna.storages.RDBStorage(f"sqlite:///{Path(db).resolve()}")
+    return HonestOptunaSearch(space=DefineByRun(spec), metric=metric, mode=mode, sampler=sampler,
+                              storage=storage, study_name=spec.name if storage is not None else None)

@@ -64,12 +64,15 @@ def run_stage(
     env: dict[str, str],
     writer: ResultsWriter,
     params_list: Optional[list[dict[str, Any]]] = None,
+    trackers: tuple[str, ...] = (),
+    study_dir: Optional[Path] = None,
 ) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from catkd.study.search import make_searcher
     from catkd.study.space import param_space
+    from catkd.study.trackers import tracker_callbacks
     from catkd.study.trainable import train_trial
 
     import ray
@@ -81,6 +84,7 @@ def run_stage(
         gpu = 0
     resources = {"cpu": spec.resources.cpu, "gpu": gpu}
     exp_path = storage / name
+    study_dir = study_dir or exp_path  # the experiment directory (the confirm stage runs in a subfolder)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, study=spec.model_dump(mode="json"), env=env, cpus=spec.resources.cpu,
                              exp_path=str(exp_path)),
@@ -91,7 +95,7 @@ def run_stage(
         tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True)
     else:
         if stage == "search":
-            searcher = make_searcher(spec, metric, spec.mode)
+            searcher = make_searcher(spec, metric, spec.mode, study_dir / "optuna.db")
             space = param_space(spec)
             num_samples = spec.search.num_samples if searcher is not None else 1
             if spec.scheduler.type == "asha":
@@ -123,7 +127,8 @@ def run_stage(
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=str(storage),
-                callbacks=[make_callback(writer, metric, stage)],
+                callbacks=[make_callback(writer, metric, stage),
+                           *tracker_callbacks(list(trackers), spec, study_dir, study_dir.name, stage)],
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 verbose=0,

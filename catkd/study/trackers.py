@@ -1,0 +1,103 @@
+"""`--log wandb` / `--log mlflow`: one tracked run per trial through Ray Tune's own logger callbacks.
+
+Each trial is a run named by its trial, grouped by study and stage (W&B: project `$WANDB_PROJECT` or
+"catkd", group "<study>/<stage>"; MLflow: experiment "<experiment name>", tags study and stage), with
+the study's fixed settings and the trial's parameters as the run's config, and every per-epoch
+metric. Runs land under the experiment directory unless the trackers' own environment variables
+point elsewhere: W&B in `<experiment>/wandb` (`WANDB_DIR`; offline, `wandb sync`-able, when no API
+key is configured or `WANDB_MODE=offline`), MLflow in the local store `<experiment>/mlflow.db`
+(SQLite: MLflow 3 no longer creates file stores; `MLFLOW_TRACKING_URI` points elsewhere). The extras are optional: `pip install 'catkd[wandb]'` / `'catkd[mlflow]'`.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+from catkd.study.progress import say
+from catkd.study.spec import StudyError, StudySpec, canonical
+
+TRACKERS = {"wandb": ("wandb", "catkd[wandb]"), "mlflow": ("mlflow", "catkd[mlflow]")}
+
+
+def check_trackers(names: list[str], source: str) -> None:
+    """Before anything starts: every asked-for tracker is installed (exit 2 with the pip command)."""
+    for n in names:
+        module, extra = TRACKERS[n]
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise StudyError(f"{source}: --log {n}: the {module} package is not installed; "
+                             f"install it with: pip install '{extra}'") from None
+
+
+def _settings(spec: StudySpec, stage: str, trial_config: dict[str, Any]) -> dict[str, Any]:
+    from catkd.study.space import trial_params
+
+    fixed = {canonical(k): v for k, v in spec.fixed.items()}
+    return {"study": spec.name, "stage": stage, "base": spec.base, **fixed, **trial_params(trial_config)}
+
+
+def tracker_callbacks(names: list[str], spec: StudySpec, exp_dir: Path, name: str, stage: str) -> list[Any]:
+    out: list[Any] = []
+    if "wandb" in names:
+        out.append(_wandb(spec, exp_dir, stage))
+    if "mlflow" in names:
+        out.append(_mlflow(spec, exp_dir, name, stage))
+    return out
+
+
+def _with_settings(cls, spec: StudySpec, stage: str):
+    """A logger callback whose run config is the trial's settings, not only its sampled parameters."""
+
+    class WithSettings(cls):
+        def __del__(self):  # Ray's __del__ fails noisily when it runs after Ray's own teardown
+            try:
+                getattr(super(), "__del__", lambda: None)()
+            except Exception:
+                pass
+
+        def log_trial_start(self, trial):
+            params = trial.config
+            trial.config = _settings(spec, stage, params)
+            try:
+                super().log_trial_start(trial)
+            finally:
+                trial.config = params
+
+    return WithSettings
+
+
+def _wandb(spec: StudySpec, exp_dir: Path, stage: str):
+    import wandb
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    if not os.environ.get("WANDB_MODE") and not os.environ.get("WANDB_API_KEY"):
+        try:
+            logged_in = bool(wandb.api.api_key)
+        except Exception:
+            logged_in = False
+        if not logged_in:
+            os.environ["WANDB_MODE"] = "offline"
+            say("W&B: no API key configured: runs are written offline (upload them later with `wandb sync`)")
+    wandb_dir = Path(os.environ.get("WANDB_DIR") or exp_dir)
+    wandb_dir.mkdir(parents=True, exist_ok=True)
+    project = os.environ.get("WANDB_PROJECT") or "catkd"
+    group = f"{spec.name}/{stage}"
+    say(f"W&B: one run per trial, project {project}, group {group}, in {wandb_dir / 'wandb'}")
+    # the logging actors run in Ray workers, which need not share the driver's environment (an existing
+    # cluster): the mode goes to wandb.init itself
+    extra = {"mode": os.environ["WANDB_MODE"]} if os.environ.get("WANDB_MODE") else {}
+    return _with_settings(WandbLoggerCallback, spec, stage)(project=project, group=group, dir=str(wandb_dir),
+                                                            **extra)
+
+
+def _mlflow(spec: StudySpec, exp_dir: Path, name: str, stage: str):
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    # MLflow 3 refuses new file stores ("maintenance mode"): a SQLite store in the experiment directory
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(exp_dir / 'mlflow.db').resolve()}"
+    say(f"MLflow: one run per trial, experiment {name}, tag stage={stage}, tracking URI {uri}")
+    return _with_settings(MLflowLoggerCallback, spec, stage)(
+        tracking_uri=uri, experiment_name=name, tags={"study": spec.name, "stage": stage})

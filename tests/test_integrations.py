@@ -1,0 +1,227 @@
+"""The tools researchers already use: the Optuna study in <experiment>/optuna.db (optuna-dashboard),
+W&B and MLflow runs through Ray Tune's callbacks, and --dry-run's cost estimate."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from catkd.study import runner
+from catkd.study.__main__ import main as study_main
+from catkd.study.spec import load_study
+
+from _helpers import TINY
+
+
+def _study_file(tmp: Path) -> Path:
+    data = yaml.safe_load(TINY)
+    data["confirm"] = {"top_k": 1, "seeds": [1]}  # real scale; --smoke confirms with seeds 1, 2
+    p = tmp / "tiny.yaml"
+    p.write_text(yaml.safe_dump(data, sort_keys=False))
+    return p
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory, ray_session):
+    """The tiny smoke study (search + confirm) with --log wandb --log mlflow, W&B offline."""
+    tmp = tmp_path_factory.mktemp("tracked")
+    old = {k: os.environ.get(k) for k in ("WANDB_MODE", "WANDB_DIR", "MLFLOW_TRACKING_URI", "WANDB_SILENT")}
+    os.environ.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    for k in ("WANDB_DIR", "MLFLOW_TRACKING_URI"):
+        os.environ.pop(k, None)
+    try:
+        spec = load_study(_study_file(tmp), smoke=True)
+        assert runner.run_study(spec, "tiny", tmp / "store", "tiny-smoke", dashboard=False,
+                                trackers=("wandb", "mlflow")) == 0
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return tmp / "store" / "tiny-smoke"
+
+
+def _trials(exp: Path) -> list[dict]:
+    return pq.read_table(exp / "trials.parquet").to_pylist()
+
+
+def _rows(exp: Path) -> list[dict]:
+    return pq.read_table(exp / "results.parquet").to_pylist()
+
+
+@pytest.mark.ray
+def test_optuna_db_holds_the_search_trials_with_their_states_and_intermediate_values(tracked):
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tracked / 'optuna.db'}")
+    search = [t for t in _trials(tracked) if t["stage"] == "search"]
+    assert len(study.trials) == len(search) == 6
+    states = sorted(t.state.name for t in study.trials)
+    assert states == sorted("PRUNED" if t["status"] == "stopped" else "COMPLETE" for t in search)
+    assert "PRUNED" in states
+    rows = [r for r in _rows(tracked) if r["stage"] == "search"]
+    by_beta = {}
+    for r in rows:
+        by_beta.setdefault(r["CAT_KD.LOSS.CAT_loss_weight"], {})[r["epoch"]] = r["val_acc"]
+    for t in study.trials:  # every epoch the trial reported, at its epoch, with its value
+        assert t.intermediate_values == pytest.approx(by_beta[t.params["beta"]])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.ray
+def test_optuna_dashboard_serves_the_study_on_localhost(tracked):
+    port = _free_port()
+    exe = Path(sys.executable).parent / "optuna-dashboard"
+    proc = subprocess.Popen([str(exe), f"sqlite:///{tracked / 'optuna.db'}", "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        body, t0 = None, time.time()
+        while body is None and time.time() - t0 < 60:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+                    body = json.loads(r.read())
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None, "optuna-dashboard did not answer"
+        summaries = body["study_summaries"]
+        assert [s["study_name"] for s in summaries] == ["tiny"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summaries[0]['study_id']}",
+                                    timeout=10) as r:
+            detail = json.loads(r.read())
+        assert len(detail["trials"]) == 6
+        assert {t["state"] for t in detail["trials"]} >= {"Pruned", "Complete"}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def wandb_records(path: Path):
+    """The protobuf records of an offline W&B run file: wandb's LevelDB-style log (a 7-byte file
+    header ':W&B', then 32 KiB blocks of records, each with a (crc32, length, type) header and split
+    FULL / FIRST, MIDDLE.., LAST across blocks)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, block, hdr = path.read_bytes(), 32768, 7
+    assert data[:4] == b":W&B"
+    pos, buf, out = hdr, b"", []
+    while pos + hdr <= len(data):
+        left = block - pos % block
+        if left < hdr:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + hdr])
+        if kind == 0 and length == 0:
+            pos += left
+            continue
+        chunk = data[pos + hdr:pos + hdr + length]
+        pos += hdr + length
+        buf = chunk if kind in (1, 2) else buf + chunk
+        if kind in (1, 4):
+            r = pb.Record()
+            r.ParseFromString(buf)
+            out.append(r)
+            buf = b""
+    return out
+
+
+@pytest.mark.ray
+def test_wandb_has_one_offline_run_per_trial_grouped_by_study_and_stage_with_every_epoch(tracked):
+    trials = _trials(tracked)
+    runs = sorted((tracked / "wandb").glob("offline-run-*"))
+    assert len(runs) == len(trials) == 8  # 6 search + 1 config x the 2 smoke confirm seeds
+    rows = _rows(tracked)
+    for run in runs:
+        (f,) = run.glob("run-*.wandb")
+        meta, history, config = None, [], {}
+        for r in wandb_records(f):
+            kind = r.WhichOneof("record_type")
+            if kind == "run":
+                meta = r.run
+                config.update({i.key: json.loads(i.value_json) for i in r.run.config.update})
+            elif kind == "config":
+                config.update({i.key: json.loads(i.value_json) for i in r.config.update})
+            elif kind == "history":
+                history.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item})
+        trial = next(t for t in trials if t["trial_id"] == meta.run_id)
+        assert meta.project == "catkd" and meta.run_group == f"tiny/{trial['stage']}"
+        assert config["stage"] == trial["stage"] and config["study"] == "tiny"
+        assert config["beta"] == pytest.approx(trial["CAT_KD.LOSS.CAT_loss_weight"])
+        assert config["DATASET.TYPE"] == "synthetic"
+        mine = sorted((r["epoch"], r["test_acc"]) for r in rows if r["trial_id"] == trial["trial_id"])
+        got = sorted((h["epoch"], h["test_acc"]) for h in history if "test_acc" in h)
+        assert [e for e, _ in got] == [e for e, _ in mine]
+        assert [v for _, v in got] == pytest.approx([v for _, v in mine])
+
+
+@pytest.mark.ray
+def test_mlflow_has_one_run_per_trial_with_its_settings_and_every_epoch(tracked):
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tracked / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny-smoke")
+    runs = client.search_runs([exp.experiment_id])
+    trials = {t["trial_id"]: t for t in _trials(tracked)}
+    assert len(runs) == len(trials) == 8
+    stages = sorted(r.data.tags["stage"] for r in runs)
+    assert stages == sorted(t["stage"] for t in trials.values())
+    rows = _rows(tracked)
+    for run in runs:
+        tid = next(t for t in trials if t in run.data.tags["trial_name"])
+        assert run.data.tags["study"] == "tiny"
+        assert float(run.data.params["beta"]) == pytest.approx(trials[tid]["CAT_KD.LOSS.CAT_loss_weight"])
+        hist = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "test_acc"))
+        want = [r["test_acc"] for r in sorted((r for r in rows if r["trial_id"] == tid), key=lambda r: r["epoch"])]
+        assert [v for _, v in hist] == pytest.approx(want)
+
+
+@pytest.mark.parametrize("tracker", ["wandb", "mlflow"])
+def test_a_missing_tracker_extra_is_exit_2_with_the_pip_command(tmp_path, monkeypatch, capsys, tracker):
+    monkeypatch.setitem(sys.modules, tracker, None)  # import fails as if not installed
+    p = _study_file(tmp_path)
+    rc = study_main([str(p), "--smoke", "--no-dashboard", "--storage", str(tmp_path / "s"), "--log", tracker])
+    assert rc == 2
+    assert f"pip install 'catkd[{tracker}]'" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_dry_run_prints_plan_and_estimate_writes_nothing_and_starts_no_ray(tmp_path, capsys, monkeypatch):
+    import ray
+
+    def no_ray(*a, **k):
+        raise AssertionError("--dry-run started Ray")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    p = _study_file(tmp_path)
+    rc = study_main([str(p), "--smoke", "--dry-run", "--storage", str(tmp_path / "s")])
+    out = capsys.readouterr().out
+    assert rc == 0 and not (tmp_path / "s").exists()
+    assert "[search] 6 trials" in out and "[confirm] 2 trials" in out
+    assert "at most 24 trial-epochs" in out  # 6 x 4 epochs
+    assert "expected under ASHA" in out and "estimate:" in out and "device-hours" in out
+    assert "img/s with the live teacher" in out and "teacher cache" in out
+
+
+def test_dry_run_of_a_real_study_without_its_data_says_preflight_would_stop_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CATKD_DATA", str(tmp_path / "nodata"))
+    p = _study_file(tmp_path)
+    rc = study_main([str(p), "--dry-run", "--storage", str(tmp_path / "s"), "--set", "fixed.SOLVER.EPOCHS=2",
+                     "--set", "search.num_samples=2"])
+    captured = capsys.readouterr()
+    assert "estimate:" in captured.out
+    assert rc == 2 and "pre-flight" in captured.err and "CIFAR-100 not found" in captured.err
+    assert not (tmp_path / "s").exists()
