@@ -16,6 +16,7 @@ named figures. (Not a test: nothing here asserts a time.)
 - cache: what the teacher cache saves (catkd.bench_cache: the warm-cache step over the student's
   step, same-seed sharing, teacher forwards and wall of beta_sweep --smoke with over without it,
   the real-scale fraction from the loader's draws, the store dtype's loss difference).
+- estimate (not in `all`): --dry-run's estimate of beta_sweep --smoke vs the same study run.
 - asha (not in `all`: ~25 min here): a β grid on the synthetic data run to the end vs the same grid
   under ASHA, handed to ASHA in three orders (ascending, descending, a seeded shuffle): the share of
   the grid's epochs ASHA trained per order and at worst ("asha_epoch_fraction_max") and whether
@@ -384,10 +385,42 @@ def bench_cache() -> dict:
     return run()
 
 
+def bench_estimate(study: str = "studies/beta_sweep.yaml") -> dict:
+    """--dry-run's estimate of a --smoke study's wall vs the wall of the same study run (the smoke
+    teacher trained and cached first, untimed): actual / estimated."""
+    import io
+    import shutil
+    import tempfile
+    from contextlib import redirect_stdout
+    from pathlib import Path
+
+    from catkd.study.estimate import estimate
+    from catkd.study.preflight import absolutise, ensure_smoke_teacher
+    from catkd.study.spec import load_study
+
+    tmp = tempfile.mkdtemp(prefix="catkd-bench-estimate-")
+    try:
+        spec = load_study(study, smoke=True)
+        ensure_smoke_teacher(spec, Path(tmp) / ".cache" / "teachers")
+        buf = io.StringIO()
+        with redirect_stdout(buf):
+            est = estimate(absolutise(spec)[0])
+        wall, rows = _run_smoke_study(study, tmp, "estimate")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    est_s = est["wall_hours"] * 3600
+    train_s = sum(r["epoch_seconds"] + r["eval_seconds"] for r in rows) / est["concurrency"]
+    print(f"estimate: {study} --smoke: estimated {est_s:.0f} s wall ({est['trial_epochs_expected']:.0f} expected "
+          f"trial-epochs), measured {wall:.0f} s ({len(rows)} trial-epochs; the trials' own train + eval time / "
+          f"{est['concurrency']} slots: {train_s:.0f} s): actual / estimate {wall / est_s:.2f}")
+    return {"estimate_wall_s": est_s, "actual_wall_s": wall, "actual_over_estimate": wall / est_s,
+            "actual_trial_time_over_estimate": train_s / est_s}
+
+
 BENCHES = {"step": bench_step, "pipeline": bench_pipeline, "study": bench_study, "cache": bench_cache}
 # not part of `all`: gpu needs a CUDA device; asha (a grid and three ASHA orders, ~25 min on 2 cores)
 # would take `all` past its 25-minute budget
-EXTRA = {"gpu": bench_gpu, "asha": bench_asha}
+EXTRA = {"gpu": bench_gpu, "asha": bench_asha, "estimate": bench_estimate}
 
 
 def main(argv=None) -> int:

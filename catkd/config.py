@@ -91,7 +91,7 @@ class LogCfg(_Section):
     TENSORBOARD_FREQ: int = 500
     SAVE_CHECKPOINT_FREQ: int = Field(40, ge=0)  # also keep epoch_<e>.pth every this many epochs (0: never)
     PREFIX: str = "./output"
-    WANDB: bool = False
+    WANDB: bool = False  # catkd.train: log each epoch to Weights & Biases (project EXPERIMENT.PROJECT)
 
 
 class KDLossCfg(_Section):
@@ -195,17 +195,15 @@ IGNORED_KEYS = {
     "if_test": ("in the reference it switches the models to their CAM heads (bias-free 1x1 conv); "
                 "catkd always uses CAM heads for CAT/CAT-KD and ordinary heads for the other methods"),
     "device": "set RUN.DEVICE instead",
-    "LOG.WANDB": "no wandb logging; metrics go to the output directory (and Ray/TensorBoard in studies)",
     "LOG.TENSORBOARD_FREQ": "metrics are logged per epoch",
     "SOLVER.TRAINER": "one trainer serves every distiller",
-    "EXPERIMENT.PROJECT": "used only by wandb in the reference",
     "CAT_KD.student_dir": "the reference's path for a student checkpoint; catkd trains students from scratch",
     **{key: _NO_SUCH_PATH for key in (
         "if_Augment", "if_useFactor", "if_self_train",
         "CAT_KD.if_Augment", "CAT_KD.if_useFactor", "CAT_KD.if_self_train")},
 }
 # Ignored keys that are noise in nearly every reference file: no notice.
-_SILENT_KEYS = {"SOLVER.TRAINER", "EXPERIMENT.PROJECT"}
+_SILENT_KEYS = {"SOLVER.TRAINER"}
 # MDistiller sections of distillers that catkd does not implement: accepted, ignored.
 IGNORED_SECTIONS = {"AT", "RKD", "FITNET", "KDSVD", "CRD", "NST", "PKT", "SP", "VID", "REVIEWKD"}
 # Spellings the reference's files use that we map onto our keys.
@@ -259,7 +257,7 @@ def _normalise(raw: dict, source: str, quiet: bool) -> dict:
     for key, why in IGNORED_KEYS.items():
         if key in flat:
             _pop_dotted(raw, key)
-            if not quiet and key not in _SILENT_KEYS and not (key == "LOG.WANDB" and not flat[key]):
+            if not quiet and key not in _SILENT_KEYS:
                 notice(f"{source}: {key} ignored ({why})")
     for old, new in RENAMED_KEYS.items():
         if old in flat:

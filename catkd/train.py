@@ -34,6 +34,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from catkd.engine import Trainer
     from catkd.engine.checkpoint import CheckpointError
     from catkd.models import TeacherWeightsError
+    from catkd.tracking import wandb_run
 
     try:
         overrides = parse_overrides(args.overrides)
@@ -52,7 +53,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if trainer.targets is not None:
             where = trainer.targets.store.dir if trainer.targets.cached else "off: live teacher"
             print(f"catkd: teacher cache: {where}", flush=True)
-        result = trainer.fit()
+        tracker = wandb_run(cfg, out_dir, lambda m: print(f"catkd: note: {m}", file=sys.stderr)) \
+            if cfg.LOG.WANDB else None
+        result = trainer.fit(report=tracker[0] if tracker else None)
+        if tracker:
+            tracker[1](result.status)
     except (ConfigError, DataError, TeacherWeightsError, CheckpointError) as e:
         msg = str(e)
         if args.cfg not in msg and "cfg_path" in locals() and str(cfg_path) not in msg:

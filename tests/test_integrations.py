@@ -225,3 +225,49 @@ def test_dry_run_of_a_real_study_without_its_data_says_preflight_would_stop_it(t
     assert "estimate:" in captured.out
     assert rc == 2 and "pre-flight" in captured.err and "CIFAR-100 not found" in captured.err
     assert not (tmp_path / "s").exists()
+
+
+SMALL_RUN = ["DATASET.TYPE", "synthetic", "DATASET.SYNTHETIC.NUM_CLASSES", "4", "DATASET.SYNTHETIC.TRAIN_PER_CLASS",
+             "20", "DATASET.SYNTHETIC.TEST_PER_CLASS", "5", "SOLVER.EPOCHS", "2", "DISTILLER.STUDENT", "resnet8",
+             "RUN.PROGRESS", "none", "LOG.WANDB", "True", "EXPERIMENT.PROJECT", "mine"]
+
+
+def test_catkd_train_honours_log_wandb_with_one_offline_run_and_a_log_per_epoch(tmp_path, monkeypatch):
+    from catkd.train import main as train_main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    out = tmp_path / "run"
+    assert train_main(["--cfg", "cifar100/vanilla/resnet20", *SMALL_RUN, "--out", str(out)]) == 0
+    (f,) = out.glob("wandb/offline-run-*/run-*.wandb")
+    records = wandb_records(f)
+    run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    assert run.project == "mine"
+    history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+               for r in records if r.WhichOneof("record_type") == "history"]
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert [h["test_acc"] for h in history] == pytest.approx([m["test_acc"] for m in metrics])
+
+
+def test_catkd_train_without_wandb_installed_says_so_and_trains(tmp_path, monkeypatch, capsys):
+    from catkd.train import main as train_main
+
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    assert train_main(["--cfg", "cifar100/vanilla/resnet20", *SMALL_RUN, "--out", str(tmp_path / "r")]) == 0
+    assert "pip install 'catkd[wandb]'" in capsys.readouterr().err
+    assert (tmp_path / "r" / "metrics.jsonl").is_file()
+
+
+def test_progress_is_a_tqdm_bar_on_a_terminal_and_one_line_per_epoch_otherwise(tmp_path, capsys):
+    from catkd.train import main as train_main
+
+    base = [a for a in SMALL_RUN if a not in ("LOG.WANDB", "True")]
+    assert train_main(["--cfg", "cifar100/vanilla/resnet20", *base, "RUN.PROGRESS", "bar", "--out", str(tmp_path / "a")]) == 0
+    bar = capsys.readouterr()
+    assert "epoch 1/2" in bar.err and "step" in bar.err and "\r" in bar.err  # tqdm's live bar
+    assert train_main(["--cfg", "cifar100/vanilla/resnet20", *base, "--out", str(tmp_path / "b")]) == 0  # auto, no tty
+    plain = capsys.readouterr()
+    assert "\r" not in plain.err and "\r" not in plain.out
+    assert [line.split()[1] for line in plain.out.splitlines() if line.startswith("epoch ")] == ["1/2", "2/2"]

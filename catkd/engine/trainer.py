@@ -98,27 +98,14 @@ def check_teacher_file(cfg: Config) -> Path:
     return path
 
 
-class Progress:
-    """A carriage-return progress line on a terminal; silent otherwise (epoch lines still print)."""
+def progress_bar(mode: str, total: int, label: str):
+    """A tqdm bar over an epoch's steps on a terminal (RUN.PROGRESS auto) or when asked (bar); off for
+    logs and CI, where the one line per epoch is the progress."""
+    from tqdm import tqdm
 
-    def __init__(self, mode: str, total: int, label: str):
-        self.on = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
-        self.total, self.label, self.t0, self.last = total, label, time.time(), 0.0
-
-    def update(self, step: int) -> None:
-        now = time.time()
-        if not self.on or (now - self.last < 0.5 and step < self.total):
-            return
-        self.last = now
-        done = step / max(self.total, 1)
-        bar = "#" * int(24 * done)
-        sys.stderr.write(f"\r{self.label} [{bar:<24}] {step}/{self.total} {now - self.t0:5.1f}s")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.on:
-            sys.stderr.write("\r" + " " * 70 + "\r")
-            sys.stderr.flush()
+    on = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
+    return tqdm(total=total, desc=label, unit="step", leave=False, disable=not on, file=sys.stderr,
+                dynamic_ncols=True, mininterval=0.5)
 
 
 class Trainer:
@@ -199,7 +186,7 @@ class Trainer:
         cfg, dist = self.cfg, self.distiller
         dist.train()
         loader = self.data.train
-        progress = Progress(cfg.RUN.PROGRESS, len(loader), f"epoch {epoch}")
+        progress = progress_bar(cfg.RUN.PROGRESS, len(loader), f"epoch {epoch}/{cfg.SOLVER.EPOCHS}")
         sums: dict[str, Tensor] = {}
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         total_loss = torch.zeros((), device=self.device)
@@ -217,7 +204,7 @@ class Trainer:
                 correct += (logits.argmax(1) == targets).sum()
             if step % cfg.RUN.CHECK_FINITE_EVERY == 0 and not torch.isfinite(total_loss).item():
                 raise DivergedError(f"non-finite loss at epoch {epoch}, step {step}")
-            progress.update(step)
+            progress.update(1)
         progress.close()
         if cfg.DATASET.TYPE != "imagenet" and self.device.type == "cuda":
             torch.cuda.synchronize()

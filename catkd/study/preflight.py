@@ -92,7 +92,7 @@ def ensure_smoke_teacher(spec: StudySpec, cache: Path) -> Optional[Path]:
         "EXPERIMENT": {**cfg.EXPERIMENT.model_dump(), "SEED": 0},
         "DATASET": {**cfg.DATASET.model_dump(), "REDUCTION": False},
         "CAT_KD": {},
-        "RUN": {**cfg.RUN.model_dump(), "PROGRESS": "none"},
+        "RUN": {**cfg.RUN.model_dump(), "PROGRESS": "auto"},  # a bar on a terminal, epoch lines always
     })
     key = hashlib.sha1(json.dumps([cfg.DATASET.model_dump(), cfg.SOLVER.model_dump(), spec.smoke.teacher],
                                   sort_keys=True).encode()).hexdigest()[:12]
