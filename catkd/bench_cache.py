@@ -62,7 +62,8 @@ def _interleaved(fns: dict, repeats: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def bench_cached_step(batch: int = 64, repeats: int = 30) -> dict:
+def bench_cached_step(batch: int = 64, repeats: int = 30, teacher: str = "resnet56", student: str = "resnet20",
+                      resolution: int = 2, device: str = "cpu") -> dict:
     import torch.nn.functional as F
 
     from catkd.data.loader import TrainBatch
@@ -72,14 +73,16 @@ def bench_cached_step(batch: int = 64, repeats: int = 30) -> dict:
     from catkd.teacher_cache.provider import CachedTargets
     from catkd.teacher_cache.store import Layout, TeacherStore
 
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
-    t = build_model("resnet56", 100).eval()
-    s = build_model("resnet20", 100, head_bias=False)
-    dist = CATKD(s, t, beta=0.7, resolution=2, normalize=False)  # the res56_res20 preset: R = 2
+    t = build_model(teacher, 100).eval().to(dev)
+    s = build_model(student, 100, head_bias=False).to(dev)
+    dist = CATKD(s, t, beta=0.7, resolution=resolution, normalize=False)  # res56_res20: R = 2
     dist.train()
     opt = torch.optim.SGD(s.parameters(), lr=0.01, momentum=0.9)
-    x = torch.randn(batch, 3, 32, 32)
-    y = torch.randint(0, 100, (batch,))
+    x = torch.randn(batch, 3, 32, 32, device=dev)
+    y = torch.randint(0, 100, (batch,), device=dev)
     b = TrainBatch(x, y, torch.arange(batch), torch.zeros(batch, dtype=torch.int64))
     out: dict = {}
     with tempfile.TemporaryDirectory(prefix="catkd-bench-cache-") as tmp:
@@ -93,9 +96,11 @@ def bench_cached_step(batch: int = 64, repeats: int = 30) -> dict:
             with torch.no_grad():
                 tt = cached(b, x)
             train_step(dist, opt, x, y, {"teacher_targets": tt}, contextlib.nullcontext())
+            sync()
 
         def live_step():
             train_step(dist, opt, x, y, {}, contextlib.nullcontext())
+            sync()
 
         def student_step():
             logits, _ = s(x)
@@ -103,13 +108,14 @@ def bench_cached_step(batch: int = 64, repeats: int = 30) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sync()
 
         med = _interleaved({"cached": cached_step, "live": live_step, "student": student_step}, repeats)
     out.update({"cached_step_ms": med["cached"] * 1000, "live_step_ms": med["live"] * 1000,
                 "student_step_ms": med["student"] * 1000,
                 "cached_step_over_student_step": med["cached"] / med["student"],
                 "live_step_over_student_step": med["live"] / med["student"]})
-    print(f"cache: CAT-KD step resnet56 -> resnet20, batch {batch}: warm cache {med['cached'] * 1000:.1f} ms, "
+    print(f"cache: CAT-KD step {teacher} -> {student} on {device}, batch {batch}: warm cache {med['cached'] * 1000:.1f} ms, "
           f"live teacher {med['live'] * 1000:.1f} ms, student alone (CE) {med['student'] * 1000:.1f} ms: "
           f"{out['cached_step_over_student_step']:.3f}x / {out['live_step_over_student_step']:.3f}x the student's step")
     return out

@@ -350,3 +350,22 @@ def test_off_written_bare_in_yaml_means_the_live_teacher(tmp_path, teacher):
     assert load_config(str(p), {}, quiet=True).RUN.TEACHER_CACHE == "off"
     assert build_config({}, "<test>", {"RUN.TEACHER_CACHE": False}, quiet=True).RUN.TEACHER_CACHE == "off"
     assert train_main(["--cfg", str(p), "RUN.TEACHER_CACHE", "", "SOLVER.EPOCHS", "1"]) == 2  # empty: exit 2
+
+
+def test_on_several_nodes_each_keeps_its_own_store_unless_a_directory_is_named(monkeypatch):
+    import ray
+
+    from catkd.study.stages import teacher_cache_env
+    from catkd.teacher_cache.provider import ENV_DIR
+
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}, {"Alive": True}, {"Alive": False}])
+    env = {ENV_DIR: "/shared/storage/.cache/teacher"}
+    teacher_cache_env(env, explicit=False)
+    assert ENV_DIR not in env  # trials fall back to their node's user cache directory
+    env = {ENV_DIR: "/nfs/teacher"}
+    teacher_cache_env(env, explicit=True)
+    assert env[ENV_DIR] == "/nfs/teacher"
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}])
+    env = {ENV_DIR: "/storage/.cache/teacher"}
+    teacher_cache_env(env, explicit=False)
+    assert env[ENV_DIR] == "/storage/.cache/teacher"  # one node: the study's storage directory

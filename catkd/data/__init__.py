@@ -54,6 +54,7 @@ class DatasetEntry:
     image_size: Callable[["Config"], int]
     views: Callable[["Config"], Optional[ViewSet]]  # None: no finite view set (no teacher cache)
     sizes: Callable[["Config"], tuple[int, int]] = lambda cfg: (0, 0)  # (training images as stored, test images)
+    family: str = "cifar"  # which model zoo builds its models (catkd.models.build_model(family=...))
 
 
 _CIFAR_VIEWS = ViewSet(32, 4, True)  # crop at offsets 0..8 of the 4-px zero-padded image, flip
@@ -72,7 +73,7 @@ DATASETS: dict[str, DatasetEntry] = {
     ),
     # the class count is the folders' (1000 for ILSVRC-2012); RandomResizedCrop: no finite view set
     "imagenet": DatasetEntry(_imagenet, lambda cfg: 1000, lambda cfg: 224, lambda cfg: None,
-                             lambda cfg: (1_281_167, 50_000)),  # ILSVRC-2012
+                             lambda cfg: (1_281_167, 50_000), family="imagenet"),  # ILSVRC-2012
 }
 
 

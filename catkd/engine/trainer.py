@@ -130,7 +130,7 @@ class Trainer:
         """Validate (catkd.engine.validate, the path the study pre-flight shares), then build the data,
         models, distiller, optimiser, schedule and teacher targets provider. `notice`: where one-line
         notices go (the teacher cache's), default `log`."""
-        from catkd.data import build_data
+        from catkd.data import build_data, dataset_entry
         from catkd.distillers import DISTILLERS, build_distiller
         from catkd.engine.validate import validate_run
         from catkd.models import build_model, load_teacher_weights
@@ -145,7 +145,7 @@ class Trainer:
             check_teacher_file(cfg)
         seed_everything(cfg.EXPERIMENT.SEED)
         data = build_data(cfg, device)
-        family = "imagenet" if cfg.DATASET.TYPE == "imagenet" else "cifar"
+        family = dataset_entry(cfg).family
         k = data.num_classes
         student = build_model(cfg.DISTILLER.STUDENT, num_classes=k, head_bias=kind.student_head_bias, family=family)
         teacher = None
@@ -206,7 +206,7 @@ class Trainer:
                 raise DivergedError(f"non-finite loss at epoch {epoch}, step {step}")
             progress.update(1)
         progress.close()
-        if cfg.DATASET.TYPE != "imagenet" and self.device.type == "cuda":
+        if self.device.type == "cuda":  # the epoch's time, not its kernel launches
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
         if not torch.isfinite(total_loss).item():

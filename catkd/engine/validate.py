@@ -35,7 +35,7 @@ def validate_run(cfg: Config) -> None:
     d = cfg.DATASET
     if d.REDUCTION and d.RESERVED_CLASS_NUM > k:
         raise ConfigError(f"DATASET.RESERVED_CLASS_NUM: {d.RESERVED_CLASS_NUM} is more than the {k} classes")
-    family = "imagenet" if cfg.DATASET.TYPE == "imagenet" else "cifar"
+    family = entry.family
     shapes: Callable[[], dict[str, tuple[int, int]]] = lambda: {  # noqa: E731 (lazy: models built only if asked)
         "teacher": cam_shape(cfg.DISTILLER.TEACHER, family, size),
         "student": cam_shape(cfg.DISTILLER.STUDENT, family, size),

@@ -110,7 +110,7 @@ def measure(cfg: Config, threads: int, steps: int = 3) -> dict[str, float]:
     dev = resolve_device(cfg.RUN.DEVICE)
     entry = dataset_entry(cfg)
     k, size = entry.num_classes(cfg), entry.image_size(cfg)
-    family = "imagenet" if cfg.DATASET.TYPE == "imagenet" else "cifar"
+    family = entry.family
     kind = DISTILLERS.get(cfg.DISTILLER.TYPE)
     g = torch.Generator().manual_seed(0)
     with torch.random.fork_rng():
