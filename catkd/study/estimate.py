@@ -152,6 +152,45 @@ def measure(cfg: Config, threads: int, steps: int = 3) -> dict[str, float]:
     return out
 
 
+_TARGET_KEYS = ("CAT_KD.LOSS.CAM_RESOLUTION", "CAT_KD.IF_BINARIZE", "DISTILLER.TYPE")
+
+
+def store_sizes(spec: StudySpec, groups: list[Group]) -> dict[str, int]:
+    """Bytes of each teacher cache store the study can create: one per (teacher, target spec), over
+    the finite values of the dimensions that change the targets (R, binarize, the distiller)."""
+    from catkd.data import dataset_entry
+    from catkd.distillers import DISTILLERS, build_distiller
+    from catkd.models import build_model
+    from catkd.study.checks import run_config
+    from catkd.study.spec import canonical
+    from catkd.teacher_cache.provider import store_size
+
+    cfgs = [g.cfg for g in groups]
+    for g in spec.subgrids:
+        for name, dim in g.items():
+            if canonical(name) in _TARGET_KEYS and dim.values is not None:
+                cfgs += [run_config(spec, {**(dim.when or {}), name: v}) for v in dim.values]
+    out: dict[str, int] = {}
+    for cfg in cfgs:
+        kind = DISTILLERS.get(cfg.DISTILLER.TYPE)
+        entry = dataset_entry(cfg)
+        if not kind.needs_teacher or entry.views(cfg) is None or cfg.RUN.TEACHER_CACHE == "off":
+            continue
+        k, size = entry.num_classes(cfg), entry.image_size(cfg)
+        student = build_model(cfg.DISTILLER.STUDENT, 2, head_bias=kind.student_head_bias, family=entry.family)
+        teacher = build_model(cfg.DISTILLER.TEACHER, k, family=entry.family).eval()
+        d = build_distiller(cfg, student, teacher, k)
+        spec_t = d.target_spec()
+        label = f"{cfg.DISTILLER.TEACHER} " + ", ".join(f"{a}={b}" for a, b in spec_t.items())
+        if label in out:
+            continue
+        with torch.no_grad():
+            t = d.live_targets(torch.zeros(1, 3, size, size))
+        width = sum(v[0].numel() for v in t.values())
+        out[label] = store_size(entry.sizes(cfg)[0], entry.views(cfg).count, width)
+    return out
+
+
 def _slots(spec: StudySpec) -> tuple[int, str]:
     cores = os.cpu_count() or 1
     cpu = max(spec.resources.cpu, 1e-9)
@@ -211,8 +250,8 @@ def estimate(spec: StudySpec, say=print) -> dict[str, Any]:
         total_live += live_s
         total_cached += cached_s
         say(f"  [{g.stage}] {g.trials} x {cfg.DISTILLER.TYPE} {cfg.DISTILLER.TEACHER + ' -> ' if needs_teacher else ''}"
-            f"{cfg.DISTILLER.STUDENT}, batch {cfg.SOLVER.BATCH_SIZE}: {m['train_live']:,.0f} img/s with the live "
-            f"teacher" + (f", {m['train_cached']:,.0f} img/s with the cache warm" if needs_teacher else "")
+            f"{cfg.DISTILLER.STUDENT}, batch {cfg.SOLVER.BATCH_SIZE}: {m['train_live']:,.0f} img/s"
+            + (f" with the live teacher, {m['train_cached']:,.0f} img/s with the cache warm" if needs_teacher else "")
             + f"; {g.expected_epochs:,.0f} trial-epochs of {train:,} training + {evals:,} evaluation images")
     fill_s = 0.0
     for (teacher, _), f in fills.items():
@@ -223,6 +262,13 @@ def estimate(spec: StudySpec, say=print) -> dict[str, Any]:
             f"({len(f['draws'])} seed(s) x up to {max(f['draws'].values())} epochs), "
             f"{f['m']['teacher_forward']:,.0f} img/s")
     total_cached += fill_s
+    if fills:
+        sizes = store_sizes(spec, groups)
+        cap = groups[0].cfg.RUN.TEACHER_CACHE_MAX_GB
+        say("  teacher cache stores (allocated in full when created; above RUN.TEACHER_CACHE_MAX_GB "
+            f"{cap:g} the live teacher runs): " + "; ".join(
+                f"{k}: {_fmt_bytes(v)}" + (" (over the cap: live teacher)" if v > cap * 1e9 else "")
+                for k, v in sizes.items()))
     hours = lambda s: s / 3600  # noqa: E731
     out = {"trial_epochs_max": sum(g.max_epochs for g in groups),
            "trial_epochs_expected": sum(g.expected_epochs for g in groups),
@@ -237,6 +283,10 @@ def estimate(spec: StudySpec, say=print) -> dict[str, Any]:
         "expected ASHA epochs; wall = device time / concurrent trials (trials sharing a GPU assumed not to "
         "slow each other); Ray start-up, checkpoints and stage barriers not counted")
     return out
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
 def _fmt_h(h: float) -> str:
