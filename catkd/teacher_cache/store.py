@@ -9,8 +9,8 @@ Layout of a store directory `<root>/<name>/`:
 (claims are taken under one flock per root, `<root>/.claims.lock`, for this store and its siblings
 together: concurrent trials never compute the same entry)
 
-An entry is filled once and then only read: a process claims the entries its batch misses, computes
-them, writes the values and then the flags; a process that finds an entry claimed by another waits
+An entry is filled once and then only read: a process claims the entries its batch misses (a chunk
+at a time), computes them, writes the values and then the flags; a process that finds an entry claimed by another waits
 for its flag instead of computing it (a claim whose process is gone, or older than CLAIM_TIMEOUT_S,
 is taken over: a run killed mid-batch and resumed does not wait for its own dead claims). Values are always returned as stored, whoever computed them.
 
@@ -32,13 +32,14 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
 FORMAT_VERSION = 1
 CLAIM_TIMEOUT_S = 120.0  # a claim older than this is from a process that died: take it over
 _POLL_S = 0.002
+CLAIM_CHUNKS, CLAIM_CHUNK_MIN = 4, 8  # a batch's misses are claimed in (at most) 4 chunks of >= 8 rows
 FREE_MARGIN_BYTES, FREE_MARGIN_SHARE = 2e9, 0.05  # a new store leaves at least this much of the disk free
 _CLAIM = np.dtype([("t", "<f8"), ("pid", "<i8")])
 
@@ -206,12 +207,13 @@ class TeacherStore:
                     free |= other & (c["pid"] == pid)
         return free
 
-    def _claim(self, rows: np.ndarray, siblings: Sequence["TeacherStore"] = ()) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Claim the free rows of this store and, among those, the free rows of each sibling (stores of
-        other target specs of the same teacher and data, filled from the same teacher forward)."""
+    def _claim(self, rows: np.ndarray, siblings: Sequence["TeacherStore"] = (),
+               limit: Optional[int] = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Claim up to `limit` free rows of this store and, among those, the free rows of each sibling
+        (stores of other target specs of the same teacher and data, filled from the same forward)."""
         with _flock(self._lock_path):
             now, pid = time.time(), os.getpid()
-            mine = rows[self._free(rows, now)]
+            mine = rows[self._free(rows, now)][:limit]
             self.claims[mine] = (now, pid)
             theirs = []
             for sib in siblings:
@@ -235,11 +237,14 @@ class TeacherStore:
         for this store and, per sibling, the positions (a subset) to fill there too; it returns
         (values len x width, [values per sibling]). Returns (values as stored, entries computed)."""
         where = {int(r): i for i, r in enumerate(rows)}
+        # claimed a chunk at a time: a trial that arrives while another fills the batch takes the
+        # chunks still free and computes them in parallel, instead of waiting for all of them
+        chunk = max(CLAIM_CHUNK_MIN, -(-len(rows) // CLAIM_CHUNKS))
         pos = lambda rs: np.fromiter((where[int(r)] for r in rs), np.int64, len(rs))  # noqa: E731
         missing = rows[self.flags[rows] == 0]
         done = 0
         while missing.size:
-            mine, theirs = self._claim(missing, siblings)
+            mine, theirs = self._claim(missing, siblings, chunk)
             if mine.size:
                 try:
                     values, sib_values = compute(pos(mine), [pos(r) for r in theirs])
@@ -253,6 +258,6 @@ class TeacherStore:
                     raise
                 done += int(mine.size)
             missing = missing[self.flags[missing] == 0]
-            if missing.size:  # claimed by other processes: wait for their flags (or their claims to expire)
+            if missing.size and not mine.size:  # all claimed by others: wait for their flags (or claims to expire)
                 time.sleep(_POLL_S)
         return np.asarray(self.data[rows]), done
