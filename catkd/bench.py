@@ -46,10 +46,19 @@ def _median_time(fn: Callable[[], None], repeats: int) -> float:
     return statistics.median(ts)
 
 
-def bench_step(device: str = "cpu", teacher: str = "resnet56", student: str = "resnet20", batch: int = 64,
-               repeats: int = 15) -> dict:
+def student_ce_step(student, opt, x, y) -> None:
+    """The student alone: forward, cross-entropy, backward, SGD step (the floor the benches compare with)."""
     import torch.nn.functional as F
 
+    logits, _ = student(x)
+    loss = F.cross_entropy(logits, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def bench_step(device: str = "cpu", teacher: str = "resnet56", student: str = "resnet20", batch: int = 64,
+               repeats: int = 15) -> dict:
     from catkd.distillers.cat_kd import CATKD
     from catkd.engine.trainer import train_step
     from catkd.models import build_model
@@ -72,11 +81,7 @@ def bench_step(device: str = "cpu", teacher: str = "resnet56", student: str = "r
     def floor_step():
         with torch.no_grad():
             t(x)
-        logits, _ = s(x)
-        loss = F.cross_entropy(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        student_ce_step(s, opt, x, y)
         sync()
 
     for _ in range(3):  # warm-up (allocator, kernels)

@@ -64,8 +64,7 @@ def _interleaved(fns: dict, repeats: int) -> dict[str, float]:
 
 def bench_cached_step(batch: int = 64, repeats: int = 30, teacher: str = "resnet56", student: str = "resnet20",
                       resolution: int = 2, device: str = "cpu") -> dict:
-    import torch.nn.functional as F
-
+    from catkd.bench import student_ce_step
     from catkd.data.loader import TrainBatch
     from catkd.distillers.cat_kd import CATKD
     from catkd.engine.trainer import train_step
@@ -103,11 +102,7 @@ def bench_cached_step(batch: int = 64, repeats: int = 30, teacher: str = "resnet
             sync()
 
         def student_step():
-            logits, _ = s(x)
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            student_ce_step(s, opt, x, y)
             sync()
 
         med = _interleaved({"cached": cached_step, "live": live_step, "student": student_step}, repeats)
