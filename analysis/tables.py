@@ -268,11 +268,34 @@ def build(study: Study, epoch: str = "auto", paper: Optional[dict[str, Any]] = N
             t.name += "_last"
             t.title += " — last epoch"
         tables += last
+    cache = teacher_cache_table(study)
+    if cache is not None:
+        tables.append(cache)
     mark = marker(study)
     for t in tables:
         t.title += mark
     tables[0].notes = study.notes + status_notes(study.trials) + [_rule_note(mode)] + tables[0].notes
     return tables
+
+
+def teacher_cache_table(study: Study) -> Optional[Table]:
+    """What the teacher cache saved, per stage: teacher images forwarded vs images trained on (what
+    the live teacher would have forwarded). None when no epoch carries the counts."""
+    e = study.epochs
+    if e.empty or "teacher_images" not in e or e["teacher_images"].isna().all():
+        return None
+    e = e[e["teacher_images"].notna()]
+    rows = []
+    for stage, g in e.groupby("stage", sort=False):
+        seen = float((g["images_per_second"] * g["epoch_seconds"]).round().sum())
+        fwd = float(g["teacher_images"].sum())
+        rows.append([stage, g["trial_id"].nunique(), len(g), f"{fwd:,.0f}", f"{seen:,.0f}",
+                     f"{fwd / seen:.3f}" if seen else "-"])
+    return Table("teacher_cache", f"{study.name}: teacher forwards (the teacher cache)",
+                 ["stage", "trials", "trial-epochs", "teacher images forwarded", "images trained on",
+                  "share forwarded"], rows,
+                 ["Images trained on = what the live teacher would have forwarded; the rest came from the "
+                  "teacher cache (a trial with RUN.TEACHER_CACHE off forwards every image)."])
 
 
 def _rule_note(mode: str) -> str:

@@ -448,3 +448,19 @@ def test_the_report_key_chooses_the_layout_whatever_the_study_is_called(tmp_path
     assert "beta_sweep_best" in [t.name for t in tables.build(load(d))]
     (d / "study.yaml").write_text(yaml.safe_dump({**spec, "name": "my_beta_scan"}))
     assert [t.name for t in tables.build(load(d))][0] == "generic"
+
+
+def test_the_report_shows_what_the_teacher_cache_saved_per_stage():
+    import pandas as pd
+
+    from analysis.load import Study
+    from analysis.tables import teacher_cache_table
+
+    epochs = pd.DataFrame({
+        "trial_id": ["a", "a", "b", "c"], "stage": ["search", "search", "search", "confirm"],
+        "teacher_images": [100, 4, 0, 50], "images_per_second": [50.0, 50.0, 25.0, 10.0],
+        "epoch_seconds": [2.0, 2.0, 4.0, 10.0]})
+    t = teacher_cache_table(Study(Path("."), {"name": "x"}, pd.DataFrame({"trial_id": ["a"]}), epochs))
+    assert t.rows == [["search", 2, 3, "104", "300", "0.347"], ["confirm", 1, 1, "50", "100", "0.500"]]
+    no_counts = epochs.drop(columns=["teacher_images"])
+    assert teacher_cache_table(Study(Path("."), {"name": "x"}, pd.DataFrame(), no_counts)) is None
