@@ -12,6 +12,20 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 
+def wandb_mode() -> Optional[str]:
+    """WANDB_MODE if set; "offline" when no API key is configured (env or `wandb login`); else None."""
+    import wandb
+
+    mode = os.environ.get("WANDB_MODE")
+    if mode or os.environ.get("WANDB_API_KEY"):
+        return mode or None
+    try:
+        logged_in = bool(wandb.api.api_key)
+    except Exception:
+        logged_in = False
+    return None if logged_in else "offline"
+
+
 def wandb_run(cfg, out_dir: Path, notice: Callable[[str], None]) -> Optional[tuple[Callable, Callable]]:
     """(report(metrics, run_dir), finish(status)) for Trainer.fit, or None."""
     try:
@@ -22,15 +36,9 @@ def wandb_run(cfg, out_dir: Path, notice: Callable[[str], None]) -> Optional[tup
         return None
     from catkd.config import _flatten
 
-    mode = os.environ.get("WANDB_MODE")
-    if not mode and not os.environ.get("WANDB_API_KEY"):
-        try:
-            logged_in = bool(wandb.api.api_key)
-        except Exception:
-            logged_in = False
-        if not logged_in:
-            mode = "offline"
-            notice("LOG.WANDB: no W&B API key configured: the run is written offline (upload it with `wandb sync`)")
+    mode = wandb_mode()
+    if mode == "offline" and not os.environ.get("WANDB_MODE"):
+        notice("LOG.WANDB: no W&B API key configured: the run is written offline (upload it with `wandb sync`)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     run = wandb.init(project=os.environ.get("WANDB_PROJECT") or cfg.EXPERIMENT.PROJECT, name=cfg.experiment_name,

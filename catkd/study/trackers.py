@@ -70,17 +70,13 @@ def _with_settings(cls, spec: StudySpec, stage: str):
 
 
 def _wandb(spec: StudySpec, exp_dir: Path, stage: str):
-    import wandb
     from ray.air.integrations.wandb import WandbLoggerCallback
 
-    if not os.environ.get("WANDB_MODE") and not os.environ.get("WANDB_API_KEY"):
-        try:
-            logged_in = bool(wandb.api.api_key)
-        except Exception:
-            logged_in = False
-        if not logged_in:
-            os.environ["WANDB_MODE"] = "offline"
-            say("W&B: no API key configured: runs are written offline (upload them later with `wandb sync`)")
+    from catkd.tracking import wandb_mode
+
+    if not os.environ.get("WANDB_MODE") and wandb_mode() == "offline":
+        os.environ["WANDB_MODE"] = "offline"
+        say("W&B: no API key configured: runs are written offline (upload them later with `wandb sync`)")
     wandb_dir = Path(os.environ.get("WANDB_DIR") or exp_dir)
     wandb_dir.mkdir(parents=True, exist_ok=True)
     project = os.environ.get("WANDB_PROJECT") or "catkd"
