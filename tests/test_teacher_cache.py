@@ -376,3 +376,23 @@ def test_on_several_nodes_each_keeps_its_own_store_unless_a_directory_is_named(m
     env = {ENV_DIR: "/storage/.cache/teacher"}
     teacher_cache_env(env, explicit=False)
     assert env[ENV_DIR] == "/storage/.cache/teacher"  # one node: the study's storage directory
+
+
+def test_a_store_created_after_a_run_started_is_filled_by_that_runs_next_missing_batch(tmp_path, teacher):
+    # ASHA starts an R=2 and an R=4 trial together: whichever opens its store second must share
+    # the first pass at once, not after a periodic rescan (which left every first-pass epoch of two
+    # concurrent trials of different R computed twice)
+    quiet = lambda s: None  # noqa: E731
+    mk = lambda r: Trainer.from_config(cfg(tmp_path, teacher, tmp_path / "c", **{  # noqa: E731
+        "DISTILLER.TYPE": "CAT_KD", "CAT_KD.LOSS.CAM_RESOLUTION": r}), log=quiet)
+    first = mk(2)
+    batches = list(first.data.train.epoch_batches(1, first.cfg.EXPERIMENT.SEED))
+    first.targets(batches[0], batches[0].images)  # the first batch: no other store yet
+    second = mk(1)  # created now, beside a run already filling
+    first.targets(batches[1], batches[1].images)
+    rows = second.targets.store.rows(batches[1].index.numpy(), batches[1].view.numpy())
+    assert second.targets.store.flags[rows].all()  # filled by the first run's forward
+    first_rows = second.targets.store.rows(batches[0].index.numpy(), batches[0].view.numpy())
+    assert not second.targets.store.flags[first_rows].any()  # (before it existed: nothing to fill)
+    second.targets(batches[1], batches[1].images)
+    assert second.targets.take_stats()["teacher_images"] == 0

@@ -66,41 +66,53 @@ class CachedTargets(LiveTargets):
     target specs, e.g. another R, or KD's logits beside CAT-KD's CAMs)."""
 
     cached = True
-    RESCAN_S = 20.0  # how often to look for sibling stores (another trial may create one)
+    # look for sibling stores whenever the root directory changed (a store is created by a rename
+    # into it) and at least every RESCAN_S while batches miss: a trial of another R that starts
+    # beside this one must share the first pass from its first batch, not 20 s later
+    RESCAN_S = 5.0
 
     def __init__(self, distiller, store: TeacherStore, fields: tuple[tuple[str, tuple[int, ...]], ...],
                  key: Optional[dict[str, Any]] = None, log: Callable[[str], None] = print):
         super().__init__(distiller)
         self.store, self.fields, self.key, self.log = store, fields, key, log
         self._siblings: dict[str, tuple[TeacherStore, dict[str, Any]]] = {}
-        self._scanned = -math.inf
+        self._others: set[str] = set()  # directories that are not siblings (checked once)
+        self._scanned, self._root_mtime = -math.inf, None
 
     def siblings(self) -> list[tuple[TeacherStore, dict[str, Any]]]:
-        if self.key is not None and time.monotonic() - self._scanned > self.RESCAN_S:
-            self._scanned = time.monotonic()
-            base = {k: v for k, v in self.key.items() if k != "targets"}
-            for d in sorted(self.store.root.iterdir()):
-                if d == self.store.dir or d.name.startswith(".") or d.name in self._siblings:
-                    continue
-                try:
-                    header = json.loads((d / "header.json").read_text())
-                    key, layout = header["key"], Layout.from_describe(header["layout"])
-                except (OSError, ValueError, KeyError, TypeError):
-                    continue
-                if ({k: v for k, v in key.items() if k != "targets"} != base
-                        or key["targets"].get("targets") not in TARGET_KINDS
-                        or (layout.num_images, layout.views) != (self.store.layout.num_images, self.store.layout.views)):
-                    continue
-                try:
-                    self._siblings[d.name] = (TeacherStore(self.store.root, d.name, key, layout, log=self.log),
-                                              key["targets"])
-                except StoreError:
-                    continue
+        if self.key is None:
+            return []
+        try:
+            mtime = self.store.root.stat().st_mtime_ns
+        except OSError:
+            mtime = None
+        if mtime == self._root_mtime and time.monotonic() - self._scanned < self.RESCAN_S:
+            return list(self._siblings.values())
+        self._scanned, self._root_mtime = time.monotonic(), mtime
+        base = {k: v for k, v in self.key.items() if k != "targets"}
+        for d in sorted(self.store.root.iterdir()):
+            if d == self.store.dir or d.name.startswith(".") or d.name in self._siblings or d.name in self._others:
+                continue
+            try:
+                header = json.loads((d / "header.json").read_text())
+                key, layout = header["key"], Layout.from_describe(header["layout"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not (yet) a store: look again next time
+            if ({k: v for k, v in key.items() if k != "targets"} != base
+                    or key["targets"].get("targets") not in TARGET_KINDS
+                    or (layout.num_images, layout.views) != (self.store.layout.num_images, self.store.layout.views)):
+                self._others.add(d.name)
+                continue
+            try:
+                self._siblings[d.name] = (TeacherStore(self.store.root, d.name, key, layout, log=self.log),
+                                          key["targets"])
+            except StoreError:
+                continue
         return list(self._siblings.values())
 
     def __call__(self, batch, images: Tensor) -> dict[str, Tensor]:
         rows = self.store.rows(batch.index.numpy(), batch.view.numpy())
-        sibs = self.siblings()
+        sibs = self.siblings() if not self.store.flags[rows].all() else []  # only a miss fills siblings
 
         def compute(pos: np.ndarray, sib_pos: list[np.ndarray]):
             sub = images.index_select(0, torch.from_numpy(pos).to(images.device))
