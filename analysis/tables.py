@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -291,11 +292,22 @@ def teacher_cache_table(study: Study) -> Optional[Table]:
         fwd = float(g["teacher_images"].sum())
         rows.append([stage, g["trial_id"].nunique(), len(g), f"{fwd:,.0f}", f"{seen:,.0f}",
                      f"{fwd / seen:.3f}" if seen else "-"])
+    notes = []
+    pf = study.path / "prefetch.json"  # the driver's prefetch from idle CPU time (catkd.teacher_cache.prefetch)
+    try:
+        ahead = json.loads(pf.read_text()) if pf.is_file() else None
+    except (OSError, ValueError):
+        ahead = None
+    if ahead is not None:
+        n = float(ahead.get("teacher_images") or 0)
+        rows.append(["prefetch (idle CPU)", "-", "-", f"{n:,.0f}", "-", "-"])
+        notes.append("prefetch: teacher images forwarded ahead of the trials, at the lowest CPU priority, for the "
+                     "seeds' views; the study's teacher forwards are the column's sum.")
     return Table("teacher_cache", f"{study.name}: teacher forwards (the teacher cache)",
                  ["stage", "trials", "trial-epochs", "teacher images forwarded", "images trained on",
                   "share forwarded"], rows,
                  ["Images trained on = what the live teacher would have forwarded; the rest came from the "
-                  "teacher cache (a trial with RUN.TEACHER_CACHE off forwards every image)."])
+                  "teacher cache (a trial with RUN.TEACHER_CACHE off forwards every image)."] + notes)
 
 
 def _rule_note(mode: str) -> str:

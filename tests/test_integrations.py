@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pyarrow.parquet as pq
 import pytest
@@ -62,6 +63,20 @@ def _rows(exp: Path) -> list[dict]:
 
 
 @pytest.mark.ray
+def test_the_study_driver_prefetches_teacher_targets_and_stops_the_prefetcher_before_it_returns(tracked):
+    # the tiny study runs one trial at a time on 2 cores: the other core is idle, the prefetcher's
+    stats = json.loads((tracked / "prefetch.json").read_text())
+    assert stats["priority"] in ("SCHED_IDLE", "nice 19") and stats["teacher_images"] > 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(stats["pid"], 0)  # gone when run_study returned
+    rows = _rows(tracked)
+    trials_forwarded = sum(int(r["teacher_images"]) for r in rows)
+    store = tracked.parent / ".cache" / "teacher"
+    filled = sum(int(np.count_nonzero(np.fromfile(d / "flags.bin", dtype=np.uint8)))
+                 for d in store.iterdir() if (d / "flags.bin").is_file())
+    assert trials_forwarded + stats["teacher_images"] == filled  # each entry forwarded once, by someone
+
+
 def test_optuna_db_holds_the_search_trials_with_their_states_and_intermediate_values(tracked):
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tracked / 'optuna.db'}")
     search = [t for t in _trials(tracked) if t["stage"] == "search"]

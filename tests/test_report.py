@@ -450,7 +450,7 @@ def test_the_report_key_chooses_the_layout_whatever_the_study_is_called(tmp_path
     assert [t.name for t in tables.build(load(d))][0] == "generic"
 
 
-def test_the_report_shows_what_the_teacher_cache_saved_per_stage():
+def test_the_report_shows_what_the_teacher_cache_saved_per_stage_and_what_was_prefetched(tmp_path):
     import pandas as pd
 
     from analysis.load import Study
@@ -464,3 +464,6 @@ def test_the_report_shows_what_the_teacher_cache_saved_per_stage():
     assert t.rows == [["search", 2, 3, "104", "300", "0.347"], ["confirm", 1, 1, "50", "100", "0.500"]]
     no_counts = epochs.drop(columns=["teacher_images"])
     assert teacher_cache_table(Study(Path("."), {"name": "x"}, pd.DataFrame(), no_counts)) is None
+    (tmp_path / "prefetch.json").write_text(json.dumps({"teacher_images": 1234, "done": True}))
+    t = teacher_cache_table(Study(tmp_path, {"name": "x"}, pd.DataFrame({"trial_id": ["a"]}), epochs))
+    assert t.rows[-1] == ["prefetch (idle CPU)", "-", "-", "1,234", "-", "-"] and len(t.rows) == 3

@@ -1,5 +1,5 @@
 """python -m catkd.study STUDY.yaml [--smoke] [--resume] [--storage DIR] [--name NAME]
-[--address ADDR] [--dashboard/--no-dashboard] [--set KEY=VALUE ...] [--log wandb|mlflow] [--dry-run]
+[--address ADDR] [--dashboard/--no-dashboard] [--set KEY=VALUE ...] [--log wandb|mlflow] [--no-prefetch] [--dry-run]
 
 Exit 0 when the study finished (even if some trials failed; they are reported), 2 on bad input
 (before Ray starts, nothing written), 1 on any other failure.
@@ -33,6 +33,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="change a study key, e.g. --set search.num_samples=8 --set fixed.SOLVER.EPOCHS=30")
     ap.add_argument("--log", action="append", default=[], choices=["wandb", "mlflow"],
                     help="also track every trial in Weights & Biases / MLflow (repeatable; optional extras)")
+    ap.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=True,
+                    help="fill the teacher cache for the trials' seeds ahead of them from idle CPU time "
+                         "(CPU-only local studies; at the lowest CPU priority)")
     ap.add_argument("--dry-run", action="store_true",
                     help="validate, print the trials, epoch budget and a measured cost estimate; run nothing")
     args = ap.parse_args(argv)
@@ -65,7 +68,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         return run_study(spec, args.study, Path(args.storage), name, resume=args.resume,
-                         address=args.address, dashboard=args.dashboard, trackers=tuple(dict.fromkeys(args.log)))
+                         address=args.address, dashboard=args.dashboard, trackers=tuple(dict.fromkeys(args.log)),
+                         prefetch=args.prefetch)
     except StudyError as e:
         print(f"catkd.study: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

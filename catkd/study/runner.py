@@ -25,6 +25,7 @@ from catkd.study.preflight import absolutise, ensure_smoke_teacher, preflight
 from catkd.study.progress import say, summary_table
 from catkd.study.spec import StudyError, StudySpec, dump_study
 from catkd.study.stages import confirm_params, run_stage, start_ray, teacher_cache_env
+from catkd.teacher_cache import prefetch as prefetch_mod
 from catkd.teacher_cache.provider import ENV_DIR
 
 
@@ -80,6 +81,7 @@ def run_study(
     address: Optional[str] = None,
     dashboard: bool = True,
     trackers: tuple[str, ...] = (),
+    prefetch: bool = True,
 ) -> int:
     """Run (or resume) the study; returns the process exit code.
 
@@ -102,7 +104,22 @@ def run_study(
         raise StudyError(f"{source}: --resume: no study at {exp_dir} (nothing to resume)")
     if resume and saved.is_file():
         check_same_study(spec, saved, source)
+    before = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    try:
+        return _run(spec, source, storage, name, resume, address, dashboard, trackers, prefetch, exp_dir, saved,
+                    env)
+    finally:  # a library caller's next study must not inherit this one's data, teacher or cache paths
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run(spec: StudySpec, source: str, storage: Path, name: str, resume: bool, address: Optional[str],
+         dashboard: bool, trackers: tuple[str, ...], prefetch: bool, exp_dir: Path, saved: Path,
+         env: dict[str, str]) -> int:
     if not spec.smoke_mode:
         preflight(spec, source)
     try:
@@ -124,8 +141,41 @@ def run_study(
     smoke = " (SMOKE: synthetic data, small models)" if spec.smoke_mode else ""
     say(f"study {spec.name}{smoke}: experiment directory {exp_dir}")
     t0 = time.time()
+    prefetcher = _start_prefetch(spec, env, exp_dir, address) if prefetch else None
+    try:
+        _run_stages(spec, storage, name, resume, address, dashboard, env, writer, trackers, state, state_path,
+                    exp_dir, prefetcher)
+    finally:
+        prefetch_mod.stop(prefetcher)  # before the final results: its counts are then complete
+    trials = writer.write(study_done=True)
+    say(f"done in {time.time() - t0:.0f}s: " + ", ".join(
+        f"{sum(1 for t in trials if t['status'] == s)} {s}" for s in res.STATUSES if any(t["status"] == s for t in trials)))
+    print(summary_table(trials, spec), flush=True)
+    report = Path("analysis/report.py")
+    hint = f"; report: python {report} {exp_dir}" if report.is_file() else ""
+    say(f"results: {exp_dir / 'results.parquet'} and {exp_dir / 'trials.parquet'}{hint}")
+    return 0
+
+
+def _start_prefetch(spec: StudySpec, env: dict[str, str], exp_dir: Path, address: Optional[str]):
+    """The teacher prefetch process where it can help: a local, CPU-only study with the cache on."""
+    import torch
+
+    if address or os.environ.get("RAY_ADDRESS"):
+        say("teacher prefetch: off (an existing Ray cluster: its trials may run on other machines)")
+        return None
+    if spec.resources.gpu and torch.cuda.is_available():
+        say("teacher prefetch: off (trials run on the GPU, where the teacher is cheap)")
+        return None
+    return prefetch_mod.start(spec, env, exp_dir)
+
+
+def _run_stages(spec, storage, name, resume, address, dashboard, env, writer, trackers, state, state_path,
+                exp_dir, prefetcher) -> None:
     start_ray(address, dashboard)
-    teacher_cache_env(env, explicit=bool(os.environ.get(ENV_DIR)))
+    if teacher_cache_env(env, explicit=bool(os.environ.get(ENV_DIR))) > 1 and prefetcher is not None:
+        say("teacher prefetch: stopped (a cluster of several nodes: trials may run elsewhere)")
+        prefetch_mod.stop(prefetcher)
     if state.get("search") != "done":
         atomic_write_json(state_path, {**state, "search": "running"})
         run_stage(spec, "search", storage, name, resume, env, writer, trackers=trackers)
@@ -143,13 +193,5 @@ def run_study(
                       env, writer, params, trackers=trackers, study_dir=exp_dir)
         state["confirm"] = "done"
         atomic_write_json(state_path, state)
-    trials = writer.write(study_done=True)
-    say(f"done in {time.time() - t0:.0f}s: " + ", ".join(
-        f"{sum(1 for t in trials if t['status'] == s)} {s}" for s in res.STATUSES if any(t["status"] == s for t in trials)))
-    print(summary_table(trials, spec), flush=True)
-    report = Path("analysis/report.py")
-    hint = f"; report: python {report} {exp_dir}" if report.is_file() else ""
-    say(f"results: {exp_dir / 'results.parquet'} and {exp_dir / 'trials.parquet'}{hint}")
-    return 0
 
 

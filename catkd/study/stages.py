@@ -40,7 +40,7 @@ def start_ray(address: Optional[str], dashboard: bool) -> Any:
     return ctx
 
 
-def teacher_cache_env(env: dict[str, str], explicit: bool) -> None:
+def teacher_cache_env(env: dict[str, str], explicit: bool) -> int:
     """Memory-mapped stores are coherent between the processes of one machine, not across machines
     on a network filesystem: with several nodes each keeps its own (its user cache directory),
     unless the user named the directory (CATKD_TEACHER_CACHE or fixed.RUN.TEACHER_CACHE)."""
@@ -53,6 +53,7 @@ def teacher_cache_env(env: dict[str, str], explicit: bool) -> None:
         env.pop(ENV_DIR, None)
         say(f"teacher cache: {len(nodes)} nodes: each keeps its own store (~/.cache/catkd/teacher on "
             "that node); set CATKD_TEACHER_CACHE to share one directory")
+    return len(nodes)
 
 
 def run_stage(

@@ -110,10 +110,9 @@ class CachedTargets(LiveTargets):
                 continue
         return list(self._siblings.values())
 
-    def __call__(self, batch, images: Tensor) -> dict[str, Tensor]:
-        rows = self.store.rows(batch.index.numpy(), batch.view.numpy())
-        sibs = self.siblings() if not self.store.flags[rows].all() else []  # only a miss fills siblings
-
+    def _compute(self, images: Tensor, sibs):
+        """compute(positions, sibling positions) for TeacherStore.fetch: one teacher forward on the
+        images at `positions`, packed for this store and for each sibling."""
         def compute(pos: np.ndarray, sib_pos: list[np.ndarray]):
             sub = images.index_select(0, torch.from_numpy(pos).to(images.device))
             logits, feats = self.distiller.teacher_outputs(sub)
@@ -124,8 +123,12 @@ class CachedTargets(LiveTargets):
                 t = _pack(compute_targets(spec, logits, feats), sib.layout.fields)
                 theirs.append(t[[local[int(q)] for q in p]])
             return own, theirs
+        return compute
 
-        values, computed = self.store.fetch(rows, compute, [s for s, _ in sibs])
+    def __call__(self, batch, images: Tensor) -> dict[str, Tensor]:
+        rows = self.store.rows(batch.index.numpy(), batch.view.numpy())
+        sibs = self.siblings() if not self.store.flags[rows].all() else []  # only a miss fills siblings
+        values, computed = self.store.fetch(rows, self._compute(images, sibs), [s for s, _ in sibs])
         self.forwarded += computed
         self.lookups += len(rows)
         v = torch.from_numpy(values).to(images.device, non_blocking=True).float()
@@ -135,6 +138,17 @@ class CachedTargets(LiveTargets):
             out[name] = v[:, off:off + w].reshape(-1, *shape)
             off += w
         return out
+
+    def fill(self, batch, images: Tensor) -> int:
+        """Compute the batch's entries nobody has filled or claimed (the prefetcher); never waits for
+        a trial's claim. Returns the images the teacher forwarded."""
+        rows = self.store.rows(batch.index.numpy(), batch.view.numpy())
+        if self.store.flags[rows].all():
+            return 0
+        sibs = self.siblings()
+        _, computed = self.store.fetch(rows, self._compute(images, sibs), [s for s, _ in sibs], wait=False)
+        self.forwarded += computed
+        return computed
 
 
 def _pack(targets: dict[str, Tensor], fields) -> np.ndarray:

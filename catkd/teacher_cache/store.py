@@ -230,12 +230,14 @@ class TeacherStore:
         self.claims[rows[self.flags[rows] == 0]] = (0.0, 0)
 
     def fetch(self, rows: np.ndarray, compute: Callable[..., Any],
-              siblings: Sequence["TeacherStore"] = ()) -> tuple[np.ndarray, int]:
+              siblings: Sequence["TeacherStore"] = (), wait: bool = True) -> tuple[Optional[np.ndarray], int]:
         """The stored values of `rows` (len(rows) x width), computing the missing ones.
 
         compute(positions, sibling_positions) gets positions into `rows` of the entries to compute
         for this store and, per sibling, the positions (a subset) to fill there too; it returns
-        (values len x width, [values per sibling]). Returns (values as stored, entries computed)."""
+        (values len x width, [values per sibling]). Returns (values as stored, entries computed).
+        wait=False (the prefetcher): compute the free entries only, never wait for another
+        process's claims, and return no values."""
         where = {int(r): i for i, r in enumerate(rows)}
         # claimed a chunk at a time: a trial that arrives while another fills the batch takes the
         # chunks still free and computes them in parallel, instead of waiting for all of them
@@ -259,5 +261,7 @@ class TeacherStore:
                 done += int(mine.size)
             missing = missing[self.flags[missing] == 0]
             if missing.size and not mine.size:  # all claimed by others: wait for their flags (or claims to expire)
+                if not wait:
+                    break
                 time.sleep(_POLL_S)
-        return np.asarray(self.data[rows]), done
+        return (np.asarray(self.data[rows]) if wait else None), done

@@ -1,0 +1,244 @@
+"""Fill a study's teacher cache ahead of its trials, from CPU time nobody else wants.
+
+The views a trial trains on are fixed by its seed and data settings (`TrainLoader.epoch_views`),
+so the study driver knows, before any trial runs, every (image, view) entry the search seeds and
+the confirm seeds will ask for. The prefetch process computes those entries at the lowest CPU
+priority the OS has (Linux SCHED_IDLE; elsewhere nice 19): it gets a core only while the core
+would otherwise wait -- Ray starting, a lone trial at the end of a stage, the barrier between the
+search and the confirm stage -- and it never takes or waits for an entry a trial has claimed
+(`TeacherStore.fetch(wait=False)`). It goes through the same Trainer, store and key as a trial, so
+the values are the ones the trial would have computed: the cache stays exact.
+
+Order: the search seeds' epochs first, then the confirm seeds' (new seeds, whose views the search
+never draws). It stops when it has done everything, when the study driver stops it, or when the
+driver is gone. Its work is counted in `<experiment>/prefetch.json` (`teacher_images`), so a
+study's teacher forwards are the trials' `teacher_images` plus that.
+
+Run by the driver as `python -m catkd.teacher_cache.prefetch <job.json>`; on CPU-only, single-node
+studies with the cache on (`--no-prefetch` turns it off).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+REPORT_EVERY_S = 2.0
+
+
+def lowest_priority() -> str:
+    """Run this process only when a core is otherwise idle; returns what was set."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # Linux
+        return "SCHED_IDLE"
+    except (AttributeError, OSError):
+        try:
+            os.nice(19)
+            return "nice 19"
+        except OSError:
+            return "normal"
+
+
+class IdleGate:
+    """Compute only while the machine has a core to spare. SCHED_IDLE alone still takes ~8 % of a
+    core that Ray's trial workers (nice 15) want; so, from /proc/stat, the cores that were idle
+    since the last look plus the ones this process used itself must reach `need` (Linux only;
+    elsewhere the priority alone decides)."""
+
+    def __init__(self, need: float = 0.5, poll_s: float = 0.05):
+        self.need, self.poll_s = need, poll_s
+        self.ok = Path("/proc/stat").is_file()
+        self._last = self._sample() if self.ok else None
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float]:
+        with open("/proc/stat") as f:
+            v = [float(x) for x in f.readline().split()[1:9]]  # user .. steal (guest is inside user)
+        t = os.times()
+        return sum(v), v[3] + (v[4] if len(v) > 4 else 0.0), t.user + t.system  # all, idle + iowait, own
+
+    def spare(self) -> float:
+        """Cores spare (idle, or used by this process) since the last call."""
+        now = self._sample()
+        total, idle, own = (a - b for a, b in zip(now, self._last))
+        self._last = now
+        cores = os.cpu_count() or 1
+        hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        wall = total / cores / hz  # seconds since the last call
+        return cores * idle / total + own / wall if total > 0 and wall > 0 else cores
+
+    def wait(self, should_stop: Callable[[], bool]) -> None:
+        if not self.ok:
+            return
+        while self.spare() < self.need and not should_stop():
+            time.sleep(self.poll_s)
+
+
+def _signature(cfg) -> str:
+    """What the teacher targets depend on, to skip configs that cannot need another store (β, the
+    student and the schedule do not; a duplicate only costs a Trainer, never a missing store)."""
+    cat = cfg.CAT_KD.model_dump(mode="json")
+    cat.get("LOSS", {}).pop("CAT_loss_weight", None)
+    cat.get("LOSS", {}).pop("CE_loss_weight", None)
+    return json.dumps({"distiller": cfg.DISTILLER.TYPE, "teacher": cfg.DISTILLER.TEACHER,
+                       "ckpt": cfg.DISTILLER.TEACHER_CKPT, "data": cfg.DATASET.model_dump(mode="json"),
+                       "precision": cfg.RUN.PRECISION, "channels_last": cfg.RUN.CHANNELS_LAST,
+                       "cache": cfg.RUN.TEACHER_CACHE, "cat": cat}, sort_keys=True)
+
+
+def prefetch_configs(spec) -> tuple[list, Optional[str]]:
+    """(configs whose stores to fill, or why there is nothing to prefetch)."""
+    from catkd.distillers import DISTILLERS
+    from catkd.study.checks import run_config
+    from catkd.study.estimate import _TARGET_KEYS
+    from catkd.study.preflight import probe_configs
+    from catkd.study.results import canonical
+
+    names = [canonical(n) for g in spec.subgrids for n in g]
+    if spec.search.algorithm != "grid" and any(n.startswith("DATASET.") for n in names):
+        return [], "the study samples data settings, so the views its trials draw are not known ahead"
+    cfgs = list(probe_configs(spec))
+    for g in spec.subgrids:  # each value of the dimensions that change the targets (R, binarize, ...)
+        for name, dim in g.items():
+            if canonical(name) in _TARGET_KEYS and dim.values is not None:
+                cfgs += [run_config(spec, {**(dim.when or {}), name: v}) for v in dim.values]
+    out, seen = [], set()
+    for c in cfgs:
+        if not DISTILLERS.get(c.DISTILLER.TYPE).needs_teacher or c.RUN.TEACHER_CACHE == "off":
+            continue
+        sig = _signature(c)
+        if sig not in seen:
+            seen.add(sig)
+            out.append(c)
+    return out, (None if out else "no trial uses the teacher cache")
+
+
+def plan(spec) -> dict[str, Any]:
+    """The job the prefetch process runs: the study, and the seeds in the order to fill them."""
+    seeds = list(spec.seeds) + (list(spec.confirm.seeds) if spec.confirm is not None else [])
+    return {"study": spec.model_dump(mode="json"), "seeds": list(dict.fromkeys(seeds))}
+
+
+def run(job: dict[str, Any], out: Path, should_stop: Callable[[], bool] = lambda: False,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Fill the stores of the study's configs for job['seeds'], epoch by epoch; returns the counts
+    (also written to `out`, atomically, every REPORT_EVERY_S and at the end)."""
+    import torch
+
+    from catkd.engine import Trainer
+    from catkd.fsutil import atomic_write_json
+    from catkd.study.spec import StudySpec
+
+    spec = StudySpec.model_validate(job["study"])
+    cfgs, why = prefetch_configs(spec)
+    prior = json.loads(out.read_text()) if out.is_file() else {}
+    stats = {"teacher_images": int(prior.get("teacher_images", 0)), "batches": 0, "done": False,
+             "priority": job.get("priority", ""), "seconds": float(prior.get("seconds", 0.0)),
+             "pid": os.getpid()}
+    t0 = time.monotonic()
+    last = -1e9
+
+    def report(final: bool = False) -> None:
+        nonlocal last
+        if final or time.monotonic() - last > REPORT_EVERY_S:
+            last = time.monotonic()
+            atomic_write_json(out, {**stats, "seconds": stats["seconds"] + time.monotonic() - t0})
+
+    if why:
+        log(f"teacher prefetch: nothing to do ({why})")
+    fillers: dict[str, Trainer] = {}
+    for cfg in cfgs:
+        if should_stop():
+            break
+        c = cfg.model_copy(deep=True)
+        c.RUN.PROGRESS = "none"
+        t = Trainer.from_config(c, out_dir=out.parent / ".prefetch", log=lambda s: None, notice=log)
+        if not getattr(t.targets, "cached", False):
+            continue
+        # one filler per teacher and data: its forwards fill the other target specs' stores too
+        base = json.dumps({k: v for k, v in t.targets.key.items() if k != "targets"}, sort_keys=True)
+        fillers.setdefault(base, t)
+    epochs = max((t.cfg.SOLVER.EPOCHS for t in fillers.values()), default=0)
+    gate = IdleGate() if job.get("gate", True) else None
+    for seed in job["seeds"]:
+        for epoch in range(1, epochs + 1):
+            for t in fillers.values():
+                for batch in t.data.train.epoch_batches(epoch, seed):
+                    if should_stop():
+                        report(final=True)
+                        return stats
+                    store = t.targets.store
+                    if store.flags[store.rows(batch.index.numpy(), batch.view.numpy())].all():
+                        continue  # a trial got there first
+                    if gate is not None:
+                        gate.wait(should_stop)
+                    images = t._images(batch.images)
+                    with torch.no_grad(), t._autocast():
+                        stats["teacher_images"] += t.targets.fill(batch, images)
+                    stats["batches"] += 1
+                    report()
+    stats["done"] = True
+    report(final=True)
+    return stats
+
+
+# ---- the process --------------------------------------------------------------------------------
+def start(spec, env: dict[str, str], exp_dir: Path) -> Optional[subprocess.Popen]:
+    """Start the prefetch process for a study (None, with a line saying why, where it cannot help)."""
+    from catkd.study.progress import say
+
+    cfgs, why = prefetch_configs(spec)
+    if why:
+        say(f"teacher prefetch: off ({why})")
+        return None
+    job = exp_dir / ".prefetch-job.json"
+    from catkd.fsutil import atomic_write_json
+
+    atomic_write_json(job, plan(spec))
+    logf = open(exp_dir / "prefetch.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "catkd.teacher_cache.prefetch", str(job)],
+                            env={**os.environ, **env}, stdout=logf, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    logf.close()
+    say(f"teacher prefetch: filling the teacher cache for seeds {plan(spec)['seeds']} from idle CPU "
+        f"time (pid {proc.pid}; log {exp_dir / 'prefetch.log'})")
+    return proc
+
+
+def stop(proc: Optional[subprocess.Popen], timeout: float = 5.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)  # it writes its counts and exits; a kill loses no entry either
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    job_path = Path(argv[0])
+    job = json.loads(job_path.read_text())
+    job["priority"] = lowest_priority()
+    import torch
+
+    torch.set_num_threads(1)
+    parent = os.getppid()
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    out = job_path.parent / "prefetch.json"
+    stats = run(job, out, should_stop=lambda: bool(stopping) or os.getppid() != parent,
+                log=lambda s: print(s, flush=True))
+    print(f"teacher prefetch: {'done' if stats['done'] else 'stopped'}: {stats['teacher_images']} teacher images "
+          f"({job['priority']})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
