@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -293,11 +292,9 @@ def teacher_cache_table(study: Study) -> Optional[Table]:
         rows.append([stage, g["trial_id"].nunique(), len(g), f"{fwd:,.0f}", f"{seen:,.0f}",
                      f"{fwd / seen:.3f}" if seen else "-"])
     notes = []
-    pf = study.path / "prefetch.json"  # the driver's prefetch from idle CPU time (catkd.teacher_cache.prefetch)
-    try:
-        ahead = json.loads(pf.read_text()) if pf.is_file() else None
-    except (OSError, ValueError):
-        ahead = None
+    from catkd.teacher_cache.prefetch import totals
+
+    ahead = totals(study.path)  # the driver's prefetch from idle CPU time (catkd.teacher_cache.prefetch)
     if ahead is not None:
         n = float(ahead.get("teacher_images") or 0)
         rows.append(["prefetch (idle CPU)", "-", "-", f"{n:,.0f}", "-", "-"])

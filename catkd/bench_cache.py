@@ -7,8 +7,11 @@
   the same batches and weights (loss_rel_diff_fp16 / _bf16: median and max over steps).
 - same_seed_sharing: teacher images forwarded by 4 concurrent same-seed trials sharing one store,
   over what one trial alone forwards (1 is perfect, 4 is no sharing).
-- teacher_forward_fraction, study_wall_ratio: beta_sweep --smoke with the cache (a cold store)
-  over the same study with RUN.TEACHER_CACHE off: teacher images forwarded, and wall time.
+- teacher_forward_fraction, study_wall_ratio: beta_sweep --smoke with the cache (a cold store; the
+  default, which prefetches from idle CPU) over the same study with RUN.TEACHER_CACHE off: teacher
+  images forwarded (the trials' plus the prefetcher's), and wall time; medians of 2 interleaved
+  rounds. Beside them the cache without the prefetch (`_no_prefetch`), and each wall ratio per
+  trial-epoch (ASHA's arrival order changes how many trial-epochs a run trains).
 - teacher_forward_fraction_real: beta_sweep at real scale (CIFAR-100 sizes, its validation split,
   its ASHA rungs, its confirm stage), from the loader's own draws without training: distinct
   (image, view) pairs the study's seeds draw over the teacher forwards it runs without the cache.
@@ -16,7 +19,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import multiprocessing as mp
 import os
 import shutil
@@ -207,45 +209,53 @@ def bench_sharing(teacher_ckpt: str, trials: int = 4) -> dict:
     return {"same_seed_sharing": ratio, "same_seed_teacher_images": sum(together), "one_trial_teacher_images": alone}
 
 
-def bench_smoke_study(study: str = SMOKE_STUDY) -> dict:
-    """The smoke study with the cache (cold store) and without, after the smoke teacher is trained."""
+def bench_smoke_study(study: str = SMOKE_STUDY, repeats: int = 2) -> dict:
+    """The smoke study with the cache (cold store; with and without the prefetch) and without it,
+    after the smoke teacher is trained; `repeats` interleaved rounds, medians per side."""
     from catkd.bench import _run_smoke_study
     from catkd.study.preflight import ensure_smoke_teacher
     from catkd.study.spec import load_study
+    from catkd.teacher_cache.prefetch import totals as prefetch_totals
 
     out: dict = {}
     tmp = tempfile.mkdtemp(prefix="catkd-bench-cache-study-")
     try:
         spec = load_study(study, smoke=True)
         teacher = ensure_smoke_teacher(spec, Path(tmp) / ".cache" / "teachers")  # not timed
-        runs = {}
-        # the default (cache + prefetch from idle CPU), the cache alone, no cache; each on a cold store
-        for label, sets in (("cache", []), ("cache-no-prefetch", ["--no-prefetch"]),
-                            ("off", ["--set", "fixed.RUN.TEACHER_CACHE=off"])):
-            shutil.rmtree(Path(tmp) / ".cache" / "teacher", ignore_errors=True)  # a cold store
-            wall, rows = _run_smoke_study(study, tmp, f"cache-{label}", extra=sets)
-            pf = Path(tmp) / f"cache-{label}" / "prefetch.json"
-            ahead = json.loads(pf.read_text())["teacher_images"] if pf.is_file() else 0
-            trial = sum(int(r.get("teacher_images") or 0) for r in rows)
-            runs[label] = (wall, trial + ahead, len(rows))  # the prefetcher's forwards count too
-            stores = sorted(p.name for p in (Path(tmp) / ".cache" / "teacher").glob("[!.]*")) if label != "off" else []
-            print(f"cache: {study} --smoke, teacher cache {label}: {wall:.0f} s wall, {trial + ahead:,} teacher "
-                  f"images forwarded ({trial:,} by trials, {ahead:,} prefetched) in {len(rows)} trial-epochs "
-                  f"({wall / len(rows):.2f} s wall per trial-epoch)" + (f"; stores: {', '.join(stores)}" if stores else ""))
+        sides = {"cache": [], "cache-no-prefetch": ["--no-prefetch"],
+                 "off": ["--set", "fixed.RUN.TEACHER_CACHE=off"]}
+        runs: dict[str, list[tuple[float, int, int]]] = {k: [] for k in sides}
+        for i in range(repeats):  # interleaved: the machine's drift hits every side alike
+            for label, sets in sides.items():
+                shutil.rmtree(Path(tmp) / ".cache" / "teacher", ignore_errors=True)  # a cold store
+                name = f"cache-{label}-{i}"
+                wall, rows = _run_smoke_study(study, tmp, name, extra=sets)
+                ahead = (prefetch_totals(Path(tmp) / name) or {}).get("teacher_images", 0)
+                trial = sum(int(r.get("teacher_images") or 0) for r in rows)
+                runs[label].append((wall, trial + ahead, len(rows)))  # the prefetcher's forwards count too
+                stores = sorted(p.name for p in (Path(tmp) / ".cache" / "teacher").glob("[!.]*")) if label != "off" else []
+                print(f"cache: {study} --smoke, round {i + 1}, teacher cache {label}: {wall:.0f} s wall, "
+                      f"{trial + ahead:,} teacher images forwarded ({trial:,} by trials, {ahead:,} prefetched) in "
+                      f"{len(rows)} trial-epochs ({wall / len(rows):.2f} s wall per trial-epoch)"
+                      + (f"; stores: {', '.join(stores)}" if stores else ""))
+        med = lambda label, f: statistics.median(f(r) for r in runs[label])  # noqa: E731
+        wall = {k: med(k, lambda r: r[0]) for k in sides}
+        per_epoch = {k: med(k, lambda r: r[0] / r[2]) for k in sides}
+        forwards = {k: med(k, lambda r: r[1]) for k in sides}
         for label, suffix in (("cache", ""), ("cache-no-prefetch", "_no_prefetch")):
-            out["teacher_forward_fraction" + suffix] = runs[label][1] / runs["off"][1]
-            out["study_wall_ratio" + suffix] = runs[label][0] / runs["off"][0]
+            out["teacher_forward_fraction" + suffix] = forwards[label] / forwards["off"]
+            out["study_wall_ratio" + suffix] = wall[label] / wall["off"]
             # ASHA's arrival order changes how many trial-epochs a run trains: the same per trial-epoch
-            out["study_wall_ratio_per_trial_epoch" + suffix] = (runs[label][0] / runs[label][2]) / (
-                runs["off"][0] / runs["off"][2])
-        out["study_wall_cache_s"], out["study_wall_off_s"] = runs["cache"][0], runs["off"][0]
-        out["study_wall_cache_no_prefetch_s"] = runs["cache-no-prefetch"][0]
-        out["study_trial_epochs"] = {k: v[2] for k, v in runs.items()}
-        out["_teacher_ckpt"] = str(teacher)
+            out["study_wall_ratio_per_trial_epoch" + suffix] = per_epoch[label] / per_epoch["off"]
+        out["study_wall_cache_s"], out["study_wall_off_s"] = wall["cache"], wall["off"]
+        out["study_wall_cache_no_prefetch_s"] = wall["cache-no-prefetch"]
+        out["study_runs"] = {k: [[round(w, 1), f, n] for w, f, n in v] for k, v in runs.items()}
         print(f"cache: teacher_forward_fraction {out['teacher_forward_fraction']:.3f}, study_wall_ratio "
               f"{out['study_wall_ratio']:.3f} (per trial-epoch {out['study_wall_ratio_per_trial_epoch']:.3f}); "
               f"without the prefetch {out['teacher_forward_fraction_no_prefetch']:.3f}, "
-              f"{out['study_wall_ratio_no_prefetch']:.3f} ({out['study_wall_ratio_per_trial_epoch_no_prefetch']:.3f})")
+              f"{out['study_wall_ratio_no_prefetch']:.3f} ({out['study_wall_ratio_per_trial_epoch_no_prefetch']:.3f}); "
+              f"medians of {repeats} interleaved rounds")
+        out["_teacher_ckpt"] = str(teacher)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

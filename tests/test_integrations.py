@@ -65,10 +65,14 @@ def _rows(exp: Path) -> list[dict]:
 @pytest.mark.ray
 def test_the_study_driver_prefetches_teacher_targets_and_stops_the_prefetcher_before_it_returns(tracked):
     # the tiny study runs one trial at a time on 2 cores: the other core is idle, the prefetcher's
-    stats = json.loads((tracked / "prefetch.json").read_text())
+    from catkd.teacher_cache.prefetch import totals
+
+    stats = totals(tracked)
     assert stats["priority"] in ("SCHED_IDLE", "nice 19") and stats["teacher_images"] > 0
-    with pytest.raises(ProcessLookupError):
-        os.kill(stats["pid"], 0)  # gone when run_study returned
+    assert len(stats["pids"]) == 1
+    for pid in stats["pids"]:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # gone when run_study returned
     rows = _rows(tracked)
     trials_forwarded = sum(int(r["teacher_images"]) for r in rows)
     store = tracked.parent / ".cache" / "teacher"

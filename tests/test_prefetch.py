@@ -40,7 +40,8 @@ def tiny(tmp_path, monkeypatch):
 
 
 def test_the_plan_is_the_search_seeds_then_the_confirm_seeds(tiny):
-    assert prefetch.plan(tiny)["seeds"] == [0, 1, 2]  # smoke: search [0], confirm the next two seeds
+    job = prefetch.plan(tiny)
+    assert job["seeds"] == [0, 1, 2] and job["stages"] == [[0], [1, 2]]  # smoke: confirm with the next two seeds
 
 
 def test_prefetched_entries_are_what_a_trial_of_that_seed_draws_and_it_then_forwards_no_image(tiny, tmp_path):

@@ -126,10 +126,12 @@ class Trainer:
 
     @classmethod
     def from_config(cls, cfg: Config, out_dir: Optional[Path] = None, log: Callable[[str], None] = print,
-                    notice: Optional[Callable[[str], None]] = None) -> "Trainer":
+                    notice: Optional[Callable[[str], None]] = None, optimizer: bool = True) -> "Trainer":
         """Validate (catkd.engine.validate, the path the study pre-flight shares), then build the data,
         models, distiller, optimiser, schedule and teacher targets provider. `notice`: where one-line
-        notices go (the teacher cache's), default `log`."""
+        notices go (the teacher cache's), default `log`. optimizer=False: no optimiser or schedule
+        (the teacher prefetch only needs the data and the targets; torch's optimisers import
+        torch._dynamo, ~1.2 s here)."""
         from catkd.data import build_data, dataset_entry
         from catkd.distillers import DISTILLERS, build_distiller
         from catkd.engine.validate import validate_run
@@ -156,11 +158,12 @@ class Trainer:
         if cfg.RUN.CHANNELS_LAST:
             distiller.to(memory_format=torch.channels_last)
         s = cfg.SOLVER
-        optimizer = torch.optim.SGD(distiller.learnable_parameters(), lr=s.LR, momentum=s.MOMENTUM,
-                                    weight_decay=s.WEIGHT_DECAY, nesterov=s.NESTEROV)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=s.LR_DECAY_STAGES,
-                                                         gamma=s.LR_DECAY_RATE)
-        self = cls(cfg, distiller, data, optimizer, scheduler, device, out_dir=out_dir, log=log)
+        opt = sched = None
+        if optimizer:
+            opt = torch.optim.SGD(distiller.learnable_parameters(), lr=s.LR, momentum=s.MOMENTUM,
+                                  weight_decay=s.WEIGHT_DECAY, nesterov=s.NESTEROV)
+            sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=s.LR_DECAY_STAGES, gamma=s.LR_DECAY_RATE)
+        self = cls(cfg, distiller, data, opt, sched, device, out_dir=out_dir, log=log)
         self.targets = build_targets(cfg, distiller, data, device, self._autocast, log=notice or log)
         return self
 

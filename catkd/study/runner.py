@@ -141,7 +141,7 @@ def _run(spec: StudySpec, source: str, storage: Path, name: str, resume: bool, a
     smoke = " (SMOKE: synthetic data, small models)" if spec.smoke_mode else ""
     say(f"study {spec.name}{smoke}: experiment directory {exp_dir}")
     t0 = time.time()
-    prefetcher = _start_prefetch(spec, env, exp_dir, address) if prefetch else None
+    prefetcher = _start_prefetch(spec, env, exp_dir, address) if prefetch else []
     try:
         _run_stages(spec, storage, name, resume, address, dashboard, env, writer, trackers, state, state_path,
                     exp_dir, prefetcher)
@@ -163,17 +163,17 @@ def _start_prefetch(spec: StudySpec, env: dict[str, str], exp_dir: Path, address
 
     if address or os.environ.get("RAY_ADDRESS"):
         say("teacher prefetch: off (an existing Ray cluster: its trials may run on other machines)")
-        return None
+        return []
     if spec.resources.gpu and torch.cuda.is_available():
         say("teacher prefetch: off (trials run on the GPU, where the teacher is cheap)")
-        return None
+        return []
     return prefetch_mod.start(spec, env, exp_dir)
 
 
 def _run_stages(spec, storage, name, resume, address, dashboard, env, writer, trackers, state, state_path,
                 exp_dir, prefetcher) -> None:
     start_ray(address, dashboard)
-    if teacher_cache_env(env, explicit=bool(os.environ.get(ENV_DIR))) > 1 and prefetcher is not None:
+    if teacher_cache_env(env, explicit=bool(os.environ.get(ENV_DIR))) > 1 and prefetcher:
         say("teacher prefetch: stopped (a cluster of several nodes: trials may run elsewhere)")
         prefetch_mod.stop(prefetcher)
     if state.get("search") != "done":

@@ -10,9 +10,9 @@ search and the confirm stage -- and it never takes or waits for an entry a trial
 the values are the ones the trial would have computed: the cache stays exact.
 
 Order: the search seeds' epochs first, then the confirm seeds' (new seeds, whose views the search
-never draws). It stops when it has done everything, when the study driver stops it, or when the
-driver is gone. Its work is counted in `<experiment>/prefetch.json` (`teacher_images`), so a
-study's teacher forwards are the trials' `teacher_images` plus that.
+never draws), each stage epoch by epoch across its seeds (its trials run side by side). It stops when it has done everything, when the study driver stops it, or when the
+driver is gone. It counts its work in `<experiment>/prefetch-<k>.json` (`teacher_images`;
+`totals` sums the files), so a study's teacher forwards are the trials' `teacher_images` plus that.
 
 Run by the driver as `python -m catkd.teacher_cache.prefetch <job.json>`; on CPU-only, single-node
 studies with the cache on (`--no-prefetch` turns it off).
@@ -119,9 +119,11 @@ def prefetch_configs(spec) -> tuple[list, Optional[str]]:
 
 
 def plan(spec) -> dict[str, Any]:
-    """The job the prefetch process runs: the study, and the seeds in the order to fill them."""
-    seeds = list(spec.seeds) + (list(spec.confirm.seeds) if spec.confirm is not None else [])
-    return {"study": spec.model_dump(mode="json"), "seeds": list(dict.fromkeys(seeds))}
+    """The job the prefetch process runs: the study, and its seeds by stage (search, then confirm)."""
+    search = list(dict.fromkeys(spec.seeds))
+    confirm = [s for s in dict.fromkeys(spec.confirm.seeds if spec.confirm is not None else []) if s not in search]
+    return {"study": spec.model_dump(mode="json"), "seeds": search + confirm,
+            "stages": [g for g in (search, confirm) if g]}
 
 
 def run(job: dict[str, Any], out: Path, should_stop: Callable[[], bool] = lambda: False,
@@ -157,7 +159,7 @@ def run(job: dict[str, Any], out: Path, should_stop: Callable[[], bool] = lambda
             break
         c = cfg.model_copy(deep=True)
         c.RUN.PROGRESS = "none"
-        t = Trainer.from_config(c, out_dir=out.parent / ".prefetch", log=lambda s: None, notice=log)
+        t = Trainer.from_config(c, out_dir=out.parent / ".prefetch", log=lambda s: None, notice=log, optimizer=False)
         if not getattr(t.targets, "cached", False):
             continue
         # one filler per teacher and data: its forwards fill the other target specs' stores too
@@ -165,65 +167,92 @@ def run(job: dict[str, Any], out: Path, should_stop: Callable[[], bool] = lambda
         fillers.setdefault(base, t)
     epochs = max((t.cfg.SOLVER.EPOCHS for t in fillers.values()), default=0)
     gate = IdleGate() if job.get("gate", True) else None
-    for seed in job["seeds"]:
-        for epoch in range(1, epochs + 1):
-            for t in fillers.values():
-                for batch in t.data.train.epoch_batches(epoch, seed):
-                    if should_stop():
-                        report(final=True)
-                        return stats
-                    store = t.targets.store
-                    if store.flags[store.rows(batch.index.numpy(), batch.view.numpy())].all():
-                        continue  # a trial got there first
-                    if gate is not None:
-                        gate.wait(should_stop)
-                    images = t._images(batch.images)
-                    with torch.no_grad(), t._autocast():
-                        stats["teacher_images"] += t.targets.fill(batch, images)
-                    stats["batches"] += 1
-                    report()
+    # a stage's trials of different seeds run side by side, epoch for epoch: fill epoch-major across
+    # them, so the prefetch stays ahead of all of them rather than finishing one seed first
+    for seeds in job.get("stages") or [job["seeds"]]:
+        for epoch, seed, t in ((e, s, t) for e in range(1, epochs + 1) for s in seeds for t in fillers.values()):
+            for batch in t.data.train.epoch_batches(epoch, seed):
+                if should_stop():
+                    report(final=True)
+                    return stats
+                store = t.targets.store
+                if store.flags[store.rows(batch.index.numpy(), batch.view.numpy())].all():
+                    continue  # a trial got there first
+                if gate is not None:
+                    gate.wait(should_stop)
+                images = t._images(batch.images)
+                with torch.no_grad(), t._autocast():
+                    stats["teacher_images"] += t.targets.fill(batch, images)
+                stats["batches"] += 1
+                report()
     stats["done"] = True
     report(final=True)
     return stats
 
 
-# ---- the process --------------------------------------------------------------------------------
-def start(spec, env: dict[str, str], exp_dir: Path) -> Optional[subprocess.Popen]:
-    """Start the prefetch process for a study (None, with a line saying why, where it cannot help)."""
+# ---- the processes -------------------------------------------------------------------------------
+# processes: each single-threaded and runs only on an idle core. One: two (so both cores idle while
+# Ray starts or at the stage barrier fill at once) prefetched no more in beta_sweep --smoke here
+# (12,000-17,300 teacher images vs 10,600-19,700 with one), since each pays its own start-up
+PROCS = 1
+
+
+def start(spec, env: dict[str, str], exp_dir: Path) -> list[subprocess.Popen]:
+    """Start the prefetch process(es) for a study ([] with a line saying why where they cannot help);
+    with several, claims keep them off each other's entries."""
+    from catkd.fsutil import atomic_write_json
     from catkd.study.progress import say
 
     cfgs, why = prefetch_configs(spec)
     if why:
         say(f"teacher prefetch: off ({why})")
-        return None
+        return []
     job = exp_dir / ".prefetch-job.json"
-    from catkd.fsutil import atomic_write_json
-
     atomic_write_json(job, plan(spec))
-    logf = open(exp_dir / "prefetch.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "catkd.teacher_cache.prefetch", str(job)],
-                            env={**os.environ, **env}, stdout=logf, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
-    logf.close()
-    say(f"teacher prefetch: filling the teacher cache for seeds {plan(spec)['seeds']} from idle CPU "
-        f"time (pid {proc.pid}; log {exp_dir / 'prefetch.log'})")
-    return proc
+    procs = []
+    with open(exp_dir / "prefetch.log", "ab") as logf:
+        for k in range(min(os.cpu_count() or 1, PROCS)):
+            procs.append(subprocess.Popen([sys.executable, "-m", "catkd.teacher_cache.prefetch", str(job), str(k)],
+                                          env={**os.environ, **env}, stdout=logf, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL))
+    say(f"teacher prefetch: filling the teacher cache for seeds {plan(spec)['seeds']} from idle CPU time "
+        f"(at the lowest CPU priority; log {exp_dir / 'prefetch.log'})")
+    return procs
 
 
-def stop(proc: Optional[subprocess.Popen], timeout: float = 5.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)  # it writes its counts and exits; a kill loses no entry either
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+def stop(procs: Optional[list[subprocess.Popen]], timeout: float = 5.0) -> None:
+    live = [p for p in procs or [] if p.poll() is None]
+    for p in live:
+        p.send_signal(signal.SIGTERM)  # each writes its counts and exits; a kill loses no entry either
+    for p in live:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def totals(exp_dir: Path) -> Optional[dict[str, Any]]:
+    """The prefetch processes' counts summed (None if the study ran none): `teacher_images`, `pids`."""
+    files = sorted(Path(exp_dir).glob("prefetch*.json"))
+    if not files:
+        return None
+    out: dict[str, Any] = {"teacher_images": 0, "pids": [], "done": True, "priority": ""}
+    for f in files:
+        try:
+            d = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        out["teacher_images"] += int(d.get("teacher_images") or 0)
+        out["pids"] += [d["pid"]] if "pid" in d else []
+        out["done"] = out["done"] and bool(d.get("done"))
+        out["priority"] = d.get("priority") or out["priority"]
+    return out
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    job_path = Path(argv[0])
+    job_path, k = Path(argv[0]), int(argv[1]) if len(argv) > 1 else 0
     job = json.loads(job_path.read_text())
     job["priority"] = lowest_priority()
     import torch
@@ -232,7 +261,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parent = os.getppid()
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
-    out = job_path.parent / "prefetch.json"
+    out = job_path.parent / f"prefetch-{k}.json"
     stats = run(job, out, should_stop=lambda: bool(stopping) or os.getppid() != parent,
                 log=lambda s: print(s, flush=True))
     print(f"teacher prefetch: {'done' if stats['done'] else 'stopped'}: {stats['teacher_images']} teacher images "
