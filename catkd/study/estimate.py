@@ -152,24 +152,16 @@ def measure(cfg: Config, threads: int, steps: int = 3) -> dict[str, float]:
     return out
 
 
-_TARGET_KEYS = ("CAT_KD.LOSS.CAM_RESOLUTION", "CAT_KD.IF_BINARIZE", "DISTILLER.TYPE")
-
-
 def store_sizes(spec: StudySpec, groups: list[Group]) -> dict[str, int]:
     """Bytes of each teacher cache store the study can create: one per (teacher, target spec), over
     the finite values of the dimensions that change the targets (R, binarize, the distiller)."""
     from catkd.data import dataset_entry
     from catkd.distillers import DISTILLERS, build_distiller
     from catkd.models import build_model
-    from catkd.study.checks import run_config
-    from catkd.study.spec import canonical
+    from catkd.study.preflight import target_variant_configs
     from catkd.teacher_cache.provider import store_size
 
-    cfgs = [g.cfg for g in groups]
-    for g in spec.subgrids:
-        for name, dim in g.items():
-            if canonical(name) in _TARGET_KEYS and dim.values is not None:
-                cfgs += [run_config(spec, {**(dim.when or {}), name: v}) for v in dim.values]
+    cfgs = [g.cfg for g in groups] + target_variant_configs(spec)
     out: dict[str, int] = {}
     for cfg in cfgs:
         kind = DISTILLERS.get(cfg.DISTILLER.TYPE)

@@ -28,6 +28,21 @@ def probe_configs(spec: StudySpec) -> list[Config]:
     return [run_config(spec, p) for p in params]
 
 
+# the settings that change a distiller's teacher targets, so its teacher cache store
+TARGET_KEYS = ("CAT_KD.LOSS.CAM_RESOLUTION", "CAT_KD.IF_BINARIZE", "DISTILLER.TYPE")
+
+
+def target_variant_configs(spec: StudySpec) -> list[Config]:
+    """One run config per finite value of each dimension that changes the teacher targets (R,
+    binarize, the distiller): with the probe configs, every teacher cache store the study can use."""
+    out = []
+    for g in spec.subgrids:
+        for name, dim in g.items():
+            if canonical(name) in TARGET_KEYS and dim.values is not None:
+                out += [run_config(spec, {**(dim.when or {}), name: v}) for v in dim.values]
+    return out
+
+
 def preflight(spec: StudySpec, source: str) -> None:
     """Dataset and teacher checkpoints must be there before Ray starts (exit 2 otherwise)."""
     from catkd.distillers import DISTILLERS

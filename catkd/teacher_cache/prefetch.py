@@ -10,11 +10,11 @@ search and the confirm stage -- and it never takes or waits for an entry a trial
 the values are the ones the trial would have computed: the cache stays exact.
 
 Order: the search seeds' epochs first, then the confirm seeds' (new seeds, whose views the search
-never draws), each stage epoch by epoch across its seeds (its trials run side by side). It stops when it has done everything, when the study driver stops it, or when the
-driver is gone. It counts its work in `<experiment>/prefetch-<k>.json` (`teacher_images`;
+never draws), each stage epoch by epoch across its seeds (its trials run side by side). It stops
+when it has done everything, when the study driver stops it, or when the driver is gone. It counts its work in `<experiment>/prefetch-<k>.json` (`teacher_images`;
 `totals` sums the files), so a study's teacher forwards are the trials' `teacher_images` plus that.
 
-Run by the driver as `python -m catkd.teacher_cache.prefetch <job.json>`; on CPU-only, single-node
+Run by the driver as `python -m catkd.teacher_cache.prefetch <job.json> <k>`; on CPU-only, single-node
 studies with the cache on (`--no-prefetch` turns it off).
 """
 from __future__ import annotations
@@ -94,19 +94,13 @@ def _signature(cfg) -> str:
 def prefetch_configs(spec) -> tuple[list, Optional[str]]:
     """(configs whose stores to fill, or why there is nothing to prefetch)."""
     from catkd.distillers import DISTILLERS
-    from catkd.study.checks import run_config
-    from catkd.study.estimate import _TARGET_KEYS
-    from catkd.study.preflight import probe_configs
+    from catkd.study.preflight import probe_configs, target_variant_configs
     from catkd.study.results import canonical
 
     names = [canonical(n) for g in spec.subgrids for n in g]
     if spec.search.algorithm != "grid" and any(n.startswith("DATASET.") for n in names):
         return [], "the study samples data settings, so the views its trials draw are not known ahead"
-    cfgs = list(probe_configs(spec))
-    for g in spec.subgrids:  # each value of the dimensions that change the targets (R, binarize, ...)
-        for name, dim in g.items():
-            if canonical(name) in _TARGET_KEYS and dim.values is not None:
-                cfgs += [run_config(spec, {**(dim.when or {}), name: v}) for v in dim.values]
+    cfgs = list(probe_configs(spec)) + target_variant_configs(spec)
     out, seen = [], set()
     for c in cfgs:
         if not DISTILLERS.get(c.DISTILLER.TYPE).needs_teacher or c.RUN.TEACHER_CACHE == "off":
