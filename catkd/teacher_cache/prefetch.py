@@ -169,9 +169,8 @@ def run(job: dict[str, Any], out: Path, should_stop: Callable[[], bool] = lambda
                 if should_stop():
                     report(final=True)
                     return stats
-                store = t.targets.store
-                if store.flags[store.rows(batch.index.numpy(), batch.view.numpy())].all():
-                    continue  # a trial got there first
+                if not t.targets.needs(batch):
+                    continue  # a trial got there first: no need to wait for a spare core
                 if gate is not None:
                     gate.wait(should_stop)
                 images = t._images(batch.images)
@@ -201,15 +200,15 @@ def start(spec, env: dict[str, str], exp_dir: Path) -> list[subprocess.Popen]:
     if why:
         say(f"teacher prefetch: off ({why})")
         return []
-    job = exp_dir / ".prefetch-job.json"
-    atomic_write_json(job, plan(spec))
+    job, todo = exp_dir / ".prefetch-job.json", plan(spec)
+    atomic_write_json(job, todo)
     procs = []
     with open(exp_dir / "prefetch.log", "ab") as logf:
         for k in range(min(os.cpu_count() or 1, PROCS)):
             procs.append(subprocess.Popen([sys.executable, "-m", "catkd.teacher_cache.prefetch", str(job), str(k)],
                                           env={**os.environ, **env}, stdout=logf, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL))
-    say(f"teacher prefetch: filling the teacher cache for seeds {plan(spec)['seeds']} from idle CPU time "
+    say(f"teacher prefetch: filling the teacher cache for seeds {todo['seeds']} from idle CPU time "
         f"(at the lowest CPU priority; log {exp_dir / 'prefetch.log'})")
     return procs
 

@@ -139,12 +139,16 @@ class CachedTargets(LiveTargets):
             off += w
         return out
 
+    def needs(self, batch) -> bool:
+        """Whether any of the batch's entries is still empty in this store."""
+        return not self.store.flags[self.store.rows(batch.index.numpy(), batch.view.numpy())].all()
+
     def fill(self, batch, images: Tensor) -> int:
         """Compute the batch's entries nobody has filled or claimed (the prefetcher); never waits for
         a trial's claim. Returns the images the teacher forwarded."""
-        rows = self.store.rows(batch.index.numpy(), batch.view.numpy())
-        if self.store.flags[rows].all():
+        if not self.needs(batch):
             return 0
+        rows = self.store.rows(batch.index.numpy(), batch.view.numpy())
         sibs = self.siblings()
         _, computed = self.store.fetch(rows, self._compute(images, sibs), [s for s, _ in sibs], wait=False)
         self.forwarded += computed
