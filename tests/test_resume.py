@@ -158,3 +158,26 @@ def test_optuna_asha_confirm_study_killed_in_search_and_in_confirm_loses_and_rep
                   optuna.load_study(study_name="tiny", storage=f"sqlite:///{exp / 'optuna.db'}")):
         assert len([t for t in study.trials if t.state in ended]) == 6
         assert all(t.state in (*ended, optuna.trial.TrialState.FAIL) for t in study.trials)
+
+
+def test_ctrl_c_in_a_stage_stops_the_study_instead_of_ending_the_stage_as_done(ray_session, tmp_path):
+    """Tune's own SIGINT handler makes `Tuner.fit()` return normally on Ctrl-C, so the runner would
+    record the stage done and `--resume` would skip what was left of it. After `start_ray` a SIGINT
+    raises KeyboardInterrupt out of `fit()` (the CLI exits 130 and `--resume` continues)."""
+    from ray import tune
+
+    from catkd.study.stages import start_ray
+
+    start_ray(None, False)
+    assert os.environ.get("TUNE_DISABLE_SIGINT_HANDLER") == "1"
+    driver = os.getpid()
+
+    def trainable(config):
+        os.kill(driver, signal.SIGINT)  # Ctrl-C on the driver while a trial runs
+        for i in range(600):
+            time.sleep(0.1)
+            tune.report({"i": i})
+
+    tuner = tune.Tuner(trainable, run_config=tune.RunConfig(name="sigint", storage_path=str(tmp_path), verbose=0))
+    with pytest.raises(KeyboardInterrupt):
+        tuner.fit()

@@ -47,6 +47,9 @@ def start_ray(address: Optional[str], dashboard: bool) -> Any:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ctrl-C must stop the study as a kill does, resumable. Tune's own SIGINT handler ends `fit()`
+    # normally, so the stage would be recorded done and `--resume` would skip what was left of it.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     if ray.is_initialized():
         return None
     imports = _preimport()
