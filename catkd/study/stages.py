@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 # ---- Ray ----------------------------------------------------------------------------------------
 # what the driver imports after Ray is up (the Tuner, ASHA, Optuna's RDB storage): ~1.5-2 s of CPU on
 # a 2-core machine, while `ray.init` mostly waits for the processes it starts
-_DRIVER_MODULES = ("ray.tune", "ray.tune.schedulers", "ray.tune.search.optuna", "optuna.storages", "sqlalchemy",
-                   "catkd.study.search", "catkd.study.trainable")
+# (catkd.study.search brings in optuna and Ray's OptunaSearch; ray.tune.schedulers brings in ray.tune)
+_DRIVER_MODULES = ("ray.tune.schedulers", "sqlalchemy", "catkd.study.search", "catkd.study.trainable")
 
 
 def _preimport(modules: tuple[str, ...] = _DRIVER_MODULES) -> Any:
