@@ -10,9 +10,13 @@ time at the study's concurrency.
 Model (stated in the output): device time = trial-epochs x (training images / training img/s +
 evaluation images / evaluation img/s); with the cache, the teacher runs once per distinct (image,
 view) its seeds draw (the expected count for uniformly drawn views) and every step costs the
-warm-cache step. Wall = device time / concurrent trials, concurrency = min(max_concurrent, what this
-machine fits of the study's per-trial resources); trials sharing one GPU are assumed not to slow each
-other (a lower bound there; `python -m catkd.bench gpu` measures what 4 trials on one GPU give).
+warm-cache step. Wall, per stage: its trials started in order on the concurrent slots, each when a
+slot frees (Tune's way), so a stage's end, where slots wait for its last trials, is counted: the
+confirm stage runs in waves of `slots` trials, and under ASHA the trial that runs to the end may
+start late (which trials go on is unrelated to their order: the mean over seeded shuffles).
+Concurrency = min(max_concurrent, what this machine fits of the study's per-trial resources); trials
+sharing one GPU are assumed not to slow each other (a lower bound there; `python -m catkd.bench gpu`
+measures what 4 trials on one GPU give).
 """
 from __future__ import annotations
 
@@ -39,6 +43,47 @@ def asha_trial_epochs(num_samples: int, grace: int, rf: float, max_t: int) -> li
             alive = max(alive / rf, 1.0)
             rung = int(round(rung * rf))
     return out
+
+
+def asha_trial_lengths(num_samples: int, grace: int, rf: float, max_t: int) -> list[int]:
+    """Whole trials' epoch counts under ASHA: of the trials that reach a rung, round(1/rf) go on
+    (at least one), the rest stop there -- `asha_trial_epochs` in whole trials."""
+    lengths: list[int] = []
+    alive, rung = num_samples, grace
+    while rung < max_t and alive > 1:
+        go_on = max(1, round(alive / rf))
+        lengths += [rung] * (alive - go_on)
+        alive, rung = go_on, int(round(rung * rf))
+    return lengths + [max_t] * alive
+
+
+def makespan(lengths: list[float], slots: int) -> float:
+    """Wall of trials started in this order on `slots`, each as soon as a slot frees."""
+    import heapq
+
+    free = [0.0] * max(1, slots)
+    for n in lengths:
+        heapq.heappush(free, heapq.heappop(free) + n)
+    return max(free)
+
+
+def stage_packing(lengths: list[float], slots: int, shuffles: int = 200) -> float:
+    """Wall of a stage over its work spread evenly on the slots (>= 1): what its end costs while
+    slots wait for its last trials. The mean over seeded shuffles of the order, since which trial
+    runs longest is not known when they start."""
+    import random
+
+    if not lengths or slots <= 1:
+        return 1.0
+    even = sum(lengths) / slots
+    if len(set(lengths)) == 1:
+        return makespan(lengths, slots) / even
+    rng = random.Random(0)
+    order, spans = list(lengths), []
+    for _ in range(shuffles):
+        rng.shuffle(order)
+        spans.append(makespan(order, slots))
+    return sum(spans) / len(spans) / even
 
 
 @dataclass
@@ -218,6 +263,8 @@ def estimate(spec: StudySpec, say=print) -> dict[str, Any]:
     say(f"cost, measured on this machine ({device}, {threads} thread(s) per trial; {len({_cost_key(g.cfg) for g in groups})} "
         f"distinct model/distiller setups, {3} timed steps each):")
     total_live = total_cached = 0.0
+    stage_live: dict[str, float] = {}
+    stage_cached: dict[str, float] = {}
     fills: dict[tuple, dict[str, Any]] = {}
     for g in groups:
         cfg = g.cfg
@@ -241,6 +288,8 @@ def estimate(spec: StudySpec, say=print) -> dict[str, Any]:
                 f["draws"][s] = max(f["draws"].get(s, 0), cfg.SOLVER.EPOCHS)
         total_live += live_s
         total_cached += cached_s
+        stage_live[g.stage] = stage_live.get(g.stage, 0.0) + live_s
+        stage_cached[g.stage] = stage_cached.get(g.stage, 0.0) + cached_s
         say(f"  [{g.stage}] {g.trials} x {cfg.DISTILLER.TYPE} {cfg.DISTILLER.TEACHER + ' -> ' if needs_teacher else ''}"
             f"{cfg.DISTILLER.STUDENT}, batch {cfg.SOLVER.BATCH_SIZE}: {m['train_live']:,.0f} img/s"
             + (f" with the live teacher, {m['train_cached']:,.0f} img/s with the cache warm" if needs_teacher else "")
@@ -254,6 +303,12 @@ def estimate(spec: StudySpec, say=print) -> dict[str, Any]:
             f"({len(f['draws'])} seed(s) x up to {max(f['draws'].values())} epochs), "
             f"{f['m']['teacher_forward']:,.0f} img/s")
     total_cached += fill_s
+    packing = {stage: stage_packing(stage_lengths(spec, groups, stage), slots) for stage in stage_live}
+    for stage, f in packing.items():
+        if f > 1.005:
+            say(f"  [{stage}] {_stage_end(spec, groups, stage, slots, f)}")
+    wall = sum(stage_cached[st] * packing[st] for st in stage_cached) + fill_s
+    wall_live = sum(stage_live[st] * packing[st] for st in stage_live)
     if fills:
         sizes = store_sizes(spec, groups)
         cap = groups[0].cfg.RUN.TEACHER_CACHE_MAX_GB
@@ -265,16 +320,48 @@ def estimate(spec: StudySpec, say=print) -> dict[str, Any]:
     out = {"trial_epochs_max": sum(g.max_epochs for g in groups),
            "trial_epochs_expected": sum(g.expected_epochs for g in groups),
            "device_hours_live": hours(total_live), "device_hours": hours(total_cached),
-           "concurrency": slots, "wall_hours": hours(total_cached) / slots,
-           "wall_hours_live": hours(total_live) / slots}
+           "concurrency": slots, "wall_hours": hours(wall) / slots, "wall_hours_live": hours(wall_live) / slots,
+           "stage_packing": packing}
     cache_note = (f" (with the teacher cache; {out['device_hours_live']:,.2f} device-hours, "
                   f"{_fmt_h(out['wall_hours_live'])} wall with the live teacher)" if fills else "")
     say(f"estimate: {out['device_hours']:,.2f} device-hours; {_fmt_h(out['wall_hours'])} wall at {slots} concurrent "
         f"trial(s) (max_concurrent {spec.max_concurrent}; this machine fits {fits}){cache_note}")
     say("  model: device time = trial-epochs x (train images / train img/s + eval images / eval img/s), "
-        "expected ASHA epochs; wall = device time / concurrent trials (trials sharing a GPU assumed not to "
-        "slow each other); Ray start-up, checkpoints and stage barriers not counted")
+        "expected ASHA epochs; wall = each stage's trials started in order on the concurrent slots as they "
+        "free (a stage's end, where slots wait for its last trials, counted; trials sharing a GPU assumed not to "
+        "slow each other); Ray start-up, checkpoints and the barrier between stages not counted")
     return out
+
+
+def stage_lengths(spec: StudySpec, groups: list[Group], stage: str) -> list[float]:
+    """The epoch counts of a stage's trials: under ASHA its whole-trial rung model, else the budgets."""
+    gs = [g for g in groups if g.stage == stage]
+    if stage == "search" and spec.scheduler.type == "asha":
+        n = sum(g.trials for g in gs)
+        max_t = max(round(g.max_epochs / g.trials) for g in gs)
+        return [float(x) for x in asha_trial_lengths(n, spec.scheduler.grace_period, spec.scheduler.reduction_factor,
+                                                     max_t)]
+    return [g.max_epochs / g.trials for g in gs for _ in range(g.trials)]
+
+
+def _stage_end(spec: StudySpec, groups: list[Group], stage: str, slots: int, factor: float) -> str:
+    """One line on what a stage's end costs, and for the confirm stage how to fill its last wave."""
+    n = sum(g.trials for g in groups if g.stage == stage)
+    cost = f"its wall is {factor:.2f}x its work spread evenly on {slots} slots"
+    if stage != "confirm":
+        kept = "the trials ASHA keeps" if spec.scheduler.type == "asha" else "its last trials"
+        return f"{n} trials on {slots} slots: at its end, slots wait while {kept} finish: {cost}"
+    waves, last = -(-n // slots), n % slots or slots
+    top_k, seeds = spec.confirm.top_k, len(spec.confirm.seeds)
+    fits = [(abs(k * m - n), abs(k - top_k), k, m) for k in range(1, 2 * top_k + 1) for m in range(1, 2 * seeds + 1)
+            if (k * m) % slots == 0]
+    hint = ""
+    if fits:
+        _, _, k, m = min(fits)
+        hint = f"; top_k {k} x {m} seeds ({k * m} trials) would fill every wave"
+    when = (f"run at once while {slots - n} slot(s) wait" if waves == 1 else
+            f"run in {waves} waves, the last with {last} trial(s) while {slots - last} slot(s) wait")
+    return f"{n} trials on {slots} slots {when}: {cost}{hint}"
 
 
 def _fmt_bytes(n: int) -> str:

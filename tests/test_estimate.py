@@ -1,0 +1,52 @@
+"""--dry-run's wall model: a stage's trials start in order as slots free, so the end of a stage, where
+slots wait for its last trials (the confirm stage's last wave, ASHA's longest trials), is counted."""
+from __future__ import annotations
+
+import pytest
+
+from catkd.study.estimate import asha_trial_epochs, asha_trial_lengths, estimate, makespan, stage_packing
+from catkd.study.spec import load_study
+
+
+def test_asha_whole_trial_lengths_keep_a_third_at_each_rung_and_one_to_the_end():
+    # beta_sweep: 32 samples, grace 20, reduction factor 3, 240 epochs: rungs at 20, 60, 180
+    lengths = asha_trial_lengths(32, 20, 3, 240)
+    assert [lengths.count(e) for e in (20, 60, 180, 240)] == [21, 7, 3, 1]
+    assert len(lengths) == 32
+    # the fractional model's expected epochs, in whole trials: within a few percent
+    assert sum(lengths) == pytest.approx(sum(asha_trial_epochs(32, 20, 3, 240)), rel=0.05)
+    assert asha_trial_lengths(1, 2, 3, 5) == [5]
+
+
+def test_makespan_starts_each_trial_when_a_slot_frees_so_the_order_matters():
+    assert makespan([3, 1, 1, 1], 2) == 3  # the long trial first: the short ones fill the other slot
+    assert makespan([1, 1, 1, 3], 2) == 4  # the long trial last: it runs alone at the end
+    assert makespan([5] * 9, 8) == 10
+
+
+def test_a_confirm_stage_of_9_trials_on_8_slots_takes_two_trial_times_not_nine_eighths():
+    assert stage_packing([240.0] * 9, 8) == pytest.approx(2 * 8 / 9)
+    assert stage_packing([240.0] * 8, 8) == 1.0
+    assert stage_packing([240.0] * 3, 1) == 1.0
+
+
+def test_an_asha_search_ends_with_slots_waiting_for_the_trials_it_kept():
+    lengths = asha_trial_lengths(32, 20, 3, 240)
+    f = stage_packing(lengths, 8)
+    # at least the even spread, at most one whole trial of 240 epochs after it
+    assert 1.0 < f <= (sum(lengths) / 8 + 240) / (sum(lengths) / 8)
+    assert f == stage_packing(lengths, 8)  # seeded: the same figure every time
+
+
+def test_the_dry_run_says_when_the_confirm_stage_leaves_slots_waiting_and_what_would_fill_them():
+    spec = load_study("studies/beta_sweep.yaml", smoke=True, sets={
+        "smoke.resources.cpu": 0.25, "smoke.max_concurrent": 8, "smoke.confirm": {"top_k": 3, "seeds": [1, 2, 3]}})
+    lines: list[str] = []
+    est = estimate(spec, say=lines.append)
+    assert est["concurrency"] == 8
+    text = "\n".join(lines)
+    assert "[confirm] 9 trials on 8 slots run in 2 waves, the last with 1 trial(s) while 7 slot(s) wait" in text
+    assert "top_k 2 x 4 seeds (8 trials) would fill every wave" in text
+    assert est["stage_packing"]["confirm"] == pytest.approx(16 / 9)
+    # the wall counts the waves: above the device time spread evenly on the slots
+    assert est["wall_hours"] > est["device_hours"] / 8
