@@ -32,28 +32,50 @@ from catkd.config import Config
 from catkd.study.spec import StudySpec, expand_grid
 
 
+def asha_survivors(arrivals: float, rf: float) -> float:
+    """Expected trials that go on from a rung `arrivals` trials reach, under Ray's asynchronous ASHA:
+    each arrival continues unless it is below the (1 - 1/rf) percentile of the results the rung has
+    recorded before it, so the first always goes on and early ones more often than 1/rf. For the
+    k-th arrival with exchangeable results that is 1 - ((1 - 1/rf)(k - 2) + 1) / k (k >= 2; the
+    expected interpolated order statistic of k - 1 uniform draws); within 1 % of a simulation of
+    Ray's rule with uniform or normal results for 6, 11 and 32 arrivals."""
+    def p(k: int) -> float:
+        return 1.0 if k == 1 else 1.0 - ((1.0 - 1.0 / rf) * (k - 2) + 1.0) / k
+
+    whole = int(arrivals)
+    return sum(p(k) for k in range(1, whole + 1)) + (arrivals - whole) * p(whole + 1)
+
+
+def _rungs(grace: int, rf: float, max_t: int) -> list[int]:
+    out, rung = [], grace
+    while rung < max_t:
+        out.append(int(rung))
+        rung = int(round(rung * rf))
+    return out
+
+
 def asha_trial_epochs(num_samples: int, grace: int, rf: float, max_t: int) -> list[float]:
-    """Expected trials still running at each epoch 1..max_t under ASHA (one bracket): every rung
-    (grace * rf^k) keeps 1/rf of the trials that reach it, and at least one trial runs to max_t
-    (Ray's asynchronous ASHA promotes the first trial to reach a rung)."""
-    alive, rung, out = float(num_samples), grace, []
+    """Expected trials still running at each epoch 1..max_t under ASHA (one bracket): at every rung
+    (grace * rf^k) `asha_survivors` of the trials that reach it go on; at least one runs to max_t."""
+    alive, out, rungs = float(num_samples), [], set(_rungs(grace, rf, max_t))
     for epoch in range(1, max_t + 1):
         out.append(alive)
-        if epoch == rung and epoch < max_t:
-            alive = max(alive / rf, 1.0)
-            rung = int(round(rung * rf))
+        if epoch in rungs:
+            alive = max(asha_survivors(alive, rf), 1.0)
     return out
 
 
 def asha_trial_lengths(num_samples: int, grace: int, rf: float, max_t: int) -> list[int]:
-    """Whole trials' epoch counts under ASHA: of the trials that reach a rung, round(1/rf) go on
-    (at least one), the rest stop there -- `asha_trial_epochs` in whole trials."""
+    """Whole trials' epoch counts under ASHA: of the trials that reach a rung, round(asha_survivors)
+    go on, the rest stop there -- `asha_trial_epochs` in whole trials."""
     lengths: list[int] = []
-    alive, rung = num_samples, grace
-    while rung < max_t and alive > 1:
-        go_on = max(1, round(alive / rf))
+    alive = num_samples
+    for rung in _rungs(grace, rf, max_t):
+        if alive <= 1:
+            break
+        go_on = max(1, round(asha_survivors(alive, rf)))
         lengths += [rung] * (alive - go_on)
-        alive, rung = go_on, int(round(rung * rf))
+        alive = go_on
     return lengths + [max_t] * alive
 
 
