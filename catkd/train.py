@@ -82,4 +82,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from catkd.cli import exit_now
+
+    exit_now(main())

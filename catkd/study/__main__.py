@@ -117,4 +117,6 @@ def dry_run(spec, source: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from catkd.cli import exit_now
+
+    exit_now(main())
