@@ -120,6 +120,10 @@ class CATLossCfg(_Section):
     CAM_RESOLUTION: int = Field(2, ge=1)
 
 
+# CAT_KD.Strategy: the reference's integers, and the words studies may use for them
+STRATEGY_WORDS = {"top": 0, "lowest": 1}
+
+
 class CATKDCfg(_Section):
     LOSS: CATLossCfg = CATLossCfg()
     IF_NORMALIZE: bool = True
@@ -132,7 +136,7 @@ class CATKDCfg(_Section):
     @field_validator("Strategy", mode="before")
     @classmethod
     def _strategy_words(cls, v: Any) -> Any:
-        return {"top": 0, "lowest": 1}.get(v, v) if isinstance(v, str) else v
+        return STRATEGY_WORDS.get(v, v) if isinstance(v, str) else v
 
 
 class RunCfg(_Section):

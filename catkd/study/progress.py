@@ -105,6 +105,31 @@ def progress_table(trials, last: dict[str, dict], metric: str, max_rows: int = 1
     return f"-- {head} --\n" + tabulate(rows, headers=["trial", "status", "settings", "epoch", metric]) + more
 
 
+def _word(key: str, v: Any) -> Any:
+    """A recorded setting in the study's words (CAT_KD.Strategy 0/1 -> top/lowest)."""
+    from catkd.config import STRATEGY_WORDS
+
+    if key == "CAT_KD.Strategy":
+        return {i: w for w, i in STRATEGY_WORDS.items()}.get(v, v)
+    return v
+
+
+def _setting(t: dict[str, Any], name: str, spec: StudySpec) -> Any:
+    """The trial's value of study dimension `name`, or "-" where the sub-grid the trial comes from
+    lacks that dimension or its `when:` is not met: its config then holds a default the study never
+    varied for it."""
+    rec = {d: _word(canonical(d), t.get(canonical(d))) for g in spec.subgrids for d in g}
+
+    def met(g, d) -> bool:
+        return all(rec.get(k) == _word(canonical(k), v) for k, v in (g[d].when or {}).items())
+
+    def holds(g) -> bool:  # every listed value the trial has fits this sub-grid (ranges always do)
+        return all(g[d].values is None or rec[d] is None or rec[d] in [_word(canonical(d), v) for v in g[d].values]
+                   for d in g if met(g, d))
+
+    return rec[name] if any(name in g and met(g, name) and holds(g) for g in spec.subgrids) else "-"
+
+
 def summary_table(trials: list[dict[str, Any]], spec: StudySpec, top: int = 10) -> str:
     """The best trials by the study metric (validation when tuned on it: nothing picked on test)."""
     from tabulate import tabulate
@@ -112,11 +137,13 @@ def summary_table(trials: list[dict[str, Any]], spec: StudySpec, top: int = 10) 
     key = "best_val_acc" if spec.metric == "val_acc" else "best_test_acc"
     shown = ["best_val_acc", "test_acc_at_best_val", "last_test_acc"] if spec.metric == "val_acc" else \
         ["best_test_acc", "last_test_acc"]
-    dims = [canonical(d) for d in spec.dimension_names] + ["EXPERIMENT.SEED"]
+    names = spec.dimension_names
+    dims = [canonical(d) for d in names] + ["EXPERIMENT.SEED"]
     rows = sorted(trials, key=lambda t: (t["stage"] != "confirm", -(t.get(key) or -1)))[:top]
     inv = {v: k for k, v in ALIASES.items()}
     headers = ["stage", "trial", "status", *[inv.get(d, d) for d in dims], "epochs", *shown]
-    body = [[t["stage"], t["trial_id"], t["status"], *[t.get(d) for d in dims], t["epochs_done"],
+    body = [[t["stage"], t["trial_id"], t["status"],
+             *[_setting(t, n, spec) for n in names], t.get("EXPERIMENT.SEED"), t["epochs_done"],
              *[t.get(c) for c in shown]] for t in rows]
     title = (f"{spec.name}{' [SMOKE, synthetic data]' if spec.smoke_mode else ''}: top {len(rows)} of "
              f"{len(trials)} trials by {key}")
