@@ -198,7 +198,15 @@ def status_notes(trials: pd.DataFrame) -> list[str]:
     if "status" not in trials or trials.empty:
         return []
     counts = trials["status"].value_counts()
-    text = ", ".join(f"{counts[s]} {s}" for s in counts.index)
+
+    def say(c: pd.Series) -> str:
+        return ", ".join(f"{c[s]} {s}" for s in c.index)
+
+    stages = trials["stage"].unique() if "stage" in trials else []
+    if len(stages) > 1:  # per stage: a table of one stage must not seem to hold the other's trials
+        text = "; ".join(f"{st} {say(trials.loc[trials['stage'] == st, 'status'].value_counts())}" for st in stages)
+    else:
+        text = say(counts)
     out = [f"Trials: {text}."]
     if "running" in counts:
         out.append("PARTIAL: some trials were still running (study running or killed); "

@@ -279,6 +279,14 @@ def test_beta_sweep_picks_the_best_beta_on_validation_never_on_test(tmp_path):
     assert ts["beta_sweep_best"].rows[0][2] == "70.00 ± 1.41 (2)" and "best TEST epoch" in ts["beta_sweep_best"].headers[2]
 
 
+def test_trial_counts_are_given_per_stage_so_the_search_table_does_not_seem_to_hold_the_confirm_trials(tmp_path):
+    study = load(_beta_study(tmp_path))
+    study.trials.loc[study.trials["trial_id"] == "s5", "status"] = "stopped"
+    ts = {t.name: t for t in tables.build(study)}
+    notes = [n for t in ts.values() for n in t.notes if n.startswith("Trials:")]
+    assert notes == ["Trials: search 5 finished, 1 stopped; confirm 4 finished."]
+
+
 def test_val_tuned_study_without_confirm_rows_says_so(tmp_path):
     ts = tables.build(load(_beta_study(tmp_path, confirm_rows=False)))
     text = tables.render(ts, "md")
