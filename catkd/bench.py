@@ -397,10 +397,10 @@ def bench_gpu(quick: bool = False, concurrent: int = 4) -> dict:
     return out
 
 
-def bench_cache(no_prefetch: bool = True) -> dict:
+def bench_cache(no_prefetch_side: bool = True) -> dict:
     from catkd.bench_cache import bench_cache as run
 
-    return run(no_prefetch=no_prefetch)
+    return run(no_prefetch_side=no_prefetch_side)
 
 
 def bench_estimate(study: str = "studies/beta_sweep.yaml") -> dict:
@@ -463,7 +463,7 @@ def main(argv=None) -> int:
         elif name == "cache" and args.name == "all":
             # its side without the prefetch is left out of `all`: with it, `all` took 25 min 22 s on
             # a slow 2-core machine (budget: 25 min); `bench cache` runs every side
-            out.update(bench_cache(no_prefetch=False))
+            out.update(bench_cache(no_prefetch_side=False))
         else:
             out.update({**BENCHES, **EXTRA}[name]())
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}))

@@ -209,8 +209,8 @@ def bench_sharing(teacher_ckpt: str, trials: int = 4) -> dict:
     return {"same_seed_sharing": ratio, "same_seed_teacher_images": sum(together), "one_trial_teacher_images": alone}
 
 
-def bench_smoke_study(study: str = SMOKE_STUDY, repeats: int = 2, no_prefetch: bool = True) -> dict:
-    """The smoke study with the cache (cold store; with and, unless `no_prefetch` is False, without
+def bench_smoke_study(study: str = SMOKE_STUDY, repeats: int = 2, no_prefetch_side: bool = True) -> dict:
+    """The smoke study with the cache (cold store; with and, unless `no_prefetch_side` is False, without
     the prefetch) and without it, after the smoke teacher is trained; `repeats` interleaved rounds,
     medians per side."""
     from catkd.bench import _run_smoke_study
@@ -225,7 +225,7 @@ def bench_smoke_study(study: str = SMOKE_STUDY, repeats: int = 2, no_prefetch: b
         teacher = ensure_smoke_teacher(spec, Path(tmp) / ".cache" / "teachers")  # not timed
         sides = {"cache": [], "cache-no-prefetch": ["--no-prefetch"],
                  "off": ["--set", "fixed.RUN.TEACHER_CACHE=off"]}
-        if not no_prefetch:
+        if not no_prefetch_side:
             sides.pop("cache-no-prefetch")
         runs: dict[str, list[tuple[float, int, int]]] = {k: [] for k in sides}
         for i in range(repeats):  # interleaved: the machine's drift hits every side alike
@@ -254,11 +254,11 @@ def bench_smoke_study(study: str = SMOKE_STUDY, repeats: int = 2, no_prefetch: b
             out["study_wall_ratio_per_trial_epoch" + suffix] = per_epoch[label] / per_epoch["off"]
         out["study_wall_cache_s"], out["study_wall_off_s"] = wall["cache"], wall["off"]
         out["study_runs"] = {k: [[round(w, 1), f, n] for w, f, n in v] for k, v in runs.items()}
-        beside = (f"; without the prefetch {out['teacher_forward_fraction_no_prefetch']:.3f}, "
-                  f"{out['study_wall_ratio_no_prefetch']:.3f} ({out['study_wall_ratio_per_trial_epoch_no_prefetch']:.3f})"
-                  if no_prefetch else "")
-        if no_prefetch:
+        beside = ""
+        if no_prefetch_side:
             out["study_wall_cache_no_prefetch_s"] = wall["cache-no-prefetch"]
+            beside = (f"; without the prefetch {out['teacher_forward_fraction_no_prefetch']:.3f}, "
+                      f"{out['study_wall_ratio_no_prefetch']:.3f} ({out['study_wall_ratio_per_trial_epoch_no_prefetch']:.3f})")
         print(f"cache: teacher_forward_fraction {out['teacher_forward_fraction']:.3f}, study_wall_ratio "
               f"{out['study_wall_ratio']:.3f} (per trial-epoch {out['study_wall_ratio_per_trial_epoch']:.3f})"
               f"{beside}; medians of {repeats} interleaved rounds")
@@ -314,13 +314,13 @@ def bench_real_fraction(study: str = SMOKE_STUDY) -> dict:
     return {"teacher_forward_fraction_real": frac, "real_distinct_pairs": distinct, "real_forwards_without_cache": forwards}
 
 
-def bench_cache(no_prefetch: bool = True) -> dict:
-    """Every figure above; `no_prefetch=False` (in `bench all`, to stay within its time budget on a
+def bench_cache(no_prefetch_side: bool = True) -> dict:
+    """Every figure above; `no_prefetch_side=False` (in `bench all`, to stay within its time budget on a
     slow 2-core machine) leaves out the smoke study's side without the prefetch."""
     out: dict = {}
     out.update(bench_cached_step())
     out.update(bench_real_fraction())
-    study = bench_smoke_study(no_prefetch=no_prefetch)
+    study = bench_smoke_study(no_prefetch_side=no_prefetch_side)
     tmp, teacher = study.pop("_tmp"), study.pop("_teacher_ckpt")
     try:
         out.update(study)
