@@ -29,6 +29,9 @@ from catkd.teacher_cache.store import FORMAT_VERSION, Layout, StoreError, Teache
 # float16: per-step loss difference vs float32 targets measured in `python -m catkd.bench cache`
 # (README, "Teacher cache"); half the size of float32, exact for binarised maps pooled to R x R
 STORE_DTYPE = "float16"
+# images per teacher forward on a miss: a fixed shape makes every entry's bits independent of
+# which trial filled it (see CachedTargets._compute); 16 is as fast per image as 64 on CPU
+FORWARD_CHUNK = 16
 ENV_DIR = "CATKD_TEACHER_CACHE"  # set by the study driver: <storage>/.cache/teacher
 
 
@@ -111,18 +114,26 @@ class CachedTargets(LiveTargets):
         return list(self._siblings.values())
 
     def _compute(self, images: Tensor, sibs):
-        """compute(positions, sibling positions) for TeacherStore.fetch: one teacher forward on the
-        images at `positions`, packed for this store and for each sibling."""
+        """compute(positions, sibling positions) for TeacherStore.fetch: teacher forwards on the
+        images at `positions`, packed for this store and for each sibling.
+
+        The teacher always sees FORWARD_CHUNK images at a time (the last chunk padded with repeats):
+        float32 kernels round differently at other batch sizes (on CPU, 1-3 images vs 4 or more),
+        so an entry's value would otherwise depend on how many images happened to miss beside it,
+        i.e. on which trial filled it, and two runs of one study would train on different bits."""
         def compute(pos: np.ndarray, sib_pos: list[np.ndarray]):
-            sub = images.index_select(0, torch.from_numpy(pos).to(images.device))
-            logits, feats = self.distiller.teacher_outputs(sub)
-            own = _pack(self.distiller.teacher_targets(logits, feats), self.fields)
+            own, theirs = [], [[] for _ in sibs]
+            for s in range(0, len(pos), FORWARD_CHUNK):
+                p = pos[s:s + FORWARD_CHUNK]
+                padded = np.resize(p, FORWARD_CHUNK)  # repeats p to the fixed size
+                sub = images.index_select(0, torch.from_numpy(padded).to(images.device))
+                logits, feats = self.distiller.teacher_outputs(sub)
+                own.append(_pack(self.distiller.teacher_targets(logits, feats), self.fields)[:len(p)])
+                for j, (sib, spec) in enumerate(sibs):
+                    theirs[j].append(_pack(compute_targets(spec, logits, feats), sib.layout.fields)[:len(p)])
             local = {int(p): i for i, p in enumerate(pos)}
-            theirs = []
-            for (sib, spec), p in zip(sibs, sib_pos):
-                t = _pack(compute_targets(spec, logits, feats), sib.layout.fields)
-                theirs.append(t[[local[int(q)] for q in p]])
-            return own, theirs
+            return (np.concatenate(own),
+                    [np.concatenate(t)[[local[int(q)] for q in p]] for t, p in zip(theirs, sib_pos)])
         return compute
 
     def __call__(self, batch, images: Tensor) -> dict[str, Tensor]:
