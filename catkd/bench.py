@@ -397,10 +397,10 @@ def bench_gpu(quick: bool = False, concurrent: int = 4) -> dict:
     return out
 
 
-def bench_cache(no_prefetch_side: bool = True) -> dict:
+def bench_cache(no_prefetch_side: bool = True, rounds: int = 2) -> dict:
     from catkd.bench_cache import bench_cache as run
 
-    return run(no_prefetch_side=no_prefetch_side)
+    return run(no_prefetch_side=no_prefetch_side, rounds=rounds)
 
 
 def bench_estimate(study: str = "studies/beta_sweep.yaml") -> dict:
@@ -448,6 +448,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for step")
     ap.add_argument("--quick", action="store_true", help="gpu: tiny models and data, to check the script on a CPU")
     ap.add_argument("--asha-points", type=int, default=12, help="asha: β values in the grid (default 12)")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="cache: interleaved rounds of the smoke study, each side (default 2; `all` uses 2)")
     ap.add_argument("--asha-rf", type=float, default=4, help="asha: ASHA reduction factor (default 4; see README)")
     args = ap.parse_args(argv)
     names = list(BENCHES) if args.name == "all" else [args.name]
@@ -456,6 +458,8 @@ def main(argv=None) -> int:
         if name == "step":
             on_gpu = args.device.startswith("cuda")  # the pairs: small on CPU, the preset pair on GPU
             out.update(bench_step(args.device, *(("resnet32x4", "ShuffleV1") if on_gpu else ("resnet56", "resnet20"))))
+        elif name == "cache" and args.name != "all":
+            out.update(bench_cache(rounds=args.rounds))
         elif name == "asha":
             out.update(bench_asha(points=args.asha_points, reduction_factor=args.asha_rf))
         elif name == "gpu":

@@ -254,6 +254,8 @@ def bench_smoke_study(study: str = SMOKE_STUDY, repeats: int = 2, no_prefetch_si
             out["study_wall_ratio_per_trial_epoch" + suffix] = per_epoch[label] / per_epoch["off"]
         out["study_wall_cache_s"], out["study_wall_off_s"] = wall["cache"], wall["off"]
         out["study_runs"] = {k: [[round(w, 1), f, n] for w, f, n in v] for k, v in runs.items()}
+        # each round's own ratio: the spread says how far one median can be trusted
+        out["study_wall_ratio_rounds"] = [round(c[0] / o[0], 3) for c, o in zip(runs["cache"], runs["off"])]
         beside = ""
         if no_prefetch_side:
             out["study_wall_cache_no_prefetch_s"] = wall["cache-no-prefetch"]
@@ -261,7 +263,8 @@ def bench_smoke_study(study: str = SMOKE_STUDY, repeats: int = 2, no_prefetch_si
                       f"{out['study_wall_ratio_no_prefetch']:.3f} ({out['study_wall_ratio_per_trial_epoch_no_prefetch']:.3f})")
         print(f"cache: teacher_forward_fraction {out['teacher_forward_fraction']:.3f}, study_wall_ratio "
               f"{out['study_wall_ratio']:.3f} (per trial-epoch {out['study_wall_ratio_per_trial_epoch']:.3f})"
-              f"{beside}; medians of {repeats} interleaved rounds")
+              f"{beside}; medians of {repeats} interleaved rounds (per round: "
+              f"{', '.join(f'{r:.3f}' for r in out['study_wall_ratio_rounds'])})")
         out["_teacher_ckpt"] = str(teacher)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -314,13 +317,14 @@ def bench_real_fraction(study: str = SMOKE_STUDY) -> dict:
     return {"teacher_forward_fraction_real": frac, "real_distinct_pairs": distinct, "real_forwards_without_cache": forwards}
 
 
-def bench_cache(no_prefetch_side: bool = True) -> dict:
+def bench_cache(no_prefetch_side: bool = True, rounds: int = 2) -> dict:
     """Every figure above; `no_prefetch_side=False` (in `bench all`, to stay within its time budget on a
-    slow 2-core machine) leaves out the smoke study's side without the prefetch."""
+    slow 2-core machine) leaves out the smoke study's side without the prefetch; `rounds`: interleaved
+    rounds of the smoke study."""
     out: dict = {}
     out.update(bench_cached_step())
     out.update(bench_real_fraction())
-    study = bench_smoke_study(no_prefetch_side=no_prefetch_side)
+    study = bench_smoke_study(repeats=rounds, no_prefetch_side=no_prefetch_side)
     tmp, teacher = study.pop("_tmp"), study.pop("_teacher_ckpt")
     try:
         out.update(study)
