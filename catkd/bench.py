@@ -449,7 +449,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="gpu: tiny models and data, to check the script on a CPU")
     ap.add_argument("--asha-points", type=int, default=12, help="asha: β values in the grid (default 12)")
     ap.add_argument("--rounds", type=int, default=2,
-                    help="cache: interleaved rounds of the smoke study, each side (default 2; `all` uses 2)")
+                    help="cache: interleaved rounds of the smoke study, each side (default 2)")
     ap.add_argument("--asha-rf", type=float, default=4, help="asha: ASHA reduction factor (default 4; see README)")
     args = ap.parse_args(argv)
     names = list(BENCHES) if args.name == "all" else [args.name]
@@ -458,16 +458,14 @@ def main(argv=None) -> int:
         if name == "step":
             on_gpu = args.device.startswith("cuda")  # the pairs: small on CPU, the preset pair on GPU
             out.update(bench_step(args.device, *(("resnet32x4", "ShuffleV1") if on_gpu else ("resnet56", "resnet20"))))
-        elif name == "cache" and args.name != "all":
-            out.update(bench_cache(rounds=args.rounds))
         elif name == "asha":
             out.update(bench_asha(points=args.asha_points, reduction_factor=args.asha_rf))
         elif name == "gpu":
             out.update(bench_gpu(quick=args.quick))
-        elif name == "cache" and args.name == "all":
-            # its side without the prefetch is left out of `all`: with it, `all` took 25 min 22 s on
-            # a slow 2-core machine (budget: 25 min); `bench cache` runs every side
-            out.update(bench_cache(no_prefetch_side=False))
+        elif name == "cache":
+            # `all` leaves out its side without the prefetch: with it, `all` took 25 min 22 s on a
+            # slow 2-core machine (budget: 25 min); `bench cache` runs every side
+            out.update(bench_cache(no_prefetch_side=args.name != "all", rounds=args.rounds))
         else:
             out.update({**BENCHES, **EXTRA}[name]())
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}))

@@ -209,9 +209,9 @@ def bench_sharing(teacher_ckpt: str, trials: int = 4) -> dict:
     return {"same_seed_sharing": ratio, "same_seed_teacher_images": sum(together), "one_trial_teacher_images": alone}
 
 
-def bench_smoke_study(study: str = SMOKE_STUDY, repeats: int = 2, no_prefetch_side: bool = True) -> dict:
+def bench_smoke_study(study: str = SMOKE_STUDY, rounds: int = 2, no_prefetch_side: bool = True) -> dict:
     """The smoke study with the cache (cold store; with and, unless `no_prefetch_side` is False, without
-    the prefetch) and without it, after the smoke teacher is trained; `repeats` interleaved rounds,
+    the prefetch) and without it, after the smoke teacher is trained; `rounds` interleaved rounds,
     medians per side."""
     from catkd.bench import _run_smoke_study
     from catkd.study.preflight import ensure_smoke_teacher
@@ -228,7 +228,7 @@ def bench_smoke_study(study: str = SMOKE_STUDY, repeats: int = 2, no_prefetch_si
         if not no_prefetch_side:
             sides.pop("cache-no-prefetch")
         runs: dict[str, list[tuple[float, int, int]]] = {k: [] for k in sides}
-        for i in range(repeats):  # interleaved: the machine's drift hits every side alike
+        for i in range(rounds):  # interleaved: the machine's drift hits every side alike
             for label, sets in sides.items():
                 shutil.rmtree(Path(tmp) / ".cache" / "teacher", ignore_errors=True)  # a cold store
                 name = f"cache-{label}-{i}"
@@ -263,7 +263,7 @@ def bench_smoke_study(study: str = SMOKE_STUDY, repeats: int = 2, no_prefetch_si
                       f"{out['study_wall_ratio_no_prefetch']:.3f} ({out['study_wall_ratio_per_trial_epoch_no_prefetch']:.3f})")
         print(f"cache: teacher_forward_fraction {out['teacher_forward_fraction']:.3f}, study_wall_ratio "
               f"{out['study_wall_ratio']:.3f} (per trial-epoch {out['study_wall_ratio_per_trial_epoch']:.3f})"
-              f"{beside}; medians of {repeats} interleaved rounds (per round: "
+              f"{beside}; medians of {rounds} interleaved rounds (per round: "
               f"{', '.join(f'{r:.3f}' for r in out['study_wall_ratio_rounds'])})")
         out["_teacher_ckpt"] = str(teacher)
     except BaseException:
@@ -324,7 +324,7 @@ def bench_cache(no_prefetch_side: bool = True, rounds: int = 2) -> dict:
     out: dict = {}
     out.update(bench_cached_step())
     out.update(bench_real_fraction())
-    study = bench_smoke_study(repeats=rounds, no_prefetch_side=no_prefetch_side)
+    study = bench_smoke_study(rounds=rounds, no_prefetch_side=no_prefetch_side)
     tmp, teacher = study.pop("_tmp"), study.pop("_teacher_ckpt")
     try:
         out.update(study)

@@ -114,8 +114,8 @@ def _word(key: str, v: Any) -> Any:
     return v
 
 
-def _setting(t: dict[str, Any], name: str, spec: StudySpec) -> Any:
-    """The trial's value of study dimension `name`, or "-" where the sub-grid the trial comes from
+def _settings(t: dict[str, Any], spec: StudySpec) -> list[Any]:
+    """The trial's value of each study dimension, or "-" where the sub-grid the trial comes from
     lacks that dimension or its `when:` is not met: its config then holds a default the study never
     varied for it."""
     rec = {d: _word(canonical(d), t.get(canonical(d))) for g in spec.subgrids for d in g}
@@ -127,7 +127,8 @@ def _setting(t: dict[str, Any], name: str, spec: StudySpec) -> Any:
         return all(g[d].values is None or rec[d] is None or rec[d] in [_word(canonical(d), v) for v in g[d].values]
                    for d in g if met(g, d))
 
-    return rec[name] if any(name in g and met(g, name) and holds(g) for g in spec.subgrids) else "-"
+    mine = [g for g in spec.subgrids if holds(g)]
+    return [rec[n] if any(n in g and met(g, n) for g in mine) else "-" for n in spec.dimension_names]
 
 
 def summary_table(trials: list[dict[str, Any]], spec: StudySpec, top: int = 10) -> str:
@@ -137,13 +138,12 @@ def summary_table(trials: list[dict[str, Any]], spec: StudySpec, top: int = 10) 
     key = "best_val_acc" if spec.metric == "val_acc" else "best_test_acc"
     shown = ["best_val_acc", "test_acc_at_best_val", "last_test_acc"] if spec.metric == "val_acc" else \
         ["best_test_acc", "last_test_acc"]
-    names = spec.dimension_names
-    dims = [canonical(d) for d in names] + ["EXPERIMENT.SEED"]
+    dims = [canonical(d) for d in spec.dimension_names] + ["EXPERIMENT.SEED"]
     rows = sorted(trials, key=lambda t: (t["stage"] != "confirm", -(t.get(key) or -1)))[:top]
     inv = {v: k for k, v in ALIASES.items()}
     headers = ["stage", "trial", "status", *[inv.get(d, d) for d in dims], "epochs", *shown]
     body = [[t["stage"], t["trial_id"], t["status"],
-             *[_setting(t, n, spec) for n in names], t.get("EXPERIMENT.SEED"), t["epochs_done"],
+             *_settings(t, spec), t.get("EXPERIMENT.SEED"), t["epochs_done"],
              *[t.get(c) for c in shown]] for t in rows]
     title = (f"{spec.name}{' [SMOKE, synthetic data]' if spec.smoke_mode else ''}: top {len(rows)} of "
              f"{len(trials)} trials by {key}")
