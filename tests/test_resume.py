@@ -181,3 +181,54 @@ def test_ctrl_c_in_a_stage_stops_the_study_instead_of_ending_the_stage_as_done(r
     tuner = tune.Tuner(trainable, run_config=tune.RunConfig(name="sigint", storage_path=str(tmp_path), verbose=0))
     with pytest.raises(KeyboardInterrupt):
         tuner.fit()
+
+
+def test_a_smoke_teacher_killed_mid_training_continues_where_it_stopped_and_ends_bitwise_equal(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from catkd.engine.trainer import Trainer
+    from catkd.study.preflight import ensure_smoke_teacher
+    from catkd.study.spec import load_study
+
+    data = yaml.safe_load(TINY)
+    data["smoke"]["teacher_epochs"] = 4
+    p = tmp_path / "study.yaml"
+    p.write_text(yaml.safe_dump(data, sort_keys=False))
+    spec = load_study(p, smoke=True)
+    whole = ensure_smoke_teacher(spec, tmp_path / "a")  # uninterrupted
+
+    real_epoch = Trainer.train_epoch
+
+    def dies_in_epoch_3(self, epoch):
+        if epoch == 3:
+            raise KeyboardInterrupt  # Ctrl-C in the third epoch: epochs 1-2 are checkpointed
+        return real_epoch(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", dies_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_smoke_teacher(spec, tmp_path / "b")
+    monkeypatch.setattr(Trainer, "train_epoch", real_epoch)
+    capsys.readouterr()
+    resumed = ensure_smoke_teacher(spec, tmp_path / "b")
+    out = capsys.readouterr().out
+    assert "continuing its interrupted training" in out and "at epoch 2" in out
+
+    # an unreadable partial checkpoint is set aside and the teacher trained from the start
+    monkeypatch.setattr(Trainer, "train_epoch", dies_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_smoke_teacher(spec, tmp_path / "c")
+    monkeypatch.setattr(Trainer, "train_epoch", real_epoch)
+    (partial,) = (tmp_path / "c").glob("*/checkpoint.pth")
+    partial.write_bytes(partial.read_bytes()[:100])
+    capsys.readouterr()
+    retrained = ensure_smoke_teacher(spec, tmp_path / "c")
+    assert "training from the start" in capsys.readouterr().out
+
+    def weights(path):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return state.get("model", state)
+
+    ref = weights(whole)
+    for other in (resumed, retrained):
+        got = weights(other)
+        assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)

@@ -95,6 +95,7 @@ def ensure_smoke_teacher(spec: StudySpec, cache: Path) -> Optional[Path]:
     """--smoke: train the small teacher once on the synthetic data and cache it."""
     from catkd.distillers import DISTILLERS
     from catkd.engine import Trainer
+    from catkd.engine import checkpoint as ckpt
 
     if not any(DISTILLERS.get(c.DISTILLER.TYPE).needs_teacher for c in probe_configs(spec)):
         return None
@@ -119,6 +120,18 @@ def ensure_smoke_teacher(spec: StudySpec, cache: Path) -> Optional[Path]:
     say(f"smoke teacher {spec.smoke.teacher}: training {spec.smoke.teacher_epochs} epochs on the SYNTHETIC data "
         "(once; cached)")
     t0 = time.time()
+    # a study killed while its smoke teacher trained continues that training (bit-exact, as any resume):
+    # the directory is keyed by everything the teacher depends on; a checkpoint that cannot be loaded
+    # is set aside and the teacher trained from the start
+    partial = out / ckpt.FULL
+    if partial.is_file():
+        try:
+            ckpt.load_full(partial)
+            say(f"smoke teacher: continuing its interrupted training from {partial}")
+            cfg.RUN.RESUME = True
+        except ckpt.CheckpointError as e:
+            say(f"smoke teacher: {e}; training from the start")
+            partial.rename(partial.with_suffix(".unreadable"))
     result = Trainer.from_config(cfg, out_dir=out, log=lambda s: say(f"  teacher {s}")).fit()
     if result.status != "finished":
         raise RuntimeError(f"smoke teacher training {result.status}")
