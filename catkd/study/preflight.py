@@ -121,7 +121,7 @@ def ensure_smoke_teacher(spec: StudySpec, cache: Path) -> Optional[Path]:
         "(once; cached)")
     t0 = time.time()
     # a study killed while its smoke teacher trained continues that training (bit-exact, as any resume):
-    # the directory is keyed by everything the teacher depends on; a checkpoint that cannot be loaded
+    # the directory is keyed by the data, the solver and the teacher; a checkpoint that cannot be loaded
     # is set aside and the teacher trained from the start
     partial = out / ckpt.FULL
     if partial.is_file():
