@@ -124,15 +124,15 @@ def ensure_smoke_teacher(spec: StudySpec, cache: Path) -> Optional[Path]:
     # the directory is keyed by the data, the solver and the teacher; a checkpoint that cannot be loaded
     # is set aside and the teacher trained from the start
     partial = out / ckpt.FULL
-    if partial.is_file():
-        try:
-            ckpt.load_full(partial)
+    trainer = lambda: Trainer.from_config(cfg, out_dir=out, log=lambda s: say(f"  teacher {s}"))  # noqa: E731
+    try:
+        if partial.is_file():
             say(f"smoke teacher: continuing its interrupted training from {partial}")
-            cfg.RUN.RESUME = True
-        except ckpt.CheckpointError as e:
-            say(f"smoke teacher: {e}; training from the start")
-            partial.rename(partial.with_suffix(".unreadable"))
-    result = Trainer.from_config(cfg, out_dir=out, log=lambda s: say(f"  teacher {s}")).fit()
+        result = trainer().fit(resume_from=partial if partial.is_file() else None)
+    except ckpt.CheckpointError as e:  # raised only while restoring, before anything is written
+        say(f"smoke teacher: {e}; training from the start")
+        partial.rename(partial.with_suffix(".unreadable"))
+        result = trainer().fit()
     if result.status != "finished":
         raise RuntimeError(f"smoke teacher training {result.status}")
     say(f"smoke teacher: test top-1 {result.last_test_acc:.2f} in {time.time() - t0:.0f}s -> {path}")
