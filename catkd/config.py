@@ -12,10 +12,10 @@ import copy
 import os
 import sys
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, ClassVar, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -24,9 +24,36 @@ class ConfigError(ValueError):
     """A config file or override is wrong; the message names the file and the dotted key."""
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A config section: unknown keys and infinite numbers rejected, assignments validated.
+
+    A distiller's section also declares the reference's spellings of its keys (class variables):
+    `renamed_keys` {reference dotted key: our dotted key} and `ignored_keys` {dotted key: why}."""
+
     # allow_inf_nan=False: an infinite β or LR is a typo, not a setting
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    renamed_keys: ClassVar[dict[str, str]] = {}
+    ignored_keys: ClassVar[dict[str, str]] = {}
+
+
+_Section = Section
+
+# Sections declared by the methods (each distiller module declares its own: `@config_section("KD")`).
+SECTIONS: dict[str, type[Section]] = {}
+
+
+def config_section(name: str) -> Callable[[type[Section]], type[Section]]:
+    """Register a method's config section under its top-level name (MDistiller's section name)."""
+
+    def deco(cls: type[Section]) -> type[Section]:
+        if name in SECTIONS and SECTIONS[name] is not cls:
+            raise ValueError(f"config section {name!r} registered twice")
+        if name in _FRAME:
+            raise ValueError(f"config section {name!r} is part of the run config's frame")
+        SECTIONS[name] = cls
+        return cls
+
+    return deco
 
 
 class ExperimentCfg(_Section):
@@ -55,6 +82,13 @@ class SolverCfg(_Section):
     MOMENTUM: float = Field(0.9, ge=0)
     NESTEROV: bool = False
     TYPE: Literal["SGD"] = "SGD"
+
+    @field_validator("LR_DECAY_STAGES")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if sorted(v) != v:
+            raise ValueError("must be increasing")
+        return v
 
 
 class TestCfg(_Section):
@@ -86,57 +120,18 @@ class DatasetCfg(_Section):
     SPLIT_SEED: int = 0  # seeds the reduction subset and the validation split (fixed across run seeds)
     SYNTHETIC: SyntheticCfg = SyntheticCfg()
 
+    @model_validator(mode="after")
+    def _reduction(self) -> "DatasetCfg":
+        if self.REDUCTION and self.TYPE == "imagenet":
+            raise ValueError("REDUCTION: data reduction is defined for CIFAR-100 and synthetic only")
+        return self
+
 
 class LogCfg(_Section):
     TENSORBOARD_FREQ: int = 500
     SAVE_CHECKPOINT_FREQ: int = Field(40, ge=0)  # also keep epoch_<e>.pth every this many epochs (0: never)
     PREFIX: str = "./output"
     WANDB: bool = False  # catkd.train: log each epoch to Weights & Biases (project EXPERIMENT.PROJECT)
-
-
-class KDLossCfg(_Section):
-    CE_WEIGHT: float = Field(0.1, ge=0)
-    KD_WEIGHT: float = Field(0.9, ge=0)
-
-
-class KDCfg(_Section):
-    TEMPERATURE: float = Field(4.0, gt=0)
-    LOSS: KDLossCfg = KDLossCfg()
-
-
-class DKDCfg(_Section):
-    """DKD (Zhao et al., CVPR 2022) as MDistiller configures it (its section and defaults)."""
-
-    CE_WEIGHT: float = Field(1.0, ge=0)
-    ALPHA: float = Field(1.0, ge=0)  # weight of TCKD (target class)
-    BETA: float = Field(8.0, ge=0)  # weight of NCKD (non-target classes)
-    T: float = Field(4.0, gt=0)  # temperature
-    WARMUP: int = Field(20, ge=1)  # epochs over which the DKD term ramps up linearly
-
-
-class CATLossCfg(_Section):
-    CE_WEIGHT: float = Field(1.0, ge=0)
-    CAT_loss_weight: float = Field(400.0, ge=0)  # β
-    CAM_RESOLUTION: int = Field(2, ge=1)
-
-
-# CAT_KD.Strategy: the reference's integers, and the words studies may use for them
-STRATEGY_WORDS = {"top": 0, "lowest": 1}
-
-
-class CATKDCfg(_Section):
-    LOSS: CATLossCfg = CATLossCfg()
-    IF_NORMALIZE: bool = True
-    onlyCAT: bool = False
-    IF_BINARIZE: bool = False
-    IF_OnlyTransferPartialCAMs: bool = False
-    CAMs_Nums: int = Field(100, ge=1)
-    Strategy: Literal[0, 1] = 0
-
-    @field_validator("Strategy", mode="before")
-    @classmethod
-    def _strategy_words(cls, v: Any) -> Any:
-        return STRATEGY_WORDS.get(v, v) if isinstance(v, str) else v
 
 
 class RunCfg(_Section):
@@ -165,15 +160,42 @@ class RunCfg(_Section):
 
 
 class Config(_Section):
+    """The run config: the frame's sections below plus every registered method section (SECTIONS),
+    held as extra attributes (`cfg.CAT_KD`) and validated by their own models."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
     EXPERIMENT: ExperimentCfg = ExperimentCfg()
     DISTILLER: DistillerCfg = DistillerCfg()
     SOLVER: SolverCfg = SolverCfg()
     DATASET: DatasetCfg = DatasetCfg()
     LOG: LogCfg = LogCfg()
-    KD: KDCfg = KDCfg()
-    DKD: DKDCfg = DKDCfg()
-    CAT_KD: CATKDCfg = CATKDCfg()
     RUN: RunCfg = RunCfg()
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _method_sections(cls, data: Any, handler: Any) -> Any:
+        # each method section by its own model; the frame's and the sections' errors reported together
+        if not isinstance(data, dict):
+            return handler(data)
+        data, errors = dict(data), []
+        for name in [k for k in data if k not in cls.model_fields]:
+            if name not in SECTIONS:
+                errors.append({"type": "extra_forbidden", "loc": (name,), "input": data.pop(name)})
+            elif not isinstance(data[name], SECTIONS[name]):
+                try:
+                    data[name] = SECTIONS[name].model_validate(data[name])
+                except ValidationError as e:
+                    data.pop(name)
+                    errors += _relocated(e, (name,))
+        for name, section in SECTIONS.items():
+            data.setdefault(name, section())
+        try:
+            cfg = handler(data)
+        except ValidationError as e:
+            errors = _relocated(e, ()) + errors
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return cfg
 
     @property
     def experiment_name(self) -> str:
@@ -193,25 +215,45 @@ class Config(_Section):
         return self.model_dump(mode="json")
 
 
-# Keys of the reference (MDistiller / CAT-KD) that we accept but do not use.
+# Keys of the reference (MDistiller / CAT-KD) outside any method's section that we accept but do not use
+# (a method's own section declares its ignored and renamed keys: Section.ignored_keys / renamed_keys).
 _NO_SUCH_PATH = "a switch of the reference's own code; catkd has no such option and ignores it"
-IGNORED_KEYS = {
+_FRAME_IGNORED_KEYS = {
     "if_test": ("in the reference it switches the models to their CAM heads (bias-free 1x1 conv); "
                 "catkd always uses CAM heads for CAT/CAT-KD and ordinary heads for the other methods"),
     "device": "set RUN.DEVICE instead",
     "LOG.TENSORBOARD_FREQ": "metrics are logged per epoch",
     "SOLVER.TRAINER": "one trainer serves every distiller",
-    "CAT_KD.student_dir": "the reference's path for a student checkpoint; catkd trains students from scratch",
-    **{key: _NO_SUCH_PATH for key in (
-        "if_Augment", "if_useFactor", "if_self_train",
-        "CAT_KD.if_Augment", "CAT_KD.if_useFactor", "CAT_KD.if_self_train")},
+    **{key: _NO_SUCH_PATH for key in ("if_Augment", "if_useFactor", "if_self_train")},
 }
 # Ignored keys that are noise in nearly every reference file: no notice.
 _SILENT_KEYS = {"SOLVER.TRAINER"}
-# MDistiller sections of distillers that catkd does not implement: accepted, ignored.
-IGNORED_SECTIONS = {"AT", "RKD", "FITNET", "KDSVD", "CRD", "NST", "PKT", "SP", "VID", "REVIEWKD"}
-# Spellings the reference's files use that we map onto our keys.
-RENAMED_KEYS = {"CAT_KD.CE_WEIGHT": "CAT_KD.LOSS.CE_WEIGHT", "CAT_KD.teacher_dir": "DISTILLER.TEACHER_CKPT"}
+# MDistiller's distiller sections: accepted and ignored while no catkd method declares the section.
+# (KD, DKD and CAT_KD are always declared where a run is built: catkd.engine.validate.load_run_config.)
+MDISTILLER_SECTIONS = {"AT", "RKD", "FITNET", "KDSVD", "CRD", "NST", "PKT", "SP", "VID", "REVIEWKD", "OFD"}
+_FRAME = {"EXPERIMENT", "DISTILLER", "SOLVER", "DATASET", "LOG", "RUN"}
+
+
+def _relocated(err: ValidationError, prefix: tuple) -> list[dict]:
+    """A ValidationError's line errors under `prefix`, ready for ValidationError.from_exception_data."""
+    return [{"type": x["type"], "loc": (*prefix, *x["loc"]), "input": x.get("input"),
+             **({"ctx": x["ctx"]} if "ctx" in x else {})} for x in err.errors()]
+
+
+def ignored_keys() -> dict[str, str]:
+    """Every key of the reference that catkd accepts and ignores, with why (frame and sections)."""
+    out = dict(_FRAME_IGNORED_KEYS)
+    for section in SECTIONS.values():
+        out.update(section.ignored_keys)
+    return out
+
+
+def renamed_keys() -> dict[str, str]:
+    """The reference's spellings that catkd maps onto its own dotted keys (declared by the sections)."""
+    out: dict[str, str] = {}
+    for section in SECTIONS.values():
+        out.update(section.renamed_keys)
+    return out
 
 
 def notice(msg: str) -> None:
@@ -253,17 +295,17 @@ def _pop_dotted(d: dict, dotted: str) -> Any:
 def _normalise(raw: dict, source: str, quiet: bool) -> dict:
     """Drop ignored keys (with a notice) and map renamed ones, before validation."""
     raw = copy.deepcopy(raw)
-    for sec in sorted(IGNORED_SECTIONS & raw.keys()):
+    for sec in sorted((MDISTILLER_SECTIONS - SECTIONS.keys()) & raw.keys()):
         raw.pop(sec)
         if not quiet:
-            notice(f"{source}: section {sec} ignored (catkd implements NONE, KD, DKD and CAT_KD)")
+            notice(f"{source}: section {sec} ignored (no catkd method declares it)")
     flat = _flatten(raw)
-    for key, why in IGNORED_KEYS.items():
+    for key, why in ignored_keys().items():
         if key in flat:
             _pop_dotted(raw, key)
             if not quiet and key not in _SILENT_KEYS:
                 notice(f"{source}: {key} ignored ({why})")
-    for old, new in RENAMED_KEYS.items():
+    for old, new in renamed_keys().items():
         if old in flat:
             _pop_dotted(raw, old)
             if flat[old] not in (None, ""):  # the reference's empty default means "not given"
@@ -279,6 +321,11 @@ def _format_errors(err: ValidationError, source: str) -> str:
             msg = "unknown key"
         else:
             msg = e["msg"]
+            if e["type"] == "value_error":  # a validator's own message may start with the key it is about
+                msg = msg.removeprefix("Value error, ")
+                head, sep, rest = msg.partition(": ")
+                if sep and head.replace("_", "").isalnum() and " " not in head:
+                    key, msg = f"{key}.{head}" if key else head, rest
             if "input" in e and not isinstance(e["input"], dict):
                 msg += f" (got {e['input']!r})"
         lines.append(f"{source}: {key}: {msg}")
@@ -328,20 +375,22 @@ def build_config(
     quiet: bool = False,
 ) -> Config:
     """Validate a nested dict (reference format) plus dotted overrides into a Config."""
+    """Validate a nested dict (reference format) plus dotted overrides into a Config; every wrong key
+    is named in one ConfigError. Names of models and distillers are checked a floor up
+    (catkd.engine.validate.check_names), where the registries are."""
     data = _normalise(raw, source, quiet)
+    renamed, ignored = renamed_keys(), ignored_keys()
     for key, value in (overrides or {}).items():
-        key = RENAMED_KEYS.get(key, key)
-        if key in IGNORED_KEYS:
+        key = renamed.get(key, key)
+        if key in ignored:
             if not quiet:
-                notice(f"override {key} ignored ({IGNORED_KEYS[key]})")
+                notice(f"override {key} ignored ({ignored[key]})")
             continue
         _set_dotted(data, key, value)
     try:
-        cfg = Config.model_validate(data)
+        return Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_errors(e, source)) from None
-    check_names(cfg, source, quiet)
-    return cfg
 
 
 def load_config(
@@ -350,44 +399,6 @@ def load_config(
     """Read a config file (our preset or the reference's, unchanged) and apply dotted overrides."""
     p = resolve_preset(str(path))
     return build_config(read_yaml(p), str(p), overrides, quiet)
-
-
-def check_names(cfg: Config, source: str, quiet: bool = True) -> None:
-    """Names that refer to registries: fail at load time with the key, not deep in a run.
-
-    Aliases (`vanilla`, `CAT-KD`, the reference's ImageNet `MobileNetV2`, ...) are replaced by the
-    registered name here, so results, reports and published-number joins see one name per thing.
-    """
-    from catkd.distillers import DISTILLERS
-    from catkd.models import canonical_model_name, model_alias_note, model_names
-
-    family = "imagenet" if cfg.DATASET.TYPE == "imagenet" else "cifar"
-    if cfg.DISTILLER.TYPE not in DISTILLERS:
-        raise ConfigError(
-            f"{source}: DISTILLER.TYPE: unknown distiller {cfg.DISTILLER.TYPE!r}; "
-            f"known: {', '.join(DISTILLERS.names())}"
-        )
-    cfg.DISTILLER.TYPE = DISTILLERS.canonical(cfg.DISTILLER.TYPE)
-    known = model_names(family)
-    roles = ["STUDENT"] + (["TEACHER"] if DISTILLERS.get(cfg.DISTILLER.TYPE).needs_teacher else [])
-    for role in roles:
-        name = getattr(cfg.DISTILLER, role)
-        try:
-            canon = canonical_model_name(name, family)
-        except KeyError:
-            raise ConfigError(
-                f"{source}: DISTILLER.{role}: unknown {family} model {name!r}; known: {', '.join(known)}"
-            ) from None
-        if canon != name:
-            note = model_alias_note(name, family)
-            if note and not quiet:
-                notice(f"{source}: DISTILLER.{role}: {name!r} read as {canon!r} ({note})")
-            setattr(cfg.DISTILLER, role, canon)
-    stages = cfg.SOLVER.LR_DECAY_STAGES
-    if sorted(stages) != stages:
-        raise ConfigError(f"{source}: SOLVER.LR_DECAY_STAGES: must be increasing, got {stages}")
-    if cfg.DATASET.REDUCTION and cfg.DATASET.TYPE == "imagenet":
-        raise ConfigError(f"{source}: DATASET.REDUCTION: data reduction is defined for CIFAR-100 and synthetic only")
 
 
 def data_root(cfg: Config) -> Path:

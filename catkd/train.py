@@ -10,7 +10,8 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from catkd.config import ConfigError, load_config, parse_value, resolve_preset
+from catkd.config import ConfigError, parse_value, resolve_preset
+from catkd.engine.validate import load_run_config as load_config
 
 EXIT_BAD_INPUT = 2
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from catkd.config import load_config
+from catkd.engine.validate import load_run_config as load_config
 from catkd.engine import Trainer
 
 DATA = {"DATASET.TYPE": "synthetic", "RUN.PROGRESS": "none", "SOLVER.BATCH_SIZE": 64,

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from catkd.config import PRESET_DIR, ConfigError, load_config
+from catkd.config import PRESET_DIR, ConfigError
+from catkd.engine.validate import load_run_config as load_config
 from catkd.train import main as train_main
 
 # configs/cifar100/CAT_KD/res32x4_shuv1.yaml as the reference repository writes it (yacs style),
@@ -252,7 +253,7 @@ def test_reference_extra_keys_are_accepted_teacher_dir_is_the_teacher_checkpoint
 
 
 def test_aliases_become_the_registered_name_when_a_config_is_built():
-    from catkd.config import build_config
+    from catkd.engine.validate import build_run_config as build_config
 
     cfg = build_config({"DISTILLER": {"TYPE": "vanilla", "STUDENT": "resnet8"}}, quiet=True)
     assert cfg.DISTILLER.TYPE == "NONE"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from catkd.config import build_config
+from catkd.engine.validate import build_run_config as build_config
 from catkd.engine import Trainer
 from catkd.train import main as train_main
 

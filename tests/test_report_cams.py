@@ -12,7 +12,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 from analysis import report
-from catkd.config import build_config
+from catkd.engine.validate import build_run_config as build_config
 from catkd.models import build_model
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from catkd.config import build_config
+from catkd.engine.validate import build_run_config as build_config
 from catkd.engine import Trainer
 from catkd.train import main as train_main
 from catkd.teacher_cache.provider import CachedTargets, LiveTargets, build_targets
@@ -350,7 +350,7 @@ def test_one_teacher_forward_fills_the_stores_of_the_other_target_specs(tmp_path
 
 def test_off_written_bare_in_yaml_means_the_live_teacher(tmp_path, teacher):
     # yaml reads `off` as False: it must mean the switch, not a directory named "False"
-    from catkd.config import load_config
+    from catkd.engine.validate import load_run_config as load_config
 
     p = tmp_path / "run.yaml"
     p.write_text("RUN:\n  TEACHER_CACHE: off\n")

@@ -1,7 +1,17 @@
-"""Distillers by the reference's DISTILLER.TYPE names: NONE (alias vanilla), KD, DKD, CAT_KD (alias CAT-KD)."""
+"""Distillers by the reference's DISTILLER.TYPE names (NONE alias vanilla, KD, DKD, CAT_KD alias CAT-KD, ...).
+
+Every module of this package is imported here, so a method is added by adding its module: it
+declares its config section (`catkd.config.config_section`) and registers its Distiller in
+DISTILLERS; no list to edit.
+"""
+import importlib
+import pkgutil
+
 from catkd.distillers.registry import DISTILLERS
 from catkd.distillers.base import Distiller
-from catkd.distillers import vanilla, kd, dkd, cat_kd  # noqa: F401  (registration)
+
+for _m in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_m.name}")
 
 __all__ = ["DISTILLERS", "Distiller", "build_distiller"]
 

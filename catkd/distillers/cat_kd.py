@@ -6,14 +6,51 @@ to R x R before they are compared.
 """
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
 from torch import Tensor
 
-from catkd.config import ConfigError
+from catkd.config import ConfigError, Section, config_section
 from catkd.distillers.base import Distiller
 from catkd.distillers.registry import DISTILLERS
 from catkd.distillers.targets import binarize_cams  # noqa: F401 (C2: importable from here)
+
+
+class CATLossCfg(Section):
+    CE_WEIGHT: float = Field(1.0, ge=0)
+    CAT_loss_weight: float = Field(400.0, ge=0)  # β
+    CAM_RESOLUTION: int = Field(2, ge=1)
+
+
+# CAT_KD.Strategy: the reference's integers, and the words studies may use for them
+STRATEGY_WORDS = {"top": 0, "lowest": 1}
+_IGNORED = "a switch of the reference's own code; catkd has no such option and ignores it"
+
+
+@config_section("CAT_KD")
+class CATKDCfg(Section):
+    """The reference's CAT_KD section (its keys and defaults)."""
+
+    renamed_keys = {"CAT_KD.CE_WEIGHT": "CAT_KD.LOSS.CE_WEIGHT", "CAT_KD.teacher_dir": "DISTILLER.TEACHER_CKPT"}
+    ignored_keys = {
+        "CAT_KD.student_dir": "the reference's path for a student checkpoint; catkd trains students from scratch",
+        **{f"CAT_KD.{k}": _IGNORED for k in ("if_Augment", "if_useFactor", "if_self_train")},
+    }
+    LOSS: CATLossCfg = CATLossCfg()
+    IF_NORMALIZE: bool = True
+    onlyCAT: bool = False
+    IF_BINARIZE: bool = False
+    IF_OnlyTransferPartialCAMs: bool = False
+    CAMs_Nums: int = Field(100, ge=1)
+    Strategy: Literal[0, 1] = 0
+
+    @field_validator("Strategy", mode="before")
+    @classmethod
+    def _strategy_words(cls, v: Any) -> Any:
+        return STRATEGY_WORDS.get(v, v) if isinstance(v, str) else v
 
 
 def select_cams(

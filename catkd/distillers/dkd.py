@@ -9,10 +9,23 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
+from catkd.config import Section, config_section
 from catkd.distillers.base import Distiller
 from catkd.distillers.registry import DISTILLERS
+
+
+@config_section("DKD")
+class DKDCfg(Section):
+    """DKD (Zhao et al., CVPR 2022) as MDistiller configures it (its section and defaults)."""
+
+    CE_WEIGHT: float = Field(1.0, ge=0)
+    ALPHA: float = Field(1.0, ge=0)  # weight of TCKD (target class)
+    BETA: float = Field(8.0, ge=0)  # weight of NCKD (non-target classes)
+    T: float = Field(4.0, gt=0)  # temperature
+    WARMUP: int = Field(20, ge=1)  # epochs over which the DKD term ramps up linearly
 
 # MDistiller removes the target class from the non-target softmax by subtracting this from its z / T.
 _MASK_OFFSET = 1000.0

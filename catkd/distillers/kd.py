@@ -2,10 +2,25 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
+from catkd.config import Section, config_section
 from catkd.distillers.base import Distiller
 from catkd.distillers.registry import DISTILLERS
+
+
+class KDLossCfg(Section):
+    CE_WEIGHT: float = Field(0.1, ge=0)
+    KD_WEIGHT: float = Field(0.9, ge=0)
+
+
+@config_section("KD")
+class KDCfg(Section):
+    """MDistiller's KD section and defaults."""
+
+    TEMPERATURE: float = Field(4.0, gt=0)
+    LOSS: KDLossCfg = KDLossCfg()
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:

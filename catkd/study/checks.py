@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from catkd.config import Config, ConfigError, build_config, read_yaml, resolve_preset
+from catkd.config import Config, ConfigError, read_yaml, resolve_preset
+from catkd.engine.validate import build_run_config
 from catkd.study.spec import ALIASES, PRESET_KEY, StudyError, StudySpec, canonical
 
 
@@ -29,7 +30,7 @@ def run_config(spec: StudySpec, params: dict[str, Any], source: str = "<study>",
     if "EXPERIMENT.SEED" not in overrides:
         overrides["EXPERIMENT.SEED"] = spec.seeds[0]
     try:
-        return build_config(raw, source, overrides, quiet=True)
+        return build_run_config(raw, source, overrides, quiet=True)
     except ConfigError as e:
         raise StudyError(f"{e}" + (f" (from {where.rstrip('.')})" if where else "")) from None
 
