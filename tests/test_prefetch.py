@@ -1,5 +1,6 @@
-"""The teacher prefetch (catkd.teacher_cache.prefetch): the entries a study's seeds will draw, filled
-ahead from idle CPU time, exactly the values a trial computes, never racing a trial for a claim."""
+"""The teacher prefetch: the entries a study's seeds will draw (catkd.study.prefetch), filled ahead
+from idle CPU time (catkd.teacher_cache.prefetch), exactly the values a trial computes, never racing
+a trial for a claim."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,7 @@ import yaml
 from catkd.engine import Trainer
 from catkd.study.checks import run_config
 from catkd.study.spec import load_study
+from catkd.study import prefetch as study_prefetch
 from catkd.teacher_cache import prefetch
 from catkd.teacher_cache.store import Layout, TeacherStore
 
@@ -40,16 +42,19 @@ def tiny(tmp_path, monkeypatch):
 
 
 def test_the_plan_is_the_search_seeds_then_the_confirm_seeds(tiny):
-    job = prefetch.plan(tiny)
+    job = study_prefetch.plan(tiny)
     assert job["seeds"] == [0, 1, 2] and job["stages"] == [[0], [1, 2]]  # smoke: confirm with the next two seeds
+    cfgs, _ = study_prefetch.prefetch_configs(tiny)
+    assert job["configs"] == [c.model_dump(mode="json") for c in cfgs] and len(cfgs) == 1  # β needs no other store
 
 
 def test_prefetched_entries_are_what_a_trial_of_that_seed_draws_and_it_then_forwards_no_image(tiny, tmp_path):
-    stats = prefetch.run({"study": tiny.model_dump(mode="json"), "seeds": [3], "gate": False},
-                         tmp_path / "prefetch.json", log=lambda s: None)
+    job = {**study_prefetch.plan(tiny), "stages": [[3]], "gate": False}
+    stats = prefetch.run(job, tmp_path / "prefetch.json", log=lambda s: None)
     assert stats["done"] and json.loads((tmp_path / "prefetch.json").read_text())["teacher_images"] == \
         stats["teacher_images"]
-    cfg = run_config(tiny, {"beta": 7.0, "partial_cams": False, "seed": 3}).model_copy(deep=True)
+    cfg = run_config(tiny, {"CAT_KD.LOSS.CAT_loss_weight": 7.0, "CAT_KD.IF_OnlyTransferPartialCAMs": False,
+                                "EXPERIMENT.SEED": 3}).model_copy(deep=True)
     cfg.RUN.PROGRESS = "none"
     trial = Trainer.from_config(cfg, out_dir=tmp_path / "trial", log=lambda s: None)
     assert trial.targets.store.filled() == stats["teacher_images"]  # each entry forwarded once
@@ -63,7 +68,8 @@ def test_prefetched_entries_are_what_a_trial_of_that_seed_draws_and_it_then_forw
     for cached, live in pairs:  # the values a trial computes itself (within the store's float16)
         for k in cached:
             assert cached[k] == pytest.approx(live[k], rel=1e-3, abs=1e-6), (k, cached[k], live[k])
-    other = run_config(tiny, {"beta": 7.0, "partial_cams": False, "seed": 4}).model_copy(deep=True)
+    other = run_config(tiny, {"CAT_KD.LOSS.CAT_loss_weight": 7.0, "CAT_KD.IF_OnlyTransferPartialCAMs": False,
+                                  "EXPERIMENT.SEED": 4}).model_copy(deep=True)
     other.RUN.PROGRESS = "none"
     t4 = Trainer.from_config(other, out_dir=tmp_path / "t4", log=lambda s: None)
     assert t4.train_epoch(1)["teacher_images"] > 0  # a seed not in the plan was not prefetched
@@ -89,28 +95,34 @@ def test_stores_of_every_target_spec_the_study_can_use_and_no_guessing_sampled_d
     from catkd.study.spec import StudySpec
 
     base = tiny.model_dump(mode="json")
-    spec = StudySpec.model_validate({**base, "space": {**base["space"], "cam_resolution": {"choice": [1, 2]}}})
-    cfgs, why = prefetch.prefetch_configs(spec)
+    spec = StudySpec.model_validate({**base, "space": {**base["space"], "CAT_KD.LOSS.CAM_RESOLUTION": {"choice": [1, 2]}}})
+    cfgs, why = study_prefetch.prefetch_configs(spec)
     assert why is None and sorted(c.CAT_KD.LOSS.CAM_RESOLUTION for c in cfgs) == [1, 2]
-    sampled = StudySpec.model_validate({**base, "space": {**base["space"], "reserved_rate": {"uniform": [0.2, 1.0]}}})
-    cfgs, why = prefetch.prefetch_configs(sampled)
+    sampled = StudySpec.model_validate({**base, "space": {**base["space"], "DATASET.RESERVED_RATE": {"uniform": [0.2, 1.0]}}})
+    cfgs, why = study_prefetch.prefetch_configs(sampled)
     assert cfgs == [] and "not known ahead" in why
 
 
 def test_the_idle_gate_counts_idle_cores_and_this_process_own_cpu_as_spare(monkeypatch):
     gate = prefetch.IdleGate(need=0.5)
-    if not gate.ok:
-        pytest.skip("no /proc/stat")
-    hz, cores = os.sysconf("SC_CLK_TCK"), os.cpu_count() or 1
-    seq = iter([(0.0, 0.0, 0.0),
-                (0.2 * cores * hz, 0.0, 0.2),  # 0.2 s: no core idle, this process used one: spare 1
-                (0.4 * cores * hz, 0.0, 0.2),  # 0.2 s: no core idle, none used here: busy
-                (0.6 * cores * hz, 0.2 * hz, 0.2)])  # 0.2 s: one core idle: spare 1
+    cores = gate.cores
+    seq = iter([(0.0, 0.0, 0.0),  # CPU seconds: all cores, their idle time, this process
+                (0.2 * cores, 0.0, 0.2),  # 0.2 s: no core idle, this process used one: spare 1
+                (0.4 * cores, 0.0, 0.2),  # 0.2 s: no core idle, none used here: busy
+                (0.6 * cores, 0.2, 0.2)])  # 0.2 s: one core idle: spare 1
     monkeypatch.setattr(prefetch.IdleGate, "_sample", staticmethod(lambda: next(seq)))
     gate._last = gate._sample()
     assert gate.spare() == pytest.approx(1.0)
     assert gate.spare() == pytest.approx(0.0)
     assert gate.spare() == pytest.approx(1.0)
+
+
+def test_the_idle_gate_reads_this_machines_cpu_times():
+    gate = prefetch.IdleGate(need=0.5)
+    total, idle, own = gate._sample()
+    assert total >= idle >= 0 and own >= 0
+    time.sleep(0.05)
+    assert 0 <= gate.spare() <= gate.cores + 1  # +1: this process's own time is counted as spare too
 
 
 def test_the_prefetch_process_runs_at_the_lowest_cpu_priority():
@@ -121,3 +133,22 @@ def test_the_prefetch_process_runs_at_the_lowest_cpu_priority():
             "print(p, os.sched_getscheduler(0) == os.SCHED_IDLE if p == 'SCHED_IDLE' else os.nice(0))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out in (["SCHED_IDLE", "True"], ["nice", "19", "19"])
+
+
+def test_a_prefetch_process_fills_its_job_and_leaves_its_counts_beside_it(tiny, tmp_path):
+    job = {**study_prefetch.plan(tiny), "stages": [[3]], "gate": False}
+    procs = prefetch.start(job, tmp_path, {}, tmp_path / "prefetch.log")
+    assert len(procs) == prefetch.PROCS
+    for p in procs:
+        assert p.wait(120) == 0, (tmp_path / "prefetch.log").read_text()
+    prefetch.stop(procs)  # already gone: nothing to do
+    counts = prefetch.totals(tmp_path)
+    assert counts["done"] and counts["teacher_images"] > 0 and counts["priority"] in ("SCHED_IDLE", "nice 19")
+    assert counts["pids"] == [p.pid for p in procs]
+    assert prefetch.totals(tmp_path / "elsewhere") is None
+
+
+def test_a_job_without_configs_is_done_at_once(tmp_path):
+    lines = []
+    stats = prefetch.run({"configs": [], "stages": [[0, 1]]}, tmp_path / "prefetch-0.json", log=lines.append)
+    assert stats["done"] and stats["teacher_images"] == 0 and "nothing to do" in lines[0]

@@ -229,6 +229,32 @@ def test_claims_of_a_process_that_died_are_taken_over_at_once(tmp_path):
     assert done == 5 and time.time() - t0 < 5
 
 
+def test_the_claims_lock_is_exclusive_across_processes_and_freed_when_its_holder_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from filelock import Timeout
+
+    s = TeacherStore(tmp_path, "x", {"k": 1}, _layout(), log=lambda m: None)
+    code = ("import sys, time; from pathlib import Path; from catkd.teacher_cache.store import Layout, TeacherStore; "
+            "s = TeacherStore(Path(sys.argv[1]), 'x', {'k': 1}, Layout(6, 4, (('a', (2, 3)), ('b', (4,))), 'float16')); "
+            "s._claims_lock.acquire(); print('held', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(Timeout):
+            s._claims_lock.acquire(timeout=0.2)  # another process holds it
+        holder.send_signal(signal.SIGKILL)  # killed while holding the lock: the OS releases it
+        holder.wait()
+        rows = np.arange(4)
+        _, done = s.fetch(rows, lambda pos, _: (_values(rows[pos]), []))
+        assert done == 4
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def _fill(root: str, ready, go, out) -> None:
     """One of two processes filling the same store with a real (tiny) teacher."""
     torch.set_num_threads(1)

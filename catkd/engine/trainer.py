@@ -176,6 +176,16 @@ class Trainer:
     def _images(self, images: Tensor) -> Tensor:
         return images.contiguous(memory_format=torch.channels_last) if self.cfg.RUN.CHANNELS_LAST else images
 
+    def fill_teacher_targets(self, batch) -> int:
+        """Compute the teacher cache entries of a TrainBatch that nobody has filled or claimed, as
+        `step` would (the prefetch), without waiting for another process's claims; returns the images
+        the teacher forwarded (0 without a teacher cache)."""
+        if not getattr(self.targets, "cached", False):
+            return 0
+        images = self._images(batch.images)
+        with torch.no_grad(), self._autocast():
+            return self.targets.fill(batch, images)
+
     def step(self, batch, epoch: int, step: int) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         """One optimisation step on a TrainBatch: the teacher targets first (provider), then train_step."""
         images = self._images(batch.images)

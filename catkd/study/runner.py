@@ -20,12 +20,12 @@ import yaml
 
 from catkd.config import _flatten
 from catkd.fsutil import atomic_write_json, atomic_write_text
+from catkd.study import prefetch as prefetch_mod
 from catkd.study import results as res
 from catkd.study.preflight import absolutise, ensure_smoke_teacher, preflight
 from catkd.study.progress import say, summary_table
 from catkd.study.spec import StudyError, StudySpec, dump_study
 from catkd.study.stages import confirm_params, run_stage, start_ray, teacher_cache_env
-from catkd.teacher_cache import prefetch as prefetch_mod
 from catkd.teacher_cache.provider import ENV_DIR
 
 

@@ -6,8 +6,8 @@ Layout of a store directory `<root>/<name>/`:
     data.bin     num_images x views x width values (`dtype`), row = image * views + view
     flags.bin    one byte per (image, view): 0 empty, 1 filled (written after the entry's data)
     claims.bin   per (image, view): when and by which process id it was claimed (0: unclaimed)
-(claims are taken under one flock per root, `<root>/.claims.lock`, for this store and its siblings
-together: concurrent trials never compute the same entry)
+(claims are taken under one file lock per root, `<root>/.claims.lock`, for this store and its
+siblings together: concurrent trials never compute the same entry)
 
 An entry is filled once and then only read: a process claims the entries its batch misses (a chunk
 at a time), computes them, writes the values and then the flags; a process that finds an entry claimed by another waits
@@ -23,18 +23,17 @@ store only on a filesystem that gives that (catkd keeps stores node-local by def
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
+from filelock import FileLock
 
 FORMAT_VERSION = 1
 CLAIM_TIMEOUT_S = 120.0  # a claim older than this is from a process that died: take it over
@@ -80,15 +79,10 @@ class Layout:
         return cls(int(d["num_images"]), int(d["views"]), tuple((n, tuple(s)) for n, s in d["fields"]), d["dtype"])
 
 
-@contextmanager
-def _flock(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+def _lock(path: Path) -> FileLock:
+    """An exclusive lock across the processes of a machine, released when its holder dies: an OS lock
+    (flock), never a lock file that a killed process would leave behind; polled as often as claims."""
+    return FileLock(path, fallback_to_soft=False, poll_interval=_POLL_S)
 
 
 def _allocate(path: Path, size: int) -> None:
@@ -125,7 +119,7 @@ class TeacherStore:
         self.header = {"format": FORMAT_VERSION, "key": key, "layout": layout.describe()}
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            with _flock(self.root / ".lock"):
+            with _lock(self.root / ".lock"):
                 problem = self._check()
                 if problem is not None:
                     if self.dir.exists():
@@ -182,7 +176,7 @@ class TeacherStore:
             np.zeros(shape, L.dtype)
         self.flags = np.memmap(self.dir / "flags.bin", dtype=np.uint8, mode="r+", shape=(L.entries,))
         self.claims = np.memmap(self.dir / "claims.bin", dtype=_CLAIM, mode="r+", shape=(L.entries,))
-        self._lock_path = self.root / ".claims.lock"  # one for all stores of the root: see fetch
+        self._claims_lock = _lock(self.root / ".claims.lock")  # one for all stores of the root: see fetch
 
     # ---- entries -------------------------------------------------------------------------
     def rows(self, index: np.ndarray, view: np.ndarray) -> np.ndarray:
@@ -211,7 +205,7 @@ class TeacherStore:
                limit: Optional[int] = None) -> tuple[np.ndarray, list[np.ndarray]]:
         """Claim up to `limit` free rows of this store and, among those, the free rows of each sibling
         (stores of other target specs of the same teacher and data, filled from the same forward)."""
-        with _flock(self._lock_path):
+        with self._claims_lock:
             now, pid = time.time(), os.getpid()
             mine = rows[self._free(rows, now)][:limit]
             self.claims[mine] = (now, pid)
