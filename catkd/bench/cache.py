@@ -1,4 +1,4 @@
-"""`python -m catkd.bench cache`: what the teacher cache saves, each figure measured side by side.
+"""`cache`: what the teacher cache saves, each figure measured side by side.
 
 - cached_step_over_student_step: a CAT-KD training step resnet56 -> resnet20, batch 64, its targets
   from a warm store (the Trainer's own path: CachedTargets then train_step), over a CE-only step of
@@ -30,8 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from catkd.bench.common import SMOKE_STUDY, interleaved, run_smoke_study, student_ce_step
 
-SMOKE_STUDY = "studies/beta_sweep.yaml"
+GOALS = {"cached_step_over_student_step": ("<=", 1.10), "same_seed_sharing": ("<=", 1.2),
+         "teacher_forward_fraction": ("<=", 0.6), "study_wall_ratio": ("<=", 0.8),
+         "teacher_forward_fraction_real": ("<=", 0.1)}
 
 
 def smoke_cfg(teacher_ckpt: str, tmp: str, **over):
@@ -39,7 +42,7 @@ def smoke_cfg(teacher_ckpt: str, tmp: str, **over):
     `over` ({dotted key: value}) applied."""
     from catkd.config import Config
     from catkd.study.checks import run_config
-    from catkd.study.spec import load_study
+    from catkd.study.load import load_study
 
     d = run_config(load_study(SMOKE_STUDY, smoke=True), {}).to_dict()
     for k, v in {"DISTILLER.TEACHER_CKPT": teacher_ckpt, "RUN.PROGRESS": "none", "LOG.PREFIX": tmp,
@@ -52,22 +55,8 @@ def smoke_cfg(teacher_ckpt: str, tmp: str, **over):
     return Config.model_validate(d)
 
 
-def _interleaved(fns: dict, repeats: int) -> dict[str, float]:
-    for fn in fns.values():  # warm-up
-        fn()
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def bench_cached_step(batch: int = 64, repeats: int = 30, teacher: str = "resnet56", student: str = "resnet20",
                       resolution: int = 2, device: str = "cpu") -> dict:
-    from catkd.bench import student_ce_step
     from catkd.data.loader import TrainBatch
     from catkd.distillers.cat_kd import CATKD
     from catkd.engine.trainer import train_step
@@ -108,7 +97,7 @@ def bench_cached_step(batch: int = 64, repeats: int = 30, teacher: str = "resnet
             student_ce_step(s, opt, x, y)
             sync()
 
-        med = _interleaved({"cached": cached_step, "live": live_step, "student": student_step}, repeats)
+        med = interleaved({"cached": cached_step, "live": live_step, "student": student_step}, repeats)
     out.update({"cached_step_ms": med["cached"] * 1000, "live_step_ms": med["live"] * 1000,
                 "student_step_ms": med["student"] * 1000,
                 "cached_step_over_student_step": med["cached"] / med["student"],
@@ -213,10 +202,12 @@ def bench_smoke_study(study: str = SMOKE_STUDY, rounds: int = 2, no_prefetch_sid
     """The smoke study with the cache (cold store; with and, unless `no_prefetch_side` is False, without
     the prefetch) and without it, after the smoke teacher is trained; `rounds` interleaved rounds,
     medians per side."""
-    from catkd.bench import _run_smoke_study
     from catkd.study.preflight import ensure_smoke_teacher
-    from catkd.study.spec import load_study
-    from catkd.teacher_cache.prefetch import totals as prefetch_totals
+    from catkd.study.load import load_study
+    try:  # the study-side prefetch planning moved from the teacher cache to the study package
+        from catkd.study.prefetch import totals as prefetch_totals
+    except ImportError:
+        from catkd.teacher_cache.prefetch import totals as prefetch_totals
 
     out: dict = {}
     tmp = tempfile.mkdtemp(prefix="catkd-bench-cache-study-")
@@ -232,7 +223,7 @@ def bench_smoke_study(study: str = SMOKE_STUDY, rounds: int = 2, no_prefetch_sid
             for label, sets in sides.items():
                 shutil.rmtree(Path(tmp) / ".cache" / "teacher", ignore_errors=True)  # a cold store
                 name = f"cache-{label}-{i}"
-                wall, rows = _run_smoke_study(study, tmp, name, extra=sets)
+                wall, rows = run_smoke_study(study, tmp, name, extra=sets)
                 ahead = (prefetch_totals(Path(tmp) / name) or {}).get("teacher_images", 0)
                 trial = sum(int(r.get("teacher_images") or 0) for r in rows)
                 runs[label].append((wall, trial + ahead, len(rows)))  # the prefetcher's forwards count too
@@ -280,7 +271,7 @@ def bench_real_fraction(study: str = SMOKE_STUDY) -> dict:
     from catkd.data.splits import stratified_holdout
     from catkd.study.checks import run_config
     from catkd.study.estimate import asha_trial_epochs
-    from catkd.study.spec import load_study
+    from catkd.study.load import load_study
 
     spec = load_study(study)
     cfg = run_config(spec, {})

@@ -1,0 +1,5 @@
+import sys
+
+from catkd.bench.cli import main
+
+sys.exit(main())
