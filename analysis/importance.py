@@ -8,8 +8,9 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-from analysis.load import Study, canonical
-from analysis.tables import Table, marker
+from analysis.cells import Table
+from analysis.load import Study
+from analysis.selection import marker
 
 MIN_TRIALS = 3
 
@@ -18,11 +19,12 @@ def distributions(spec: dict[str, Any]):
     """{dotted key: optuna distribution} for the space of study.yaml (sub-grids merged)."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    space = spec.get("space") or {}
+    from catkd.study.keys import subgrids
+
     dims: dict[str, Any] = {}
-    for grid in (space if isinstance(space, list) else [space]):
-        for name, dim in (grid or {}).items():
-            key, dim = canonical(name), dim or {}
+    for grid in subgrids(spec.get("space")):
+        for key, dim in (grid or {}).items():
+            dim = dim or {}
             if "loguniform" in dim:
                 lo, hi = dim["loguniform"]
                 dims[key] = FloatDistribution(float(lo), float(hi), log=True)

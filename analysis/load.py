@@ -13,8 +13,9 @@ from typing import Any, Optional
 import pandas as pd
 import yaml
 
-# The study-file aliases and the results schema: catkd's own definitions.
+# The results schema and the study file's setting names: catkd's own definitions.
 from catkd.study import results as record
+from catkd.study.keys import resolve_keys, subgrids
 from catkd.study.results import SEED_KEY
 # Columns of trials.parquet that are not settings.
 NON_SETTINGS = {
@@ -51,18 +52,10 @@ class Study:
 
     def space_keys(self) -> list[str]:
         """Dotted keys of the searched dimensions (sub-grids merged), in file order."""
-        space = self.spec.get("space") or {}
-        grids = space if isinstance(space, list) else [space]
         out: list[str] = []
-        for g in grids:
-            for k in (g or {}):
-                k = canonical(k)
-                if k not in out:
-                    out.append(k)
+        for g in subgrids(self.spec.get("space")):
+            out += [k for k in (g or {}) if k not in out]
         return out
-
-
-canonical = record.canonical
 
 
 def load(exp_dir: str | Path) -> Study:
@@ -73,6 +66,8 @@ def load(exp_dir: str | Path) -> Study:
     spec: dict[str, Any] = {}
     if spec_file.is_file():
         spec = yaml.safe_load(spec_file.read_text()) or {}
+        # study.yaml holds dotted keys; one written before settings were named once may hold aliases
+        spec = resolve_keys(spec, str(spec_file), strict=False)[0] if isinstance(spec, dict) else {}
     epochs, trials, source = record.read(path, spec)
     if source == "tune" and trials.empty and not spec:
         raise NotAStudy(f"{path}: no study.yaml, no trials.parquet and no Tune trial files "

@@ -13,7 +13,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.load import Study  # noqa: E402
-from analysis.tables import BETA, RES, _epoch_label, groups, marker, stats, value_column  # noqa: E402
+from analysis.cells import stats  # noqa: E402
+from analysis.names import AXIS, BETA, RES, display  # noqa: E402
+from analysis.selection import epoch_label, groups, marker, resolve_epoch, value_column  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
@@ -57,7 +59,7 @@ def accuracy_vs(study: Study, key: str, label: str, out: Path, epoch: str, log: 
     if log:
         ax.set_xscale("log")
     ax.set_xlabel(label)
-    ax.set_ylabel(_epoch_label(epoch), fontsize=8)
+    ax.set_ylabel(epoch_label(epoch), fontsize=8)
     ax.set_title(_title(study, f"top-1 vs {label}"), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -92,17 +94,12 @@ def _search(study: Study) -> pd.DataFrame:
 
 def _settings_label(study: Study, row) -> str:
     """A trial named by its searched settings (β=12.5 R=2), not by its id."""
-    from catkd.study.results import ALIASES
-
-    short = {v: k for k, v in ALIASES.items()}
-    short.update({BETA: "β", RES: "R"})
     parts = []
     for key in study.space_keys():
         v = row.get(key)
         if v is None or (isinstance(v, float) and np.isnan(v)):
             continue
-        parts.append(f"{short.get(key, key.split('.')[-1])}={v:.3g}" if isinstance(v, float) else
-                     f"{short.get(key, key.split('.')[-1])}={v}")
+        parts.append(f"{display(key)}={v:.3g}" if isinstance(v, float) else f"{display(key)}={v}")
     return " ".join(parts) or str(row.get("trial_id"))[-5:]
 
 
@@ -175,17 +172,15 @@ def importance_bar(importances: dict[str, float], study: Study, out: Path) -> Op
 
 def all_plots(study: Study, out_dir: Path, epoch: str = "auto") -> list[Path]:
     """Every plot of a study; values as the tables show them (the same epoch mode)."""
-    from analysis.tables import resolve_epoch
-
     epoch = resolve_epoch(study, epoch)
     out_dir = Path(out_dir)
     made: list[Optional[Path]] = []
     from analysis.layouts import layout_of
 
     if layout_of(study) == "beta_sweep":
-        made.append(accuracy_vs(study, BETA, "β (CAT loss weight)", out_dir / "accuracy_vs_beta.png", epoch, True))
+        made.append(accuracy_vs(study, BETA, AXIS[BETA], out_dir / "accuracy_vs_beta.png", epoch, True))
     if layout_of(study) in ("cam_resolution", "beta_sweep"):
-        made.append(accuracy_vs(study, RES, "CAM resolution R", out_dir / "accuracy_vs_R.png", epoch, False))
+        made.append(accuracy_vs(study, RES, AXIS[RES], out_dir / "accuracy_vs_R.png", epoch, False))
     made.append(learning_curves(study, out_dir / "learning_curves.png", epoch))
     made.append(asha_picture(study, out_dir / "epochs_per_trial.png"))
     if (study.spec.get("search") or {}).get("algorithm") in ("optuna", "random"):

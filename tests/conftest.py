@@ -1,4 +1,6 @@
-"""Shared fixtures: one private Ray session per test session (never `ray stop`, never local_mode)."""
+"""Shared fixtures: one private Ray session per test session (never `ray stop`, never local_mode), the
+one smoke study that tests reading a finished study's results share, and the two test tiers
+(tests/_tiers.py: tests that start Ray or a study are marked `e2e`; `make test-fast` runs the rest)."""
 from __future__ import annotations
 
 import os
@@ -6,6 +8,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
+
+from _helpers import TINY
+from _tiers import guard, mark_e2e
+
+pytest_plugins = ("pytester",)
 
 # Private Ray state, no usage stats (no network here), no token auth except where a test asks.
 _RAY_TMP = Path(tempfile.mkdtemp(prefix="catkd-ray-"))
@@ -18,6 +26,17 @@ os.environ["CATKD_CACHE"] = tempfile.mkdtemp(prefix="catkd-cache-")
 os.environ.pop("CATKD_TEACHER_CACHE", None)
 
 
+def pytest_collection_modifyitems(items):
+    mark_e2e(items)
+
+
+@pytest.fixture(autouse=True)
+def _tier_guard(request, monkeypatch):
+    """A fast-tier test that starts Ray or a study driver fails, naming the detector that missed it."""
+    if request.node.get_closest_marker("e2e") is None:
+        guard(monkeypatch)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     import ray
@@ -27,3 +46,27 @@ def ray_session():
                  log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory, ray_session) -> Path:
+    """The TINY smoke study, run once for every test that only reads a finished study: 6 search trials
+    under ASHA, then the confirm stage (the best configuration with seeds 1 and 2), with
+    --log wandb (offline) --log mlflow. Returns its experiment directory."""
+    from catkd.study import runner
+    from catkd.study.load import load_study
+
+    tmp = tmp_path_factory.mktemp("tiny")
+    data = yaml.safe_load(TINY)
+    data["confirm"] = {"top_k": 1, "seeds": [1]}  # real scale; --smoke confirms with seeds 1, 2
+    study = tmp / "tiny.yaml"
+    study.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_SILENT", "true")
+        mp.delenv("WANDB_DIR", raising=False)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        spec = load_study(study, smoke=True)
+        assert runner.run_study(spec, "tiny", tmp / "store", "tiny-smoke", dashboard=False,
+                                trackers=("wandb", "mlflow")) == 0
+    return tmp / "store" / "tiny-smoke"

@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 
 from catkd.study import runner
 from catkd.study.__main__ import main as study_main
-from catkd.study.spec import StudyError, StudySpec, load_study
+from catkd.study.load import load_study
+from catkd.study.spec import StudyError, StudySpec
 from catkd.train import main as train_main
 
 from _helpers import TINY as TINY_YAML  # noqa: E402

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from catkd.study.estimate import asha_trial_epochs, asha_trial_lengths, estimate, makespan, stage_packing
-from catkd.study.spec import load_study
+from catkd.study.load import load_study
 
 
 def _ray_asha_trial_epochs(n: int, grace: int, rf: float, max_t: int, reps: int, seed: int) -> float:

@@ -111,7 +111,7 @@ import pyarrow.parquet as pq
 import ray
 from ray.cluster_utils import Cluster
 from catkd.study import runner
-from catkd.study.spec import load_study
+from catkd.study.load import load_study
 
 study, storage = Path(sys.argv[1]), Path(sys.argv[2])
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})

@@ -20,38 +20,19 @@ import yaml
 
 from catkd.study import runner
 from catkd.study.__main__ import main as study_main
-from catkd.study.spec import load_study
+from catkd.study.load import load_study
 
 from _helpers import TINY
 
 
+# the tests reading a finished study read conftest's `tiny_study`: TINY with this confirm stage, run
+# with --log wandb --log mlflow
 def _study_file(tmp: Path) -> Path:
     data = yaml.safe_load(TINY)
     data["confirm"] = {"top_k": 1, "seeds": [1]}  # real scale; --smoke confirms with seeds 1, 2
     p = tmp / "tiny.yaml"
     p.write_text(yaml.safe_dump(data, sort_keys=False))
     return p
-
-
-@pytest.fixture(scope="module")
-def tracked(tmp_path_factory, ray_session):
-    """The tiny smoke study (search + confirm) with --log wandb --log mlflow, W&B offline."""
-    tmp = tmp_path_factory.mktemp("tracked")
-    old = {k: os.environ.get(k) for k in ("WANDB_MODE", "WANDB_DIR", "MLFLOW_TRACKING_URI", "WANDB_SILENT")}
-    os.environ.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
-    for k in ("WANDB_DIR", "MLFLOW_TRACKING_URI"):
-        os.environ.pop(k, None)
-    try:
-        spec = load_study(_study_file(tmp), smoke=True)
-        assert runner.run_study(spec, "tiny", tmp / "store", "tiny-smoke", dashboard=False,
-                                trackers=("wandb", "mlflow")) == 0
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return tmp / "store" / "tiny-smoke"
 
 
 def _trials(exp: Path) -> list[dict]:
@@ -63,32 +44,32 @@ def _rows(exp: Path) -> list[dict]:
 
 
 @pytest.mark.ray
-def test_the_study_driver_prefetches_teacher_targets_and_stops_the_prefetcher_before_it_returns(tracked):
+def test_the_study_driver_prefetches_teacher_targets_and_stops_the_prefetcher_before_it_returns(tiny_study):
     # the tiny study runs one trial at a time on 2 cores: the other core is idle, the prefetcher's
     from catkd.teacher_cache.prefetch import totals
 
-    stats = totals(tracked)
+    stats = totals(tiny_study)
     assert stats["priority"] in ("SCHED_IDLE", "nice 19") and stats["teacher_images"] > 0
     assert len(stats["pids"]) == 1
     for pid in stats["pids"]:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # gone when run_study returned
-    rows = _rows(tracked)
+    rows = _rows(tiny_study)
     trials_forwarded = sum(int(r["teacher_images"]) for r in rows)
-    store = tracked.parent / ".cache" / "teacher"
+    store = tiny_study.parent / ".cache" / "teacher"
     filled = sum(int(np.count_nonzero(np.fromfile(d / "flags.bin", dtype=np.uint8)))
                  for d in store.iterdir() if (d / "flags.bin").is_file())
     assert trials_forwarded + stats["teacher_images"] == filled  # each entry forwarded once, by someone
 
 
-def test_optuna_db_holds_the_search_trials_with_their_states_and_intermediate_values(tracked):
-    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tracked / 'optuna.db'}")
-    search = [t for t in _trials(tracked) if t["stage"] == "search"]
+def test_optuna_db_holds_the_search_trials_with_their_states_and_intermediate_values(tiny_study):
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tiny_study / 'optuna.db'}")
+    search = [t for t in _trials(tiny_study) if t["stage"] == "search"]
     assert len(study.trials) == len(search) == 6
     states = sorted(t.state.name for t in study.trials)
     assert states == sorted("PRUNED" if t["status"] == "stopped" else "COMPLETE" for t in search)
     assert "PRUNED" in states
-    rows = [r for r in _rows(tracked) if r["stage"] == "search"]
+    rows = [r for r in _rows(tiny_study) if r["stage"] == "search"]
     by_beta = {}
     for r in rows:
         by_beta.setdefault(r["CAT_KD.LOSS.CAT_loss_weight"], {})[r["epoch"]] = r["val_acc"]
@@ -103,10 +84,10 @@ def _free_port() -> int:
 
 
 @pytest.mark.ray
-def test_optuna_dashboard_serves_the_study_on_localhost(tracked):
+def test_optuna_dashboard_serves_the_study_on_localhost(tiny_study):
     port = _free_port()
     exe = Path(sys.executable).parent / "optuna-dashboard"
-    proc = subprocess.Popen([str(exe), f"sqlite:///{tracked / 'optuna.db'}", "--host", "127.0.0.1",
+    proc = subprocess.Popen([str(exe), f"sqlite:///{tiny_study / 'optuna.db'}", "--host", "127.0.0.1",
                              "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         body, t0 = None, time.time()
@@ -159,11 +140,11 @@ def wandb_records(path: Path):
 
 
 @pytest.mark.ray
-def test_wandb_has_one_offline_run_per_trial_grouped_by_study_and_stage_with_every_epoch(tracked):
-    trials = _trials(tracked)
-    runs = sorted((tracked / "wandb").glob("offline-run-*"))
+def test_wandb_has_one_offline_run_per_trial_grouped_by_study_and_stage_with_every_epoch(tiny_study):
+    trials = _trials(tiny_study)
+    runs = sorted((tiny_study / "wandb").glob("offline-run-*"))
     assert len(runs) == len(trials) == 8  # 6 search + 1 config x the 2 smoke confirm seeds
-    rows = _rows(tracked)
+    rows = _rows(tiny_study)
     for run in runs:
         (f,) = run.glob("run-*.wandb")
         meta, history, config = None, [], {}
@@ -188,17 +169,17 @@ def test_wandb_has_one_offline_run_per_trial_grouped_by_study_and_stage_with_eve
 
 
 @pytest.mark.ray
-def test_mlflow_has_one_run_per_trial_with_its_settings_and_every_epoch(tracked):
+def test_mlflow_has_one_run_per_trial_with_its_settings_and_every_epoch(tiny_study):
     import mlflow
 
-    client = mlflow.MlflowClient(f"sqlite:///{tracked / 'mlflow.db'}")
+    client = mlflow.MlflowClient(f"sqlite:///{tiny_study / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tiny-smoke")
     runs = client.search_runs([exp.experiment_id])
-    trials = {t["trial_id"]: t for t in _trials(tracked)}
+    trials = {t["trial_id"]: t for t in _trials(tiny_study)}
     assert len(runs) == len(trials) == 8
     stages = sorted(r.data.tags["stage"] for r in runs)
     assert stages == sorted(t["stage"] for t in trials.values())
-    rows = _rows(tracked)
+    rows = _rows(tiny_study)
     for run in runs:
         tid = next(t for t in trials if t in run.data.tags["trial_name"])
         assert run.data.tags["study"] == "tiny"

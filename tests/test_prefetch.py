@@ -14,7 +14,7 @@ import yaml
 
 from catkd.engine import Trainer
 from catkd.study.checks import run_config
-from catkd.study.spec import load_study
+from catkd.study.load import load_study
 from catkd.study import prefetch as study_prefetch
 from catkd.teacher_cache import prefetch
 from catkd.teacher_cache.store import Layout, TeacherStore

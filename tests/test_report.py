@@ -404,7 +404,7 @@ def test_tune_fallback_reads_each_trials_own_record_through_the_same_builder(tmp
                      space={"preset": {"grid": ["cifar100/KD/res32x4_res8x4"]}})
     d = make_study(tmp_path / "mr", spec, [], parquet=False)
     for i, accs in enumerate([[70, 73], [71]]):  # trial 1 did 1 of 2 epochs, study not done
-        params = {"preset": "cifar100/KD/res32x4_res8x4", "seed": i}
+        params = {"preset": "cifar100/KD/res32x4_res8x4", "EXPERIMENT.SEED": i}  # a trial's params: dotted keys
         cfg = run_config(StudySpec.model_validate(spec), params)
         _tune_trial(d, i, accs, record.settings_of(cfg, spec, params))
     study = load(d)

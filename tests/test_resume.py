@@ -188,7 +188,7 @@ def test_a_smoke_teacher_killed_mid_training_continues_where_it_stopped_and_ends
 
     from catkd.engine.trainer import Trainer
     from catkd.study.preflight import ensure_smoke_teacher
-    from catkd.study.spec import load_study
+    from catkd.study.load import load_study
 
     data = yaml.safe_load(TINY)
     data["smoke"]["teacher_epochs"] = 4

@@ -20,8 +20,10 @@ from _helpers import TINY, kill_orphans, stop_study
 
 from catkd.study import runner
 from catkd.study.__main__ import main as study_main
+from catkd.study.keys import ALIASES
 from catkd.study.space import DefineByRun
-from catkd.study.spec import StudyError, expand_grid, load_study
+from catkd.study.load import load_study
+from catkd.study.spec import StudyError, expand_grid
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,12 +127,13 @@ def test_optuna_space_samples_count_only_when_partial_cams_is_on(tmp_path):
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     space = DefineByRun(spec)
     seen = set()
+    partial, count = ALIASES["partial_cams"], ALIASES["cam_count"]  # named by their dotted keys once loaded
     for _ in range(40):
         trial = study.ask()
-        assert space(trial) == {"seed": 0}
+        assert space(trial) == {"EXPERIMENT.SEED": 0}
         p = trial.params
-        seen.add(p["partial_cams"])
-        assert ("cam_count" in p) == p["partial_cams"]
+        seen.add(p[partial])
+        assert (count in p) == p[partial]
         study.tell(trial, 1.0)
     assert seen == {True, False}
 
@@ -139,9 +142,10 @@ def test_grid_crosses_subgrids_with_seeds_and_honours_conditions(tmp_path):
     spec = load_study(REPO / "studies" / "partial_cams.yaml")
     grid = expand_grid(spec)
     assert len(grid) == (1 + 2 * 4) * 3  # (all CAMs + strategy x n) x 3 seeds
-    assert sum(1 for g in grid if not g["partial_cams"]) == 3
-    assert all(("cam_count" in g) == g["partial_cams"] for g in grid)
-    assert sorted({g["seed"] for g in grid}) == [0, 1, 2]
+    partial, count = ALIASES["partial_cams"], ALIASES["cam_count"]
+    assert sum(1 for g in grid if not g[partial]) == 3
+    assert all((count in g) == g[partial] for g in grid)
+    assert sorted({g["EXPERIMENT.SEED"] for g in grid}) == [0, 1, 2]
 
 
 def test_summary_table_shows_settings_in_the_study_words_and_dashes_what_a_trial_never_varied():
@@ -170,14 +174,7 @@ def test_every_shipped_study_validates_full_and_smoke(path):
     assert full.resources.gpu > 0  # sized for GPUs at real scale
 
 
-# ---- a real smoke study on Ray -----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_study(tmp_path_factory, ray_session):
-    tmp = tmp_path_factory.mktemp("tiny")
-    spec = load_study(study_file(tmp), smoke=True, sets={"confirm": {"top_k": 1, "seeds": [1, 2]}})
-    rc = runner.run_study(spec, "tiny", tmp / "store", "tiny-smoke", dashboard=False)
-    assert rc == 0
-    return tmp / "store" / "tiny-smoke"
+# ---- a real smoke study on Ray (tiny_study: conftest's session-wide smoke study, with its confirm stage) -
 
 
 @pytest.mark.ray

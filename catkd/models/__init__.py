@@ -5,22 +5,15 @@ shared CAM head (`catkd.models.cam_head`), and exposes its Linear classifier as 
 """
 from __future__ import annotations
 
-from typing import Callable
-
 from torch import nn
 
+from catkd.models import cifar, imagenet  # noqa: F401  (their modules register into the registries)
+from catkd.models.cam_head import init_cam_head
+from catkd.models.registry import CIFAR_MODELS, IMAGENET_MODELS, ModelFactory
+from catkd.models.weights import TeacherWeightsError, load_teacher_weights
 from catkd.registry import Registry, UnknownNameError
 
-ModelFactory = Callable[[int, bool], nn.Module]  # (num_classes, head_bias) -> model
-
-# Defined before the family packages are imported: their modules register into these.
-CIFAR_MODELS: Registry[ModelFactory] = Registry("CIFAR model")
-IMAGENET_MODELS: Registry[ModelFactory] = Registry("ImageNet model")
 _FAMILIES: dict[str, Registry[ModelFactory]] = {"cifar": CIFAR_MODELS, "imagenet": IMAGENET_MODELS}
-
-from catkd.models import cifar, imagenet  # noqa: E402,F401  (registrations)
-from catkd.models.cam_head import init_cam_head  # noqa: E402
-from catkd.models.weights import TeacherWeightsError, load_teacher_weights  # noqa: E402
 
 
 def _family(family: str) -> Registry[ModelFactory]:

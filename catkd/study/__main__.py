@@ -40,7 +40,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="validate, print the trials, epoch budget and a measured cost estimate; run nothing")
     args = ap.parse_args(argv)
 
-    from catkd.study.spec import StudyError, load_study, parse_set
+    from catkd.study.load import load_study, parse_set
+    from catkd.study.spec import StudyError
 
     try:
         spec = load_study(args.study, smoke=args.smoke, sets=parse_set(args.sets))

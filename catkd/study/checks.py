@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from catkd.config import Config, ConfigError, read_yaml, resolve_preset
 from catkd.engine.validate import build_run_config
-from catkd.study.spec import ALIASES, PRESET_KEY, StudyError, StudySpec, canonical
+from catkd.study.spec import PRESET_KEY, StudyError, StudySpec
 
 
 # ---- semantic checks ----------------------------------------------------------------------------
@@ -25,8 +25,7 @@ def run_config(spec: StudySpec, params: dict[str, Any], source: str = "<study>",
     params = dict(params)
     preset = params.pop(PRESET_KEY, None)
     raw, _ = base_for(spec, preset, source, f"{where}{PRESET_KEY}" if preset else "base")
-    overrides = {canonical(k): v for k, v in spec.fixed.items()}
-    overrides.update({canonical(k): v for k, v in params.items()})
+    overrides = {**spec.fixed, **params}
     if "EXPERIMENT.SEED" not in overrides:
         overrides["EXPERIMENT.SEED"] = spec.seeds[0]
     try:
@@ -36,65 +35,74 @@ def run_config(spec: StudySpec, params: dict[str, Any], source: str = "<study>",
 
 
 def check_study(spec: StudySpec, source: str) -> None:
-    algo = spec.search.algorithm
+    """Every problem of the study at once, in one StudyError (exit 2), before anything starts."""
+    errors = study_errors(spec, source)
+    if errors:
+        raise StudyError("\n".join(dict.fromkeys(errors)))  # one line per problem, in file order
+
+
+def study_errors(spec: StudySpec, source: str) -> list[str]:
+    errors: list[str] = []
+    algo, w = spec.search.algorithm, spec.written  # w: a key as the file wrote it
     if spec.confirm is not None:
         overlap = sorted(set(spec.confirm.seeds) & set(spec.seeds))
         if overlap:
             where = "smoke.confirm.seeds" if spec.smoke_mode else "confirm.seeds"
-            raise StudyError(
+            errors.append(
                 f"{source}: {where}: {overlap} also seed{'s' if len(overlap) > 1 else ''} the search "
                 f"(seeds {spec.seeds}); a confirm run with a search seed replays its search trial bit for "
                 "bit, so it is not an independent repeat. Use new seeds, e.g. "
                 f"{[max(spec.seeds) + 1 + i for i in range(len(spec.confirm.seeds))]}"
             )
-    for gi, g in enumerate(spec.subgrids):
-        gloc = f"space[{gi}]." if isinstance(spec.space, list) else "space."
+    if isinstance(spec.space, list) and algo != "grid":
+        errors.append(f"{source}: space: a list of sub-grids needs search.algorithm: grid")
+    for gloc, g in _located(spec):
         for name, dim in g.items():
             if algo == "grid" and dim.values is None:
-                raise StudyError(
-                    f"{source}: {gloc}{name}: grid search needs a finite list (choice/grid), got {dim.kind}"
-                )
+                errors.append(f"{source}: {gloc}{w(name)}: grid search needs a finite list (choice/grid), got {dim.kind}")
             if algo != "grid" and dim.grid is not None:
-                raise StudyError(
-                    f"{source}: {gloc}{name}.grid: a grid dimension cannot go to the {algo} searcher "
-                    "(use choice, or search.algorithm: grid)"
-                )
+                errors.append(f"{source}: {gloc}{w(name)}.grid: a grid dimension cannot go to the {algo} searcher "
+                              "(use choice, or search.algorithm: grid)")
             for cond in (dim.when or {}):
                 if cond not in g:
-                    raise StudyError(f"{source}: {gloc}{name}.when.{cond}: no such dimension in this space")
-    if isinstance(spec.space, list) and algo != "grid":
-        raise StudyError(f"{source}: space: a list of sub-grids needs search.algorithm: grid")
-    # fixed alone
-    base_cfg = run_config(spec, {}, source, "fixed.")
+                    errors.append(f"{source}: {gloc}{w(name)}.when.{w(cond)}: no such dimension in this space")
+    # fixed alone: its schema, then the checks across keys (CAM sizes, class counts) of that config
+    try:
+        base_cfg = run_config(spec, {}, source, "fixed.")
+    except StudyError as e:
+        return errors + str(e).splitlines()  # every trial would repeat these: probing dimensions adds nothing
+    errors += _semantics(base_cfg, source, "fixed")
     if spec.metric == "val_acc" and base_cfg.DATASET.VAL_SIZE == 0:
-        raise StudyError(
-            f"{source}: metric: val_acc needs a validation split; set fixed.DATASET.VAL_SIZE "
-            "(e.g. 5000) or use metric: test_acc"
-        )
+        errors.append(f"{source}: metric: val_acc needs a validation split; set fixed.DATASET.VAL_SIZE "
+                      "(e.g. 5000) or use metric: test_acc")
     if spec.scheduler.type == "asha" and spec.scheduler.grace_period > base_cfg.SOLVER.EPOCHS:
-        raise StudyError(
-            f"{source}: scheduler.grace_period: {spec.scheduler.grace_period} is more than the "
-            f"{base_cfg.SOLVER.EPOCHS} epochs of a trial"
-        )
+        errors.append(f"{source}: scheduler.grace_period: {spec.scheduler.grace_period} is more than the "
+                      f"{base_cfg.SOLVER.EPOCHS} epochs of a trial")
     # every listed value (or range end) of every dimension, each on its own over the fixed config
-    for gi, g in enumerate(spec.subgrids):
-        gloc = f"space[{gi}]." if isinstance(spec.space, list) else "space."
+    for gloc, g in _located(spec):
         for name, dim in g.items():
-            if name != PRESET_KEY and canonical(name) == name and "." not in name:
-                raise StudyError(
-                    f"{source}: {gloc}{name}: unknown dimension; use a dotted config key or one of "
-                    f"{', '.join(sorted([*ALIASES, PRESET_KEY]))}"
-                )
             for v in dim.probe_values():
-                cfg = run_config(spec, {**(dim.when or {}), name: v}, source, f"{gloc}{name}.{dim.kind}: ")
-                _check_trial_semantics(cfg, source, f"{gloc}{name}")
+                try:
+                    cfg = run_config(spec, {**(dim.when or {}), name: v}, source, f"{gloc}{w(name)}.{dim.kind}: ")
+                except StudyError as e:
+                    errors += str(e).splitlines()
+                    continue
+                errors += _semantics(cfg, source, f"{gloc}{w(name)}")
+    return errors
 
 
-def _check_trial_semantics(cfg: Config, source: str, where: str) -> None:
+def _located(spec: StudySpec) -> list[tuple[str, dict]]:
+    """(where in the file, sub-grid) for each sub-grid of the space."""
+    many = isinstance(spec.space, list)
+    return [(f"space[{i}]." if many else "space.", g) for i, g in enumerate(spec.subgrids)]
+
+
+def _semantics(cfg: Config, source: str, where: str) -> list[str]:
     """Checks that need more than one key: the same path `catkd.train` takes (catkd.engine.validate)."""
     from catkd.engine.validate import validate_run
 
     try:
         validate_run(cfg)
     except ConfigError as e:
-        raise StudyError(f"{source}: {where}: {e}") from None
+        return [f"{source}: {where}: {line}" for line in str(e).splitlines()]
+    return []

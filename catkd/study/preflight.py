@@ -12,7 +12,7 @@ from typing import Optional
 from catkd.config import Config, data_root, teacher_path
 from catkd.study.checks import run_config
 from catkd.study.progress import say
-from catkd.study.spec import PRESET_KEY, StudyError, StudySpec, canonical, expand_grid
+from catkd.study.spec import PRESET_KEY, StudyError, StudySpec, expand_grid
 
 
 # ---- pre-flight (no Ray yet) --------------------------------------------------------------------
@@ -23,7 +23,7 @@ def probe_configs(spec: StudySpec) -> list[Config]:
     else:
         params = [{}]
         for name, dim in spec.subgrids[0].items():
-            if dim.values is not None and canonical(name) in (PRESET_KEY, "DISTILLER.TEACHER", "DISTILLER.TYPE", "DATASET.TYPE"):
+            if dim.values is not None and name in (PRESET_KEY, "DISTILLER.TEACHER", "DISTILLER.TYPE", "DATASET.TYPE"):
                 params = [{**p, name: v} for p in params for v in dim.values]
     return [run_config(spec, p) for p in params]
 
@@ -38,7 +38,7 @@ def target_variant_configs(spec: StudySpec) -> list[Config]:
     out = []
     for g in spec.subgrids:
         for name, dim in g.items():
-            if canonical(name) in TARGET_KEYS and dim.values is not None:
+            if name in TARGET_KEYS and dim.values is not None:
                 out += [run_config(spec, {**(dim.when or {}), name: v}) for v in dim.values]
     return out
 
@@ -74,7 +74,7 @@ def preflight(spec: StudySpec, source: str) -> None:
 
 def absolutise(spec: StudySpec) -> tuple[StudySpec, dict[str, str]]:
     """Resolve relative paths against the driver's directory (trials run in their own)."""
-    fixed = {canonical(k): v for k, v in spec.fixed.items()}
+    fixed = dict(spec.fixed)
     for key in ("DATASET.ROOT", "DISTILLER.TEACHER_CKPT"):
         if fixed.get(key):
             fixed[key] = str(Path(fixed[key]).expanduser().resolve())

@@ -5,10 +5,11 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from catkd.study.results import ALIASES, PRESET_KEY, canonical
+from catkd.study.keys import short_name
+from catkd.study.results import PRESET_KEY, SEED_KEY
 
 if TYPE_CHECKING:
-    from catkd.study.runner import ResultsWriter
+    from catkd.study.results import ResultsWriter
     from catkd.study.spec import StudySpec
 
 
@@ -26,7 +27,7 @@ def _short(params: dict[str, Any]) -> str:
             v = f"{v:.4g}"
         if k == PRESET_KEY:
             v = str(v).split("/")[-2] + "/" + str(v).split("/")[-1] if "/" in str(v) else v
-        out.append(f"{k}={v}")
+        out.append(f"{short_name(k)}={v}")
     return " ".join(out)
 
 
@@ -107,7 +108,7 @@ def progress_table(trials, last: dict[str, dict], metric: str, max_rows: int = 1
 
 def _word(key: str, v: Any) -> Any:
     """A recorded setting in the study's words (CAT_KD.Strategy 0/1 -> top/lowest)."""
-    from catkd.config import STRATEGY_WORDS
+    from catkd.distillers.cat_kd import STRATEGY_WORDS
 
     if key == "CAT_KD.Strategy":
         return {i: w for w, i in STRATEGY_WORDS.items()}.get(v, v)
@@ -118,13 +119,13 @@ def _settings(t: dict[str, Any], spec: StudySpec) -> list[Any]:
     """The trial's value of each study dimension, or "-" where the sub-grid the trial comes from
     lacks that dimension or its `when:` is not met: its config then holds a default the study never
     varied for it."""
-    rec = {d: _word(canonical(d), t.get(canonical(d))) for g in spec.subgrids for d in g}
+    rec = {d: _word(d, t.get(d)) for g in spec.subgrids for d in g}
 
     def met(g, d) -> bool:
-        return all(rec.get(k) == _word(canonical(k), v) for k, v in (g[d].when or {}).items())
+        return all(rec.get(k) == _word(k, v) for k, v in (g[d].when or {}).items())
 
     def holds(g) -> bool:  # every listed value the trial has fits this sub-grid (ranges always do)
-        return all(g[d].values is None or rec[d] is None or rec[d] in [_word(canonical(d), v) for v in g[d].values]
+        return all(g[d].values is None or rec[d] is None or rec[d] in [_word(d, v) for v in g[d].values]
                    for d in g if met(g, d))
 
     mine = [g for g in spec.subgrids if holds(g)]
@@ -138,10 +139,9 @@ def summary_table(trials: list[dict[str, Any]], spec: StudySpec, top: int = 10) 
     key = "best_val_acc" if spec.metric == "val_acc" else "best_test_acc"
     shown = ["best_val_acc", "test_acc_at_best_val", "last_test_acc"] if spec.metric == "val_acc" else \
         ["best_test_acc", "last_test_acc"]
-    dims = [canonical(d) for d in spec.dimension_names] + ["EXPERIMENT.SEED"]
+    dims = [*spec.dimension_names, SEED_KEY]
     rows = sorted(trials, key=lambda t: (t["stage"] != "confirm", -(t.get(key) or -1)))[:top]
-    inv = {v: k for k, v in ALIASES.items()}
-    headers = ["stage", "trial", "status", *[inv.get(d, d) for d in dims], "epochs", *shown]
+    headers = ["stage", "trial", "status", *[short_name(d) for d in dims], "epochs", *shown]
     body = [[t["stage"], t["trial_id"], t["status"],
              *_settings(t, spec), t.get("EXPERIMENT.SEED"), t["epochs_done"],
              *[t.get(c) for c in shown]] for t in rows]

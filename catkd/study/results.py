@@ -1,6 +1,6 @@
 """The one trial record: results schema, builder, writer and reader (docs/contracts.md, C6).
 
-This module owns the columns, statuses, study aliases and setting keys, and is the only code that
+This module owns the columns, statuses and setting keys, and is the only code that
 writes or reads `results.parquet` / `trials.parquet` (`analysis` reads through `read`).
 
 Each trial records its settings once, from the run config it actually trained with
@@ -16,10 +16,12 @@ from __future__ import annotations
 import io
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from catkd.fsutil import atomic_write_bytes, atomic_write_json
+from catkd.study.keys import PRESET_KEY, SEED_KEY, resolve_names, subgrids
 
 # Columns every epoch row carries, in this order, before the loss terms and settings.
 EPOCH_COLUMNS = [
@@ -29,31 +31,6 @@ EPOCH_COLUMNS = [
 ]
 ID_COLUMNS = ["trial_id", "study", "stage", "seed"]
 STATUSES = ("finished", "stopped", "diverged", "error", "running")
-SEED_KEY = "EXPERIMENT.SEED"
-PRESET_KEY = "preset"  # a dimension that swaps the whole base config (e.g. the pairs of main_results)
-
-# Friendly names for the study dimensions; each maps to the reference's dotted key.
-ALIASES: dict[str, str] = {
-    "beta": "CAT_KD.LOSS.CAT_loss_weight",
-    "cam_resolution": "CAT_KD.LOSS.CAM_RESOLUTION",
-    "normalize": "CAT_KD.IF_NORMALIZE",
-    "binarize": "CAT_KD.IF_BINARIZE",
-    "only_cat": "CAT_KD.onlyCAT",
-    "ce_weight": "CAT_KD.LOSS.CE_WEIGHT",
-    "partial_cams": "CAT_KD.IF_OnlyTransferPartialCAMs",
-    "cam_count": "CAT_KD.CAMs_Nums",
-    "cam_strategy": "CAT_KD.Strategy",
-    "reduction": "DATASET.REDUCTION",
-    "reserved_classes": "DATASET.RESERVED_CLASS_NUM",
-    "reserved_rate": "DATASET.RESERVED_RATE",
-    "lr": "SOLVER.LR",
-    "epochs": "SOLVER.EPOCHS",
-    "teacher": "DISTILLER.TEACHER",
-    "student": "DISTILLER.STUDENT",
-    "distiller": "DISTILLER.TYPE",
-    "seed": SEED_KEY,
-    "val_size": "DATASET.VAL_SIZE",
-}
 
 # Settings recorded as columns for every trial (plus every fixed key and every dimension of the study).
 SETTING_KEYS = [
@@ -67,20 +44,12 @@ SETTING_KEYS = [
 SETTINGS_FILE = "settings.json"  # in <trial dir>/run/, written by the trial
 
 
-def canonical(key: str) -> str:
-    """The dotted config key of a study dimension name (aliases resolved)."""
-    return ALIASES.get(key, key)
-
-
 def setting_keys(spec: dict[str, Any]) -> list[str]:
-    """SETTING_KEYS plus the study's fixed keys and dimensions (canonical), in that order."""
+    """SETTING_KEYS plus the study's fixed keys and dimensions (dotted keys), in that order."""
     keys = list(SETTING_KEYS)
-    space = spec.get("space") or {}
-    grids = space if isinstance(space, list) else [space]
-    for k in [*(spec.get("fixed") or {}), *(k for g in grids for k in (g or {}))]:
-        c = canonical(k)
-        if c not in keys:
-            keys.append(c)
+    for k in [*(spec.get("fixed") or {}), *(k for g in subgrids(spec.get("space")) for k in (g or {}))]:
+        if k not in keys:
+            keys.append(k)
     return keys
 
 
@@ -141,8 +110,7 @@ def _recorded_settings(tdir: Path, spec: dict[str, Any], params: dict[str, Any])
     try:
         return json.loads((tdir / "run" / SETTINGS_FILE).read_text())
     except (OSError, json.JSONDecodeError):
-        fixed = {canonical(k): v for k, v in (spec.get("fixed") or {}).items()}
-        return {**fixed, **{(k if k == PRESET_KEY else canonical(k)): v for k, v in params.items()}}
+        return {**(spec.get("fixed") or {}), **resolve_names(params)}  # params.json of an older version: aliases
 
 
 def collect(exp_dir: Path, spec: dict[str, Any], study_done: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -315,3 +283,19 @@ def read(exp_dir: Path, spec: dict[str, Any]):
     rows = [{k: _cell(v) for k, v in r.items()} for r in rows]
     trials = [{k: _cell(v) for k, v in t.items()} for t in trials]
     return pd.DataFrame(rows), pd.DataFrame(trials), "tune"
+
+
+class ResultsWriter:
+    """Rebuilds results.parquet / trials.parquet from Tune's trial files; throttled while running.
+    `spec`: the study as run, a dict."""
+
+    def __init__(self, exp_dir: Path, spec: dict[str, Any], every_s: float = 5.0):
+        self.exp_dir, self.spec_dict, self.every_s = exp_dir, spec, every_s
+        self.last = 0.0
+
+    def write(self, study_done: bool = False, force: bool = True) -> list[dict[str, Any]]:
+        now = time.time()
+        if not force and now - self.last < self.every_s:
+            return []
+        self.last = now
+        return write(self.exp_dir, self.spec_dict, study_done)

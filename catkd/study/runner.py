@@ -29,22 +29,6 @@ from catkd.study.stages import confirm_params, run_stage, start_ray, teacher_cac
 from catkd.teacher_cache.provider import ENV_DIR
 
 
-class ResultsWriter:
-    """Rebuilds results.parquet / trials.parquet from Tune's trial files; throttled while running."""
-
-    def __init__(self, exp_dir: Path, spec: StudySpec, every_s: float = 5.0):
-        self.exp_dir, self.spec, self.every_s = exp_dir, spec, every_s
-        self.spec_dict = spec.model_dump(mode="json", exclude_none=True)
-        self.last = 0.0
-
-    def write(self, study_done: bool = False, force: bool = True) -> list[dict[str, Any]]:
-        now = time.time()
-        if not force and now - self.last < self.every_s:
-            return []
-        self.last = now
-        return res.write(self.exp_dir, self.spec_dict, study_done)
-
-
 def _trials_started(exp_dir: Path) -> bool:
     """Has any trial of this experiment started (Tune wrote its files)?"""
     return bool(res.trial_dirs(exp_dir)) or any(exp_dir.glob("experiment_state-*.json"))
@@ -137,7 +121,7 @@ def _run(spec: StudySpec, source: str, storage: Path, name: str, resume: bool, a
             spec = spec.model_copy(update={"fixed": {**spec.fixed, "DISTILLER.TEACHER_CKPT": str(teacher)}})
     state_path = exp_dir / "stage.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    writer = ResultsWriter(exp_dir, spec)
+    writer = res.ResultsWriter(exp_dir, spec.model_dump(mode="json", exclude_none=True))
     smoke = " (SMOKE: synthetic data, small models)" if spec.smoke_mode else ""
     say(f"study {spec.name}{smoke}: experiment directory {exp_dir}")
     t0 = time.time()

@@ -1,14 +1,15 @@
 """--smoke: the same study shrunk for a 2-core CPU (synthetic data, small models, few epochs)."""
 from __future__ import annotations
 
-from catkd.study.spec import ConfirmSpec, StudySpec, canonical
+from catkd.study.keys import subgrids
+from catkd.study.spec import ConfirmSpec, StudySpec
 
 
 def apply_smoke(spec: StudySpec) -> StudySpec:
     """The same study, shrunk for a 2-core CPU: synthetic data, small models, few epochs/samples."""
     sm = spec.smoke
     d = spec.model_dump()
-    fixed = {canonical(k): v for k, v in d["fixed"].items()}
+    fixed = dict(d["fixed"])
     fixed.update({
         "DATASET.TYPE": "synthetic",
         "SOLVER.EPOCHS": sm.epochs,
@@ -33,16 +34,14 @@ def apply_smoke(spec: StudySpec) -> StudySpec:
     # keys of the real data that do not apply to the synthetic set
     for k in ("DATASET.ROOT", "DISTILLER.TEACHER_CKPT"):
         fixed.pop(k, None)
-    fixed.update({canonical(k): v for k, v in sm.fixed.items()})
+    fixed.update(sm.fixed)
     d["fixed"] = fixed
-    space = d["space"]
-    grids = space if isinstance(space, list) else [space]
-    for g in grids:
+    for g in subgrids(d["space"]):
         for k, v in sm.space.items():
             if k in g:
                 g[k] = v.model_dump(exclude_none=True)
         for k in list(g):
-            if canonical(k) in ("DISTILLER.TEACHER", "DISTILLER.STUDENT") and k not in sm.space:
+            if k in ("DISTILLER.TEACHER", "DISTILLER.STUDENT") and k not in sm.space:
                 g.pop(k)  # the smoke models replace the real ones
     d["search"]["num_samples"] = min(spec.search.num_samples, sm.num_samples)
     d["scheduler"]["grace_period"] = min(sm.grace_period, sm.epochs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from catkd.study.results import SEED_KEY
 from catkd.study.spec import Dim, StudySpec, _active, expand_grid
 
 
@@ -53,7 +54,7 @@ class DefineByRun:
         for name in self.order:
             if _active(self.space[name], params):
                 params[name] = suggest(trial, name, self.space[name])
-        return {"seed": self.seed}  # constants: OptunaSearch adds them to the trial's config
+        return {SEED_KEY: self.seed}  # constants: OptunaSearch adds them to the trial's config
 
 
 def param_space(spec: StudySpec) -> dict:

@@ -1,30 +1,24 @@
-"""Study files (docs/contracts.md, C7): the schema, --set, and load_study (schema, then --smoke and
-the checks of catkd.study.smoke / catkd.study.checks) before Ray starts.
+"""Study files (docs/contracts.md, C7): the schema. Reading a file (names resolved, --set, --smoke,
+every check) is catkd.study.load.
 
-A study file is declarative yaml (safe_load only). Validation happens in full before anything is
-started or written: the schema (pydantic), then every value a trial could receive is put through
-the run-config validator, so a bad β or an unknown model fails here, naming file and key.
+A study file is declarative yaml (safe_load only). By the time a StudySpec exists, every setting is
+named by its dotted config key (catkd.study.keys).
 """
 from __future__ import annotations
 
-import copy
 import itertools
 import re
-from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from catkd.config import ConfigError, read_yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 
 class StudyError(ValueError):
     """The study file is wrong; the message names the file, the key and what was expected."""
 
 
-# The study aliases and the results schema live with the trial record (catkd.study.results).
-from catkd.study.results import ALIASES, PRESET_KEY, canonical  # noqa: E402,F401
+from catkd.study.keys import PRESET_KEY, SEED_KEY, subgrids  # noqa: E402,F401
 
 
 class _Strict(BaseModel):
@@ -146,6 +140,19 @@ class StudySpec(_Strict):
     report: Optional[Literal["beta_sweep", "cam_resolution", "binarization", "partial_cams", "data_reduction",
                              "main_results", "teachers", "generic"]] = None
     smoke_mode: bool = False  # set by --smoke (recorded in study.yaml)
+    _written: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @property
+    def written_names(self) -> dict[str, str]:
+        """{dotted key: the name the study file used for it}: messages speak the file's words."""
+        return self._written
+
+    @written_names.setter
+    def written_names(self, value: dict[str, str]) -> None:
+        self._written = dict(value)
+
+    def written(self, key: str) -> str:
+        return self._written.get(key, key)
 
     @field_validator("name")
     @classmethod
@@ -156,7 +163,7 @@ class StudySpec(_Strict):
 
     @property
     def subgrids(self) -> list[dict[str, Dim]]:
-        return self.space if isinstance(self.space, list) else [self.space]
+        return subgrids(self.space)
 
     @property
     def dimension_names(self) -> list[str]:
@@ -164,91 +171,6 @@ class StudySpec(_Strict):
         for g in self.subgrids:
             names += [k for k in g if k not in names]
         return names
-
-
-def _loc(e: dict) -> str:
-    parts = []
-    for p in e["loc"]:
-        p = str(p)
-        if "[" in p and not p.startswith("space["):  # pydantic's union-branch tags
-            continue
-        parts.append(p)
-    return ".".join(parts)
-
-
-def _schema_errors(err: ValidationError, source: str, raw: dict) -> str:
-    out = []
-    # a space is a mapping or a list of sub-grids: report only the branch the file uses
-    skip = "list[" if isinstance(raw.get("space"), dict) else "dict["
-    for e in err.errors():
-        if len(e["loc"]) > 1 and e["loc"][0] == "space" and str(e["loc"][1]).startswith(skip):
-            continue
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        if e["type"] not in ("extra_forbidden", "missing") and not isinstance(e.get("input"), dict):
-            msg += f" (got {e.get('input')!r})"
-        out.append(f"{source}: {_loc(e)}: {msg}")
-    return "\n".join(out)
-
-
-def parse_set(pairs: list[str]) -> dict[str, Any]:
-    """--set KEY=VALUE (dotted study keys, e.g. search.num_samples=4, fixed.SOLVER.EPOCHS=2)."""
-    out: dict[str, Any] = {}
-    for p in pairs:
-        if "=" not in p:
-            raise StudyError(f"--set {p!r}: expected KEY=VALUE")
-        k, v = p.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
-
-
-def _apply_set(raw: dict, sets: dict[str, Any]) -> None:
-    for key, value in sets.items():
-        # fixed.<dotted config key> keeps the config key whole
-        if key.startswith("fixed."):
-            raw.setdefault("fixed", {})[key[len("fixed."):]] = value
-            continue
-        node = raw
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise StudyError(f"--set {key}: {p!r} is not a section")
-        node[parts[-1]] = value
-
-
-def load_study(path: str | Path, smoke: bool = False, sets: Optional[dict[str, Any]] = None) -> StudySpec:
-    """Read, schema-check, apply --set and --smoke, then check every value against the run config."""
-    path = Path(path)
-    source = str(path)
-    try:
-        raw = read_yaml(path)
-    except ConfigError as e:
-        raise StudyError(str(e)) from None
-    raw = copy.deepcopy(raw)
-    if sets:
-        _apply_set(raw, sets)
-    base = raw.get("base")
-    if isinstance(base, str) and not Path(base).is_absolute() and (path.parent / base).is_file():
-        raw["base"] = str((path.parent / base).resolve())  # a path relative to the study file
-    try:
-        spec = StudySpec.model_validate(raw)
-    except ValidationError as e:
-        raise StudyError(_schema_errors(e, source, raw)) from None
-    from catkd.study.checks import check_study
-    from catkd.study.smoke import apply_smoke
-
-    if smoke:
-        # a green smoke must mean the real study will start: check the real one first
-        try:
-            check_study(spec, source)
-        except StudyError as e:
-            raise StudyError(f"{e}\n(--smoke checks the real study before its smoke version)") from None
-        try:
-            spec = apply_smoke(spec)
-        except ValueError as e:
-            raise StudyError(f"{source}: {e}") from None
-    check_study(spec, source)
-    return spec
 
 
 def expand_grid(spec: StudySpec) -> list[dict[str, Any]]:
@@ -260,7 +182,7 @@ def expand_grid(spec: StudySpec) -> list[dict[str, Any]]:
             params = dict(zip(names, combo))
             params = {n: v for n, v in params.items() if _active(g[n], params)}
             for seed in spec.seeds:
-                p = {**params, "seed": seed}
+                p = {**params, SEED_KEY: seed}
                 if p not in out:
                     out.append(p)
     return out

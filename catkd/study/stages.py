@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from catkd.study.checks import run_config
 from catkd.study.progress import make_callback, say
+from catkd.study.results import SEED_KEY
 from catkd.study.spec import StudySpec
 
 if TYPE_CHECKING:
-    from catkd.study.runner import ResultsWriter
+    from catkd.study.results import ResultsWriter
 
 
 # ---- Ray ----------------------------------------------------------------------------------------
@@ -180,12 +181,12 @@ def confirm_params(spec: StudySpec, trials: list[dict[str, Any]]) -> list[dict[s
     seen: list[dict[str, Any]] = []
     for t in pool:
         params = _params_of(Path(t["trial_dir"]))
-        params.pop("seed", None)
+        params.pop(SEED_KEY, None)
         if params in seen:
             continue
         seen.append(params)
         for s in spec.confirm.seeds:
-            out.append({**params, "seed": s})
+            out.append({**params, SEED_KEY: s})
         if len(seen) == spec.confirm.top_k:
             break
     return out

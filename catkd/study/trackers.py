@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from catkd.study.progress import say
-from catkd.study.spec import StudyError, StudySpec, canonical
+from catkd.study.spec import StudyError, StudySpec
 
 TRACKERS = {"wandb": ("wandb", "catkd[wandb]"), "mlflow": ("mlflow", "catkd[mlflow]")}
 
@@ -35,7 +35,7 @@ def check_trackers(names: list[str], source: str) -> None:
 def _settings(spec: StudySpec, stage: str, trial_config: dict[str, Any]) -> dict[str, Any]:
     from catkd.study.space import trial_params
 
-    fixed = {canonical(k): v for k, v in spec.fixed.items()}
+    fixed = dict(spec.fixed)
     return {"study": spec.name, "stage": stage, "base": spec.base, **fixed, **trial_params(trial_config)}
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from catkd.models import CIFAR_MODELS
+from catkd.models.registry import CIFAR_MODELS
 from catkd.models.cam_head import CAMHeadMixin, init_weights
 
 # Channels per conv in each of the five blocks.

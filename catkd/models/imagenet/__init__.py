@@ -3,7 +3,7 @@
 The ResNets are registered by name only: torchvision (about 1 s to import) is imported when one is
 built, so CIFAR trials and the study driver never pay for it.
 """
-from catkd.models import IMAGENET_MODELS
+from catkd.models.registry import IMAGENET_MODELS
 from catkd.models.imagenet import mobilenetv1  # noqa: F401  (registration)
 
 

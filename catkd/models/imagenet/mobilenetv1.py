@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from catkd.models import IMAGENET_MODELS
+from catkd.models.registry import IMAGENET_MODELS
 from catkd.models.cam_head import CAMHeadMixin
 
 

@@ -1,0 +1,42 @@
+"""The settings the report's layouts read, by their dotted config keys, and the one table of how the
+report displays them (β, R, n, ...). Everything before the report names a setting by its dotted
+key; only what a reader sees is renamed, here."""
+from __future__ import annotations
+
+from catkd.study.keys import short_name
+
+BETA = "CAT_KD.LOSS.CAT_loss_weight"
+RES = "CAT_KD.LOSS.CAM_RESOLUTION"
+BIN = "CAT_KD.IF_BINARIZE"
+PARTIAL = "CAT_KD.IF_OnlyTransferPartialCAMs"
+NUMS = "CAT_KD.CAMs_Nums"
+STRATEGY = "CAT_KD.Strategy"
+TYPE, TEACHER, STUDENT = "DISTILLER.TYPE", "DISTILLER.TEACHER", "DISTILLER.STUDENT"
+ONLY_CAT = "CAT_KD.onlyCAT"
+RATE, CLASSES = "DATASET.RESERVED_RATE", "DATASET.RESERVED_CLASS_NUM"
+
+# How a reader sees a setting: the paper's symbols where it has one, else the study file's word.
+DISPLAY = {
+    BETA: "β",
+    RES: "R",
+    NUMS: "n",
+    STRATEGY: "strategy",
+    BIN: "binarized",
+    PARTIAL: "partial CAMs",
+    ONLY_CAT: "CAT only",
+    RATE: "reserved rate",
+    CLASSES: "reserved classes",
+    TYPE: "method",
+    TEACHER: "teacher",
+    STUDENT: "student",
+}
+# Longer labels for plot axes.
+AXIS = {BETA: "β (CAT loss weight)", RES: "CAM resolution R"}
+
+
+def display(key: str) -> str:
+    """The name a table or plot shows for a dotted key: DISPLAY, else the study's word, else the key's last part."""
+    if key in DISPLAY:
+        return DISPLAY[key]
+    word = short_name(key)
+    return word if word != key else key.split(".")[-1]

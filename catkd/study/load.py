@@ -1,0 +1,110 @@
+"""Reading a study file before Ray starts: yaml (safe_load only), --set, every setting's name
+resolved to its dotted key (catkd.study.keys), the schema (catkd.study.spec), then --smoke and every
+check (catkd.study.checks): all of a file's problems in one StudyError, naming file and key.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from pydantic import ValidationError
+
+from catkd.config import ConfigError, read_yaml
+from catkd.study.checks import check_study
+from catkd.study.keys import resolve_keys
+from catkd.study.smoke import apply_smoke
+from catkd.study.spec import StudyError, StudySpec
+
+
+def _loc(e: dict) -> str:
+    parts = []
+    for p in e["loc"]:
+        p = str(p)
+        if "[" in p and not p.startswith("space["):  # pydantic's union-branch tags
+            continue
+        parts.append(p)
+    return ".".join(parts)
+
+
+def _schema_errors(err: ValidationError, source: str, raw: dict) -> str:
+    out = []
+    # a space is a mapping or a list of sub-grids: report only the branch the file uses
+    skip = "list[" if isinstance(raw.get("space"), dict) else "dict["
+    for e in err.errors():
+        if len(e["loc"]) > 1 and e["loc"][0] == "space" and str(e["loc"][1]).startswith(skip):
+            continue
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        if e["type"] not in ("extra_forbidden", "missing") and not isinstance(e.get("input"), dict):
+            msg += f" (got {e.get('input')!r})"
+        out.append(f"{source}: {_loc(e)}: {msg}")
+    return "\n".join(out)
+
+
+def parse_set(pairs: list[str]) -> dict[str, Any]:
+    """--set KEY=VALUE (dotted study keys, e.g. search.num_samples=4, fixed.SOLVER.EPOCHS=2)."""
+    out: dict[str, Any] = {}
+    for p in pairs:
+        if "=" not in p:
+            raise StudyError(f"--set {p!r}: expected KEY=VALUE")
+        k, v = p.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def _apply_set(raw: dict, sets: dict[str, Any]) -> None:
+    for key, value in sets.items():
+        # fixed.<dotted config key> keeps the config key whole
+        if key.startswith("fixed."):
+            raw.setdefault("fixed", {})[key[len("fixed."):]] = value
+            continue
+        node = raw
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise StudyError(f"--set {key}: {p!r} is not a section")
+        node[parts[-1]] = value
+
+
+def load_study(path: str | Path, smoke: bool = False, sets: Optional[dict[str, Any]] = None) -> StudySpec:
+    """Read, schema-check, apply --set and --smoke, then check every value against the run config."""
+    path = Path(path)
+    source = str(path)
+    try:
+        raw = read_yaml(path)
+    except ConfigError as e:
+        raise StudyError(str(e)) from None
+    raw = copy.deepcopy(raw)
+    if sets:
+        _apply_set(raw, sets)
+    base = raw.get("base")
+    if isinstance(base, str) and not Path(base).is_absolute() and (path.parent / base).is_file():
+        raw["base"] = str((path.parent / base).resolve())  # a path relative to the study file
+    # settings named once: every alias becomes its dotted key here, before anything else reads them
+    written: dict[str, str] = {}
+    resolved, errors = resolve_keys(raw, source, written=written)
+    try:
+        spec = StudySpec.model_validate(resolved)
+    except ValidationError:
+        try:  # the same schema errors, named as the file names them
+            StudySpec.model_validate(raw)
+        except ValidationError as e:
+            errors = _schema_errors(e, source, raw).splitlines() + errors
+    if errors:
+        raise StudyError("\n".join(errors))
+    spec.written_names = written
+    if smoke:
+        # a green smoke must mean the real study will start: check the real one first
+        try:
+            check_study(spec, source)
+        except StudyError as e:
+            raise StudyError(f"{e}\n(--smoke checks the real study before its smoke version)") from None
+        try:
+            spec = apply_smoke(spec)
+        except ValueError as e:
+            raise StudyError(f"{source}: {e}") from None
+        spec.written_names = written
+    check_study(spec, source)
+    return spec
