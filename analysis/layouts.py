@@ -3,16 +3,33 @@ the shipped study names): β sweep, CAM resolution, binarization, partial CAMs, 
 main CIFAR-100 table, teachers, and a generic table over the varied settings."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pandas as pd
 
+from analysis.cells import DIFF_HEADERS, Table, cell, difference_row, fmt, sortkey, stats
 from analysis.load import Study, classes_of, varied_columns
-from analysis.tables import (
-    BETA, BIN, CLASSES, DIFF_HEADERS, NUMS, ONLY_CAT, PARTIAL, RATE, RES, STRATEGY, STUDENT, TEACHER, TYPE,
-    Group, Table, _epoch_label, _finite, _fmt, _select_metric, _sortkey, cell, difference_row, groups, pivot,
-    rows_to_report, stats, value_column,
+from analysis.names import (
+    BETA, BIN, CLASSES, NUMS, ONLY_CAT, PARTIAL, RATE, RES, STRATEGY, STUDENT, TEACHER, TYPE,
 )
+from analysis.selection import Group, epoch_label, groups, rows_to_report, select_metric, value_column
+from catkd.study.results import finite
+
+
+def pivot(gs: list[Group], value: str, row_of: Callable[[Group], tuple], col_of: Callable[[Group], Any],
+          row_headers: list[str], name: str, title: str, col_sort: Optional[Callable] = None) -> Table:
+    """Rows x columns of `mean ± std (n)` cells (several groups landing in one cell are pooled)."""
+    long = pd.DataFrame([{"row": row_of(g), "col": col_of(g), "v": v}
+                         for g in gs for v in g.trials[value].tolist()], columns=["row", "col", "v"])
+    if long.empty:
+        return Table(name, title, row_headers, [])
+    wide = long.pivot_table(index="row", columns="col", values="v", aggfunc=lambda v: cell(v),
+                            dropna=False, sort=False)
+    cols = sorted(wide.columns, key=col_sort or sortkey)
+    index = sorted(wide.index, key=lambda r: tuple(sortkey(x) for x in r))
+    present = set(zip(long["row"], long["col"]))
+    rows = [[fmt(x) for x in r] + [wide.at[r, c] if (r, c) in present else "-" for c in cols] for r in index]
+    return Table(name, title, row_headers + [fmt(c) for c in cols], rows)
 
 
 def generic(study: Study, epoch: str, paper: Optional[dict[str, Any]] = None) -> list[Table]:
@@ -23,10 +40,10 @@ def generic(study: Study, epoch: str, paper: Optional[dict[str, Any]] = None) ->
     for g in groups(trials):
         status = ", ".join(f"{n} {s}" for s, n in g.trials["status"].value_counts().items()) \
             if "status" in g.trials else ""
-        rows.append([_fmt(g.get(k)) for k in keys] + [cell(g.trials[value]), status])
+        rows.append([fmt(g.get(k)) for k in keys] + [cell(g.trials[value]), status])
     rows.sort(key=lambda r: [str(x) for x in r])
-    title = f"{study.name}: {_epoch_label(epoch)} by configuration ({stage})"
-    return [Table("generic", title, keys + [_epoch_label(epoch), "status"], rows, notes)]
+    title = f"{study.name}: {epoch_label(epoch)} by configuration ({stage})"
+    return [Table("generic", title, keys + [epoch_label(epoch), "status"], rows, notes)]
 
 
 def beta_sweep(study: Study, epoch: str, paper: dict[str, Any]) -> list[Table]:
@@ -35,25 +52,25 @@ def beta_sweep(study: Study, epoch: str, paper: dict[str, Any]) -> list[Table]:
     stage = t["stage"] if "stage" in t else pd.Series(["search"] * len(t), index=t.index)
     search, confirm = t[stage != "confirm"], t[stage == "confirm"]
     gs = groups(search)
-    gs.sort(key=lambda g: (_sortkey(g.get(BETA)), _sortkey(g.get(RES))))
+    gs.sort(key=lambda g: (sortkey(g.get(BETA)), sortkey(g.get(RES))))
     rows = []
     for g in gs:
-        rows.append([_fmt(g.get(BETA)), _fmt(g.get(RES)), ", ".join(sorted(set(g.trials["status"]))),
+        rows.append([fmt(g.get(BETA)), fmt(g.get(RES)), ", ".join(sorted(set(g.trials["status"]))),
                      int(g.trials["epochs_done"].max()), cell(g.trials["best_val_acc"]), cell(g.trials[value]),
-                     _fmt(_loss_cat_epoch1(study, g.trials))])
-    headers = ["β", "R", "status", "epochs", "val top-1 % (best)", _epoch_label(epoch), "β·L_CAT epoch 1"]
+                     fmt(_loss_cat_epoch1(study, g.trials))])
+    headers = ["β", "R", "status", "epochs", "val top-1 % (best)", epoch_label(epoch), "β·L_CAT epoch 1"]
     tables = [Table("beta_sweep_search", f"{study.name}: β vs top-1, search trials (sorted by β)", headers, rows)]
     notes: list[str] = []
-    select = _select_metric(study)
+    select = select_metric(study)
     if len(confirm):
         cg = groups(confirm)
         # the configuration is chosen by validation (never by the test accuracy it reports)
         best = max(cg, key=lambda g: stats(g.trials[select])[0] or -1)
-        crow = [[_fmt(g.get(BETA)), _fmt(g.get(RES)), cell(g.trials[select]), cell(g.trials[value])]
+        crow = [[fmt(g.get(BETA)), fmt(g.get(RES)), cell(g.trials[select]), cell(g.trials[value])]
                 for g in sorted(cg, key=lambda g: -(stats(g.trials[select])[0] or -1))]
         tables.append(Table("beta_sweep_confirm", f"{study.name}: confirm stage (new seeds; sorted by {select})",
                             ["β", "R", "val top-1 % (best)" if select == "best_val_acc" else select,
-                             _epoch_label(epoch)], crow))
+                             epoch_label(epoch)], crow))
         where = f"confirm stage, chosen by mean {select}"
         best_trials = best.trials
         # β·L_CAT of the same configuration in the search stage (the confirm runs have it too)
@@ -71,10 +88,10 @@ def beta_sweep(study: Study, epoch: str, paper: dict[str, Any]) -> list[Table]:
         inside = "unknown (no loss_cat at epoch 1)" if lc is None or lo is None else \
             ("yes" if lo <= lc <= hi else "no")
         tables.append(Table("beta_sweep_best", f"{study.name}: best β ({where})",
-                            ["β", "R", _epoch_label(epoch), "mean β·L_CAT at epoch 1",
+                            ["β", "R", epoch_label(epoch), "mean β·L_CAT at epoch 1",
                              f"inside advised {lo}..{hi} ({src})"],
-                            [[_fmt(best.get(BETA)), _fmt(best.get(RES)), cell(best_trials[value]),
-                              _fmt(lc), inside]], notes))
+                            [[fmt(best.get(BETA)), fmt(best.get(RES)), cell(best_trials[value]),
+                              fmt(lc), inside]], notes))
     return tables
 
 
@@ -91,7 +108,7 @@ def cam_resolution(study: Study, epoch: str, paper: Optional[dict[str, Any]] = N
     trials, stage, notes = rows_to_report(study)
     value = value_column(epoch)
     t = pivot(groups(trials), value, lambda g: (), lambda g: g.get(RES), [],
-              "cam_resolution", f"{study.name}: CAM resolution R vs {_epoch_label(epoch)}")
+              "cam_resolution", f"{study.name}: CAM resolution R vs {epoch_label(epoch)}")
     t.headers = [f"R = {h}" for h in t.headers]
     t.notes = notes
     return [t]
@@ -101,18 +118,18 @@ def binarization(study: Study, epoch: str, paper: Optional[dict[str, Any]] = Non
     trials, stage, notes = rows_to_report(study)
     value = value_column(epoch)
     t = pivot(groups(trials), value, lambda g: (bool(g.get(BIN)), g.get(BETA)), lambda g: g.get(RES),
-              ["binarized", "β"], "binarization", f"{study.name}: binarize x R, {_epoch_label(epoch)}")
+              ["binarized", "β"], "binarization", f"{study.name}: binarize x R, {epoch_label(epoch)}")
     t.headers = t.headers[:2] + [f"R = {h}" for h in t.headers[2:]]
     t.notes = notes
     tables = [t]
     by: dict[tuple, list] = {}
     for g in groups(trials):
         by.setdefault((bool(g.get(BIN)), g.get(RES)), []).extend(g.trials[value].tolist())
-    rows = [[_fmt(r)] + difference_row("binarized - not binarized", by[(True, r)], by[(False, r)])
-            for r in sorted({r for _, r in by}, key=_sortkey) if (True, r) in by and (False, r) in by]
+    rows = [[fmt(r)] + difference_row("binarized - not binarized", by[(True, r)], by[(False, r)])
+            for r in sorted({r for _, r in by}, key=sortkey) if (True, r) in by and (False, r) in by]
     if rows:
         tables.append(Table("binarization_differences", f"{study.name}: binarized - not binarized at each R, "
-                            f"{_epoch_label(epoch)}", ["R"] + DIFF_HEADERS, rows,
+                            f"{epoch_label(epoch)}", ["R"] + DIFF_HEADERS, rows,
                             ["95 % Welch interval over seeds; the paper gives no number for this difference."]))
     return tables
 
@@ -132,7 +149,7 @@ def partial_cams(study: Study, epoch: str, paper: Optional[dict[str, Any]] = Non
         return g.get(NUMS) if g.get(PARTIAL) else f"all ({n_classes})"
 
     t = pivot(groups(trials), value, row, col, ["CAMs transferred"], "partial_cams",
-              f"{study.name}: strategy x n (CAMs transferred), {_epoch_label(epoch)}")
+              f"{study.name}: strategy x n (CAMs transferred), {epoch_label(epoch)}")
     t.headers = t.headers[:1] + [h if h.startswith("all") else f"n = {h}" for h in t.headers[1:]]
     t.notes = notes
     return [t]
@@ -152,11 +169,11 @@ def data_reduction(study: Study, epoch: str, paper: Optional[dict[str, Any]] = N
     value = value_column(epoch)
     n_classes = classes_of(trials)
     gs = groups(trials)
-    full = [g for g in gs if not _finite(g.get(CLASSES)) or int(g.get(CLASSES)) >= n_classes]
+    full = [g for g in gs if not finite(g.get(CLASSES)) or int(g.get(CLASSES)) >= n_classes]
     fewer = [g for g in gs if g not in full]
     order = {"CAT-KD": 0, "DKD": 1, "KD": 2, "student alone": 3, "CAT (alone)": 4}
     t = pivot(full, value, lambda g: (g.get(RATE),), method_of, ["kept rate"], "data_reduction",
-              f"{study.name}: kept fraction of training images x method, {_epoch_label(epoch)}",
+              f"{study.name}: kept fraction of training images x method, {epoch_label(epoch)}",
               col_sort=lambda m: (order.get(m, 9), m))
     t.notes = notes
     tables = [t]
@@ -164,24 +181,24 @@ def data_reduction(study: Study, epoch: str, paper: Optional[dict[str, Any]] = N
     for g in full:
         by.setdefault((g.get(RATE), method_of(g)), []).extend(g.trials[value].tolist())
     rows = []
-    for rate in sorted({r for r, _ in by}, key=_sortkey):
+    for rate in sorted({r for r, _ in by}, key=sortkey):
         for a, b in (("CAT-KD", "KD"), ("CAT-KD", "student alone"), ("KD", "student alone")):
             if (rate, a) in by and (rate, b) in by:
-                rows.append([_fmt(rate)] + difference_row(f"{a} - {b}", by[(rate, a)], by[(rate, b)]))
+                rows.append([fmt(rate)] + difference_row(f"{a} - {b}", by[(rate, a)], by[(rate, b)]))
     if rows:
         tables.append(Table("data_reduction_differences",
-                            f"{study.name}: differences between methods at each kept rate, {_epoch_label(epoch)}",
+                            f"{study.name}: differences between methods at each kept rate, {epoch_label(epoch)}",
                             ["kept rate"] + DIFF_HEADERS, rows,
                             ["95 % Welch interval over seeds; the paper gives no numbers for these differences."]))
     if fewer:
         rows = []
         for g in fewer:
             unseen = _unseen_last(study, g.trials)
-            rows.append([method_of(g), f"{int(g.get(CLASSES))} of {n_classes}", _fmt(g.get(RATE)),
+            rows.append([method_of(g), f"{int(g.get(CLASSES))} of {n_classes}", fmt(g.get(RATE)),
                          cell(g.trials[value]), cell(unseen)])
         tables.append(Table("data_reduction_unseen",
                             f"{study.name}: classes never seen in training (test_acc_unseen, last epoch)",
-                            ["method", "classes kept", "kept rate", _epoch_label(epoch),
+                            ["method", "classes kept", "kept rate", epoch_label(epoch),
                              "top-1 % on unseen classes (last epoch)"], rows))
     return tables
 
@@ -261,7 +278,7 @@ def main_results(study: Study, epoch: str, paper: dict[str, Any]) -> list[Table]
     for label, srcs in sources.items():
         notes.append(f"{label} published numbers: {'; '.join(srcs)}.")
     notes += pair_notes
-    notes.append(f"Ours: {_epoch_label(epoch)}, mean ± std (n) over seeds; gap = our mean - published; "
+    notes.append(f"Ours: {epoch_label(epoch)}, mean ± std (n) over seeds; gap = our mean - published; "
                  f"published: {paper.get('dataset', '')}.")
     main = Table("main_results", f"{study.name}: CIFAR-100 table ({stage})", headers, rows, notes)
     # methods compared on the same pair: difference of means with its uncertainty over seeds
@@ -287,7 +304,7 @@ def main_results(study: Study, epoch: str, paper: dict[str, Any]) -> list[Table]
     tables = [main]
     if diff_rows:
         tables.append(Table("main_results_differences",
-                            f"{study.name}: differences between methods on the same pair, {_epoch_label(epoch)}",
+                            f"{study.name}: differences between methods on the same pair, {epoch_label(epoch)}",
                             ["teacher->student"] + DIFF_HEADERS, diff_rows,
                             ["95 % confidence interval of the difference of means over seeds (Welch's t); "
                              "n = 1 on a side gives no interval. 'published inside our CI': does the "
@@ -310,7 +327,7 @@ def teachers(study: Study, epoch: str, paper: dict[str, Any]) -> list[Table]:
         pub, pval, src = _published(vanilla_pub.get(model))
         mean, _, n = stats(vals)
         rows.append([model, cell(vals), pub, f"{mean - pval:+.2f}" if n and pval is not None else "-", src or "-"])
-    return [Table("teachers", f"{study.name}: models trained alone, {_epoch_label(epoch)}",
+    return [Table("teachers", f"{study.name}: models trained alone, {epoch_label(epoch)}",
                   ["model", "ours", "published", "gap (ours - published)", "source"], rows, notes)]
 
 
