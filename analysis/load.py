@@ -39,6 +39,11 @@ class Study:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def results(self) -> pd.DataFrame:
+        """One row per trial per reported epoch (results.parquet): the same frame as `epochs`."""
+        return self.epochs
+
+    @property
     def name(self) -> str:
         return str(self.spec.get("name") or self.path.name)
 

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import types
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 from analysis import importance as imp_mod  # `analysis` is installed with catkd (pip install -e .)
-from analysis import plots, tables
+from analysis import plots as plot_mod
+from analysis import tables
 from analysis.load import NotAStudy, load
+from catkd.fsutil import atomic_write_text
 
 EXIT_NOT_A_STUDY = 2
 
@@ -41,31 +44,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
-    try:
-        study = load(args.experiment_dir)
-    except NotAStudy as exc:
-        print(f"report: {exc}", file=sys.stderr)
-        return EXIT_NOT_A_STUDY
-    out = Path(args.out) if args.out else study.path / "report"
+def report(experiment_dir: Union[str, Path], out: Union[str, Path, None] = None, format: str = "md",
+           epoch: str = "auto", plots: bool = True, echo: bool = False) -> Path:
+    """Write a study's report (tables, plots, parameter importance) into `out` (default
+    EXPERIMENT_DIR/report); returns report.md / report.tex (the folder of CSVs for format="csv").
+
+    Raises NotAStudy for a directory that is not a study's, ValueError for an epoch rule the study
+    cannot use. echo=True also prints the text and every file written (what the command shows)."""
+    study = load(experiment_dir)
+    mode = tables.resolve_epoch(study, epoch)
+    out = Path(out) if out else study.path / "report"
     out.mkdir(parents=True, exist_ok=True)
-    if args.cams:
-        from analysis.cams import CamError, cams_report
-
-        try:
-            print(f"wrote {cams_report(study, out, args.trial, args.images)}")
-        except CamError as exc:
-            print(f"report: {exc}", file=sys.stderr)
-            return EXIT_NOT_A_STUDY
-        return 0
-
-    try:
-        mode = tables.resolve_epoch(study, args.epoch)
-    except ValueError as exc:
-        print(f"report: {exc}", file=sys.stderr)
-        return EXIT_NOT_A_STUDY
-    tbls = tables.build(study, args.epoch)
+    tbls = tables.build(study, epoch)
     png: list[Path] = []
     imp, notes = {}, []
     if (study.spec.get("search") or {}).get("algorithm") in ("optuna", "random"):
@@ -73,26 +63,62 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         t = imp_mod.table(study, imp, notes)
         if t is not None:
             tbls.append(t)
-    if not args.no_plots:
-        png = plots.all_plots(study, out, mode)
-        bar = plots.importance_bar(imp, study, out / "importance.png")
+    if plots:
+        png = plot_mod.all_plots(study, out, mode)
+        bar = plot_mod.importance_bar(imp, study, out / "importance.png")
         if bar:
             png.append(bar)
-
-    if args.format == "csv":
+    written: list[Path] = []
+    if format == "csv":
         for t in tbls:
             path = out / f"{t.name}.csv"
-            path.write_text(tables.csv_text(t), newline="")
-            print(f"wrote {path}")
+            atomic_write_text(path, tables.csv_text(t))
+            written.append(path)
+        result = out
     else:
-        text = tables.render(tbls, args.format)
-        path = out / ("report.md" if args.format == "md" else "report.tex")
-        path.write_text(text)
-        print(text)
-        print(f"wrote {path}")
-    for p in png:
-        print(f"wrote {p}")
+        text = tables.render(tbls, format)
+        result = out / ("report.md" if format == "md" else "report.tex")
+        atomic_write_text(result, text)
+        written.append(result)
+        if echo:
+            print(text)
+    if echo:
+        for p in [*written, *png]:
+            print(f"wrote {p}")
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        if not args.cams:
+            report(args.experiment_dir, args.out, args.format, args.epoch, plots=not args.no_plots, echo=True)
+            return 0
+        study = load(args.experiment_dir)
+    except (NotAStudy, ValueError) as exc:
+        print(f"report: {exc}", file=sys.stderr)
+        return EXIT_NOT_A_STUDY
+    from analysis.cams import CamError, cams_report
+
+    out = Path(args.out) if args.out else study.path / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        print(f"wrote {cams_report(study, out, args.trial, args.images)}")
+    except CamError as exc:
+        print(f"report: {exc}", file=sys.stderr)
+        return EXIT_NOT_A_STUDY
     return 0
+
+
+class _CallableModule(types.ModuleType):
+    """`analysis.report(exp, out=...)` is the report function, even once this module has been
+    imported as `analysis.report` (an import binds the module to that name in the package)."""
+
+    def __call__(self, *args, **kwargs) -> Path:
+        return report(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 FILE is a packaged preset (e.g. cifar100/CAT_KD/res32x4_shuv1) or a config file of the reference
 implementation, unchanged. Exit codes: 0 finished, 1 diverged or failed, 2 bad input (config,
 missing dataset or teacher), nothing trained.
+
+From Python: `cfg = catkd.train.load_config(FILE, {"SOLVER.EPOCHS": 2})`, `result = catkd.train.run(cfg)`.
 """
 from __future__ import annotations
 
@@ -22,6 +24,25 @@ def parse_overrides(pairs: Sequence[str]) -> dict:
     return {pairs[i]: parse_value(pairs[i + 1]) for i in range(0, len(pairs), 2)}
 
 
+def run(cfg, out_dir=None, log=print):
+    """Train one run of a config (from `load_config`); returns the RunResult (status, epochs done,
+    best/last accuracies, output directory). Bad input raises ConfigError, DataError,
+    TeacherWeightsError or CheckpointError before anything is trained. LOG.WANDB: also logs to W&B."""
+    from catkd.engine import Trainer
+    from catkd.tracking import wandb_run
+
+    trainer = Trainer.from_config(cfg, out_dir=out_dir, log=log)
+    if trainer.targets is not None:
+        where = trainer.targets.store.dir if trainer.targets.cached else "off: live teacher"
+        log(f"catkd: teacher cache: {where}")
+    tracker = wandb_run(cfg, trainer.out_dir, lambda m: print(f"catkd: note: {m}", file=sys.stderr)) \
+        if cfg.LOG.WANDB else None
+    result = trainer.fit(report=tracker[0] if tracker else None)
+    if tracker:
+        tracker[1](result.status)
+    return result
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m catkd.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--cfg", required=True, help="packaged preset name or path to a yaml config")
@@ -32,10 +53,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(argv)
 
     from catkd.data import DataError
-    from catkd.engine import Trainer
     from catkd.engine.checkpoint import CheckpointError
     from catkd.models import TeacherWeightsError
-    from catkd.tracking import wandb_run
 
     try:
         overrides = parse_overrides(args.overrides)
@@ -50,15 +69,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"{' -> ' if cfg.DISTILLER.TYPE != 'NONE' else ''}{cfg.DISTILLER.STUDENT} on {cfg.DATASET.TYPE}"
               f"{' (SYNTHETIC data)' if cfg.DATASET.TYPE == 'synthetic' else ''}; output: {out_dir}",
               flush=True)
-        trainer = Trainer.from_config(cfg, out_dir=out_dir)
-        if trainer.targets is not None:
-            where = trainer.targets.store.dir if trainer.targets.cached else "off: live teacher"
-            print(f"catkd: teacher cache: {where}", flush=True)
-        tracker = wandb_run(cfg, out_dir, lambda m: print(f"catkd: note: {m}", file=sys.stderr)) \
-            if cfg.LOG.WANDB else None
-        result = trainer.fit(report=tracker[0] if tracker else None)
-        if tracker:
-            tracker[1](result.status)
+        result = run(cfg, out_dir, log=lambda m: print(m, flush=True))
     except (ConfigError, DataError, TeacherWeightsError, CheckpointError) as e:
         msg = str(e)
         if args.cfg not in msg and "cfg_path" in locals() and str(cfg_path) not in msg:

@@ -40,37 +40,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="validate, print the trials, epoch budget and a measured cost estimate; run nothing")
     args = ap.parse_args(argv)
 
+    from catkd.study.api import run
     from catkd.study.load import load_study, parse_set
     from catkd.study.spec import StudyError
-
-    try:
-        spec = load_study(args.study, smoke=args.smoke, sets=parse_set(args.sets))
-    except StudyError as e:
-        print(f"catkd.study: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    name = args.name or (spec.name + ("-smoke" if args.smoke else ""))
-    if args.dry_run:
-        return dry_run(spec, args.study)
-    from catkd.study.trackers import check_trackers
-
-    try:
-        check_trackers(args.log, args.study)
-    except StudyError as e:
-        print(f"catkd.study: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-
-    from catkd.study.runner import run_study
 
     if args.dashboard_without_auth:
         import os
 
         os.environ["RAY_AUTH_MODE"] = "disabled"
         print("catkd.study: WARNING: Ray token authentication disabled (--dashboard-without-auth)", file=sys.stderr)
-
     try:
-        return run_study(spec, args.study, Path(args.storage), name, resume=args.resume,
-                         address=args.address, dashboard=args.dashboard, trackers=tuple(dict.fromkeys(args.log)),
-                         prefetch=args.prefetch)
+        sets = parse_set(args.sets)
+        if args.dry_run:
+            return dry_run(load_study(args.study, smoke=args.smoke, sets=sets), args.study)
+        run(args.study, smoke=args.smoke, overrides=sets, storage=args.storage, name=args.name, resume=args.resume,
+            address=args.address, dashboard=args.dashboard, trackers=args.log, prefetch=args.prefetch)
+        return 0
     except StudyError as e:
         print(f"catkd.study: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -99,8 +84,14 @@ def dry_run(spec, source: str) -> int:
     from catkd.study.progress import say
     from catkd.study.spec import StudyError
 
+    from catkd.config import ConfigError
+
     spec, env = absolutise(spec)
-    estimate(spec, say=say)
+    try:
+        estimate(spec, say=say)
+    except (ConfigError, StudyError, ValueError) as e:  # a setting the cost measurement cannot run with
+        print(f"catkd.study: error: {source}: the cost measurement cannot run this study: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if spec.smoke_mode:
         say(f"--smoke: the small teacher ({spec.smoke.teacher}) is trained first unless it is cached; "
             "not in the estimate")
