@@ -1,15 +1,50 @@
-"""Types shared by the dataset modules: the error, the bundle handed to the trainer, seed mixing."""
+"""Types shared by the dataset modules: the batches and loaders the trainer sees, the error, the bundle
+handed to the trainer, seed mixing."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import Any, Iterator, NamedTuple, Optional, Protocol, Sequence
 
 import numpy as np
-
-if TYPE_CHECKING:  # pragma: no cover
-    from catkd.data.loader import EvalBatches, TrainBatches
+import torch
 
 _U64 = (1 << 64) - 1
+
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class TrainBatch(NamedTuple):
+    """A training batch: images (N x C x H x W float), labels (N,), and, where the loader has a
+    finite view set, each image's index in the dataset as stored (before the validation split and
+    the reduction) and its view id (catkd.data.common.ViewSet), both (N,) int64 on the CPU; else None."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    index: Optional[torch.Tensor] = None
+    view: Optional[torch.Tensor] = None
+
+
+class TrainBatches(Protocol):
+    """What the trainer uses of a training loader (in-memory or ImageFolder)."""
+
+    num_samples: int
+    batch_size: int
+
+    def __len__(self) -> int: ...
+
+    def epoch_batches(self, epoch: int, seed: int) -> Iterator[TrainBatch]: ...
+
+
+class EvalBatches(Protocol):
+    """What the trainer uses of an evaluation loader: fixed order, no augmentation."""
+
+    num_samples: int
+    batch_size: int
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Batch]: ...
 
 
 class DataError(ValueError):

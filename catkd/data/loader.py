@@ -10,47 +10,13 @@ same after a restart, and the same on CPU and GPU.
 from __future__ import annotations
 
 import math
-from typing import Iterator, NamedTuple, Optional, Protocol, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import torch
 
-from catkd.data.common import mix_seed
+from catkd.data.common import Batch, EvalBatches, TrainBatch, TrainBatches, mix_seed  # noqa: F401 (re-exported)
 
-Batch = tuple[torch.Tensor, torch.Tensor]
 Stats = Union[Sequence[float], torch.Tensor]
-
-
-class TrainBatch(NamedTuple):
-    """A training batch: images (N x C x H x W float), labels (N,), and, where the loader has a
-    finite view set, each image's index in the dataset as stored (before the validation split and
-    the reduction) and its view id (catkd.data.common.ViewSet), both (N,) int64 on the CPU; else None."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    index: Optional[torch.Tensor] = None
-    view: Optional[torch.Tensor] = None
-
-
-class TrainBatches(Protocol):
-    """What the trainer uses of a training loader (in-memory or ImageFolder)."""
-
-    num_samples: int
-    batch_size: int
-
-    def __len__(self) -> int: ...
-
-    def epoch_batches(self, epoch: int, seed: int) -> Iterator[TrainBatch]: ...
-
-
-class EvalBatches(Protocol):
-    """What the trainer uses of an evaluation loader: fixed order, no augmentation."""
-
-    num_samples: int
-    batch_size: int
-
-    def __len__(self) -> int: ...
-
-    def __iter__(self) -> Iterator[Batch]: ...
 
 
 # ----------------------------------------------------------------------------------------------
