@@ -260,12 +260,12 @@ def notice(msg: str) -> None:
     print(f"catkd: note: {msg}", file=sys.stderr)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict) and v:
-            out.update(_flatten(v, key + "."))
+            out.update(flatten(v, key + "."))
         else:
             out[key] = v
     return out
@@ -299,7 +299,7 @@ def _normalise(raw: dict, source: str, quiet: bool) -> dict:
         raw.pop(sec)
         if not quiet:
             notice(f"{source}: section {sec} ignored (no catkd method declares it)")
-    flat = _flatten(raw)
+    flat = flatten(raw)
     for key, why in ignored_keys().items():
         if key in flat:
             _pop_dotted(raw, key)

@@ -34,7 +34,7 @@ def wandb_run(cfg, out_dir: Path, notice: Callable[[str], None]) -> Optional[tup
         notice("LOG.WANDB: True, but wandb is not installed (pip install 'catkd[wandb]'); "
                "metrics go to the output directory only")
         return None
-    from catkd.config import _flatten
+    from catkd.config import flatten
 
     mode = wandb_mode()
     if mode == "offline" and not os.environ.get("WANDB_MODE"):
@@ -42,7 +42,7 @@ def wandb_run(cfg, out_dir: Path, notice: Callable[[str], None]) -> Optional[tup
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     run = wandb.init(project=os.environ.get("WANDB_PROJECT") or cfg.EXPERIMENT.PROJECT, name=cfg.experiment_name,
-                     config=_flatten(cfg.to_dict()), dir=os.environ.get("WANDB_DIR") or str(out_dir), mode=mode,
+                     config=flatten(cfg.to_dict()), dir=os.environ.get("WANDB_DIR") or str(out_dir), mode=mode,
                      reinit="finish_previous")
     notice(f"W&B: run {run.name} in project {run.project}" + (f" (offline, {run.dir})" if mode == "offline" else ""))
 

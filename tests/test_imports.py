@@ -65,8 +65,6 @@ def test_an_acyclic_package_has_none_and_a_module_importing_itself_is_no_cycle(t
     assert out.returncode == 0 and out.stdout.strip() == "import cycles: 0"
 
 
-@pytest.mark.xfail(strict=False, reason="catkd.data.common <-> catkd.data.loader: common's TYPE_CHECKING "
-                                        "import of the loader's batch types (the data package's to untie)")
 def test_catkd_and_analysis_have_no_import_cycle():
     n, text = _script().report([ROOT / "catkd", ROOT / "analysis"])
     assert n == 0, text
@@ -85,3 +83,11 @@ def test_the_report_modules_import_no_private_name_of_each_other():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("analysis"):
                 private = [a.name for a in node.names if a.name.startswith("_")]
                 assert not private, f"{path.name}:{node.lineno} imports {private} from {node.module}"
+
+
+def test_config_is_on_the_ground_floor_and_the_engine_knows_no_ray_or_study():
+    edges, _ = _script().graph([ROOT / "catkd", ROOT / "analysis"])
+    assert {t for t in edges["catkd.config"] if t.startswith("catkd.")} <= {"catkd.config"}, edges["catkd.config"]
+    for module, targets in edges.items():
+        if module.startswith("catkd.engine"):
+            assert not [t for t in targets if t.startswith(("catkd.study", "ray", "analysis"))], module

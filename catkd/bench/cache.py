@@ -204,10 +204,7 @@ def bench_smoke_study(study: str = SMOKE_STUDY, rounds: int = 2, no_prefetch_sid
     medians per side."""
     from catkd.study.preflight import ensure_smoke_teacher
     from catkd.study.load import load_study
-    try:  # the study-side prefetch planning moved from the teacher cache to the study package
-        from catkd.study.prefetch import totals as prefetch_totals
-    except ImportError:
-        from catkd.teacher_cache.prefetch import totals as prefetch_totals
+    from catkd.teacher_cache.prefetch import totals as prefetch_totals
 
     out: dict = {}
     tmp = tempfile.mkdtemp(prefix="catkd-bench-cache-study-")

@@ -20,7 +20,7 @@ from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
 from catkd.data.common import DataBundle, DataError, mix_seed
-from catkd.data.loader import Batch, TrainBatch, _affine, epoch_generator
+from catkd.data.loader import Batch, TrainBatch, affine, epoch_generator
 from catkd.data.splits import stratified_holdout
 
 MEAN = (0.485, 0.456, 0.406)
@@ -70,7 +70,7 @@ class _FolderLoader:
         self.num_workers = int(num_workers)
         self.device = torch.device(device)
         self.num_samples = len(dataset)
-        self._scale, self._shift = _affine(mean, std, 3, self.device)
+        self._scale, self._shift = affine(mean, std, 3, self.device)
 
     def __len__(self) -> int:
         return math.ceil(self.num_samples / self.batch_size)

@@ -23,7 +23,7 @@ Stats = Union[Sequence[float], torch.Tensor]
 # pure functions
 
 
-def _affine(mean: Stats, std: Stats, channels: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def affine(mean: Stats, std: Stats, channels: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift) with x_uint8 * scale + shift == (x / 255 - mean) / std, shaped 1 x C x 1 x 1."""
     m = torch.as_tensor(mean, dtype=torch.float64).reshape(-1)
     s = torch.as_tensor(std, dtype=torch.float64).reshape(-1)
@@ -36,7 +36,7 @@ def _affine(mean: Stats, std: Stats, channels: int, device: torch.device) -> tup
 
 def normalize(images: torch.Tensor, mean: Stats, std: Stats) -> torch.Tensor:
     """uint8 N x C x H x W (0..255) -> float32 (x / 255 - mean) / std."""
-    scale, shift = _affine(mean, std, images.shape[1], images.device)
+    scale, shift = affine(mean, std, images.shape[1], images.device)
     return torch.addcmul(shift, images.to(torch.float32), scale)
 
 
@@ -124,7 +124,7 @@ class _InMemory:
         self.num_samples = int(len(images))
         self.mean = tuple(float(v) for v in torch.as_tensor(mean).reshape(-1).tolist())
         self.std = tuple(float(v) for v in torch.as_tensor(std).reshape(-1).tolist())
-        self._scale, self._shift = _affine(self.mean, self.std, images.shape[1], device)
+        self._scale, self._shift = affine(self.mean, self.std, images.shape[1], device)
 
     def __len__(self) -> int:
         return math.ceil(self.num_samples / self.batch_size)

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import yaml
 
-from catkd.config import _flatten
+from catkd.config import flatten
 from catkd.fsutil import atomic_write_json, atomic_write_text
 from catkd.study import prefetch as prefetch_mod
 from catkd.study import results as res
@@ -45,7 +45,7 @@ def check_same_study(spec: StudySpec, saved: Path, source: str) -> None:
     except (OSError, yaml.YAMLError) as e:
         raise StudyError(f"{source}: --resume: cannot read the saved {saved} ({e})") from None
     new = yaml.safe_load(dump_study(spec)) or {}
-    a, b = _flatten(old), _flatten(new)
+    a, b = flatten(old), flatten(new)
     keys = sorted(k for k in set(a) | set(b) if k not in _RUNTIME_KEYS and a.get(k, "<absent>") != b.get(k, "<absent>"))
     if keys:
         shown = "; ".join(f"{k}: saved {a.get(k, '<absent>')!r}, now {b.get(k, '<absent>')!r}" for k in keys[:8])

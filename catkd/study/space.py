@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from catkd.study.results import SEED_KEY
-from catkd.study.spec import Dim, StudySpec, _active, expand_grid
+from catkd.study.spec import Dim, StudySpec, active, expand_grid
 
 
 def _ordered(space: dict[str, Dim]) -> list[str]:
@@ -52,7 +52,7 @@ class DefineByRun:
     def __call__(self, trial) -> dict:
         params: dict[str, Any] = {}
         for name in self.order:
-            if _active(self.space[name], params):
+            if active(self.space[name], params):
                 params[name] = suggest(trial, name, self.space[name])
         return {SEED_KEY: self.seed}  # constants: OptunaSearch adds them to the trial's config
 

@@ -180,7 +180,7 @@ def expand_grid(spec: StudySpec) -> list[dict[str, Any]]:
         names = list(g)
         for combo in itertools.product(*(g[n].values for n in names)):
             params = dict(zip(names, combo))
-            params = {n: v for n, v in params.items() if _active(g[n], params)}
+            params = {n: v for n, v in params.items() if active(g[n], params)}
             for seed in spec.seeds:
                 p = {**params, SEED_KEY: seed}
                 if p not in out:
@@ -188,7 +188,7 @@ def expand_grid(spec: StudySpec) -> list[dict[str, Any]]:
     return out
 
 
-def _active(dim: Dim, params: dict[str, Any]) -> bool:
+def active(dim: Dim, params: dict[str, Any]) -> bool:
     return all(params.get(k) == v for k, v in (dim.when or {}).items())
 
 
