@@ -12,8 +12,11 @@ from analysis.load import Study, classes_of, varied_columns
 from analysis.names import (
     BETA, BIN, CLASSES, NUMS, ONLY_CAT, PARTIAL, RATE, RES, STRATEGY, STUDENT, TEACHER, TYPE,
 )
+from analysis.names import DISPLAY
 from analysis.selection import Group, epoch_label, groups, rows_to_report, select_metric, value_column
 from catkd.study.results import finite
+
+B, R = DISPLAY[BETA], DISPLAY[RES]  # how the tables show β and the CAM resolution
 
 
 def pivot(gs: list[Group], value: str, row_of: Callable[[Group], tuple], col_of: Callable[[Group], Any],
@@ -58,7 +61,7 @@ def beta_sweep(study: Study, epoch: str, paper: dict[str, Any]) -> list[Table]:
         rows.append([fmt(g.get(BETA)), fmt(g.get(RES)), ", ".join(sorted(set(g.trials["status"]))),
                      int(g.trials["epochs_done"].max()), cell(g.trials["best_val_acc"]), cell(g.trials[value]),
                      fmt(_loss_cat_epoch1(study, g.trials))])
-    headers = ["β", "R", "status", "epochs", "val top-1 % (best)", epoch_label(epoch), "β·L_CAT epoch 1"]
+    headers = [B, R, "status", "epochs", "val top-1 % (best)", epoch_label(epoch), "β·L_CAT epoch 1"]
     tables = [Table("beta_sweep_search", f"{study.name}: β vs top-1, search trials (sorted by β)", headers, rows)]
     notes: list[str] = []
     select = select_metric(study)
@@ -69,7 +72,7 @@ def beta_sweep(study: Study, epoch: str, paper: dict[str, Any]) -> list[Table]:
         crow = [[fmt(g.get(BETA)), fmt(g.get(RES)), cell(g.trials[select]), cell(g.trials[value])]
                 for g in sorted(cg, key=lambda g: -(stats(g.trials[select])[0] or -1))]
         tables.append(Table("beta_sweep_confirm", f"{study.name}: confirm stage (new seeds; sorted by {select})",
-                            ["β", "R", "val top-1 % (best)" if select == "best_val_acc" else select,
+                            [B, R, "val top-1 % (best)" if select == "best_val_acc" else select,
                              epoch_label(epoch)], crow))
         where = f"confirm stage, chosen by mean {select}"
         best_trials = best.trials
@@ -88,7 +91,7 @@ def beta_sweep(study: Study, epoch: str, paper: dict[str, Any]) -> list[Table]:
         inside = "unknown (no loss_cat at epoch 1)" if lc is None or lo is None else \
             ("yes" if lo <= lc <= hi else "no")
         tables.append(Table("beta_sweep_best", f"{study.name}: best β ({where})",
-                            ["β", "R", epoch_label(epoch), "mean β·L_CAT at epoch 1",
+                            [B, R, epoch_label(epoch), "mean β·L_CAT at epoch 1",
                              f"inside advised {lo}..{hi} ({src})"],
                             [[fmt(best.get(BETA)), fmt(best.get(RES)), cell(best_trials[value]),
                               fmt(lc), inside]], notes))
@@ -109,7 +112,7 @@ def cam_resolution(study: Study, epoch: str, paper: Optional[dict[str, Any]] = N
     value = value_column(epoch)
     t = pivot(groups(trials), value, lambda g: (), lambda g: g.get(RES), [],
               "cam_resolution", f"{study.name}: CAM resolution R vs {epoch_label(epoch)}")
-    t.headers = [f"R = {h}" for h in t.headers]
+    t.headers = [f"{R} = {h}" for h in t.headers]
     t.notes = notes
     return [t]
 
@@ -118,8 +121,8 @@ def binarization(study: Study, epoch: str, paper: Optional[dict[str, Any]] = Non
     trials, stage, notes = rows_to_report(study)
     value = value_column(epoch)
     t = pivot(groups(trials), value, lambda g: (bool(g.get(BIN)), g.get(BETA)), lambda g: g.get(RES),
-              ["binarized", "β"], "binarization", f"{study.name}: binarize x R, {epoch_label(epoch)}")
-    t.headers = t.headers[:2] + [f"R = {h}" for h in t.headers[2:]]
+              [DISPLAY[BIN], B], "binarization", f"{study.name}: binarize x R, {epoch_label(epoch)}")
+    t.headers = t.headers[:2] + [f"{R} = {h}" for h in t.headers[2:]]
     t.notes = notes
     tables = [t]
     by: dict[tuple, list] = {}
@@ -129,7 +132,7 @@ def binarization(study: Study, epoch: str, paper: Optional[dict[str, Any]] = Non
             for r in sorted({r for _, r in by}, key=sortkey) if (True, r) in by and (False, r) in by]
     if rows:
         tables.append(Table("binarization_differences", f"{study.name}: binarized - not binarized at each R, "
-                            f"{epoch_label(epoch)}", ["R"] + DIFF_HEADERS, rows,
+                            f"{epoch_label(epoch)}", [R] + DIFF_HEADERS, rows,
                             ["95 % Welch interval over seeds; the paper gives no number for this difference."]))
     return tables
 
@@ -150,7 +153,7 @@ def partial_cams(study: Study, epoch: str, paper: Optional[dict[str, Any]] = Non
 
     t = pivot(groups(trials), value, row, col, ["CAMs transferred"], "partial_cams",
               f"{study.name}: strategy x n (CAMs transferred), {epoch_label(epoch)}")
-    t.headers = t.headers[:1] + [h if h.startswith("all") else f"n = {h}" for h in t.headers[1:]]
+    t.headers = t.headers[:1] + [h if h.startswith("all") else f"{DISPLAY[NUMS]} = {h}" for h in t.headers[1:]]
     t.notes = notes
     return [t]
 
