@@ -17,6 +17,8 @@ from typing import Any, Callable, ClassVar, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from catkd.dotted import DottedKeyError, flatten, pop_dotted, set_dotted  # noqa: F401 (flatten: re-exported)
+
 PRESET_DIR = Path(__file__).parent / "configs"
 
 
@@ -36,7 +38,6 @@ class Section(BaseModel):
     ignored_keys: ClassVar[dict[str, str]] = {}
 
 
-_Section = Section
 
 # Sections declared by the methods (each distiller module declares its own: `@config_section("KD")`).
 SECTIONS: dict[str, type[Section]] = {}
@@ -56,14 +57,14 @@ def config_section(name: str) -> Callable[[type[Section]], type[Section]]:
     return deco
 
 
-class ExperimentCfg(_Section):
+class ExperimentCfg(Section):
     PROJECT: str = "distill"
     NAME: str = ""
     TAG: str = "default"
     SEED: int = 0  # ours: seeds python, numpy, torch and the data order (the reference sets none)
 
 
-class DistillerCfg(_Section):
+class DistillerCfg(Section):
     TYPE: str = "NONE"
     TEACHER: str = "ResNet50"
     STUDENT: str = "resnet32"
@@ -71,7 +72,7 @@ class DistillerCfg(_Section):
     TEACHER_CKPT: Optional[str] = None
 
 
-class SolverCfg(_Section):
+class SolverCfg(Section):
     TRAINER: str = "base"
     BATCH_SIZE: int = Field(64, ge=1)
     EPOCHS: int = Field(240, ge=1)
@@ -91,11 +92,11 @@ class SolverCfg(_Section):
         return v
 
 
-class TestCfg(_Section):
+class TestCfg(Section):
     BATCH_SIZE: int = Field(64, ge=1)
 
 
-class SyntheticCfg(_Section):
+class SyntheticCfg(Section):
     """The embedded offline dataset (catkd.data.synthetic); documented as synthetic wherever shown."""
 
     NUM_CLASSES: int = Field(10, ge=2, le=1000)
@@ -105,7 +106,7 @@ class SyntheticCfg(_Section):
     SEED: int = 0
 
 
-class DatasetCfg(_Section):
+class DatasetCfg(Section):
     TYPE: Literal["cifar100", "imagenet", "synthetic"] = "cifar100"
     NUM_WORKERS: int = Field(2, ge=0)
     TEST: TestCfg = TestCfg()
@@ -127,14 +128,14 @@ class DatasetCfg(_Section):
         return self
 
 
-class LogCfg(_Section):
+class LogCfg(Section):
     TENSORBOARD_FREQ: int = 500
     SAVE_CHECKPOINT_FREQ: int = Field(40, ge=0)  # also keep epoch_<e>.pth every this many epochs (0: never)
     PREFIX: str = "./output"
     WANDB: bool = False  # catkd.train: log each epoch to Weights & Biases (project EXPERIMENT.PROJECT)
 
 
-class RunCfg(_Section):
+class RunCfg(Section):
     """Ours: where and how the run executes."""
 
     DEVICE: str = "auto"  # auto | cpu | cuda | cuda:1 ...
@@ -159,7 +160,7 @@ class RunCfg(_Section):
         return v
 
 
-class Config(_Section):
+class Config(Section):
     """The run config: the frame's sections below plus every registered method section (SECTIONS),
     held as extra attributes (`cfg.CAT_KD`) and validated by their own models."""
 
@@ -260,38 +261,6 @@ def notice(msg: str) -> None:
     print(f"catkd: note: {msg}", file=sys.stderr)
 
 
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def _set_dotted(d: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = d
-    for p in parts[:-1]:
-        nxt = node.setdefault(p, {})
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"{dotted}: {p!r} is a value, not a section")
-        node = nxt
-    node[parts[-1]] = value
-
-
-def _pop_dotted(d: dict, dotted: str) -> Any:
-    parts = dotted.split(".")
-    node = d
-    for p in parts[:-1]:
-        node = node.get(p)
-        if not isinstance(node, dict):
-            return None
-    return node.pop(parts[-1], None)
-
-
 def _normalise(raw: dict, source: str, quiet: bool) -> dict:
     """Drop ignored keys (with a notice) and map renamed ones, before validation."""
     raw = copy.deepcopy(raw)
@@ -302,14 +271,14 @@ def _normalise(raw: dict, source: str, quiet: bool) -> dict:
     flat = flatten(raw)
     for key, why in ignored_keys().items():
         if key in flat:
-            _pop_dotted(raw, key)
+            pop_dotted(raw, key)
             if not quiet and key not in _SILENT_KEYS:
                 notice(f"{source}: {key} ignored ({why})")
     for old, new in renamed_keys().items():
         if old in flat:
-            _pop_dotted(raw, old)
+            pop_dotted(raw, old)
             if flat[old] not in (None, ""):  # the reference's empty default means "not given"
-                _set_dotted(raw, new, flat[old])
+                set_dotted(raw, new, flat[old])
     return raw
 
 
@@ -378,15 +347,18 @@ def build_config(
     """Validate a nested dict (reference format) plus dotted overrides into a Config; every wrong key
     is named in one ConfigError. Names of models and distillers are checked a floor up
     (catkd.engine.validate.check_names), where the registries are."""
-    data = _normalise(raw, source, quiet)
-    renamed, ignored = renamed_keys(), ignored_keys()
-    for key, value in (overrides or {}).items():
-        key = renamed.get(key, key)
-        if key in ignored:
-            if not quiet:
-                notice(f"override {key} ignored ({ignored[key]})")
-            continue
-        _set_dotted(data, key, value)
+    try:
+        data = _normalise(raw, source, quiet)
+        renamed, ignored = renamed_keys(), ignored_keys()
+        for key, value in (overrides or {}).items():
+            key = renamed.get(key, key)
+            if key in ignored:
+                if not quiet:
+                    notice(f"override {key} ignored ({ignored[key]})")
+                continue
+            set_dotted(data, key, value)
+    except DottedKeyError as e:
+        raise ConfigError(f"{source}: {e}") from None
     try:
         return Config.model_validate(data)
     except ValidationError as e:
