@@ -1,10 +1,12 @@
 # Two commands do all set-up: `make demo` and `make test`. Both create .venv and install the package.
+# `make test` is the whole suite (CI runs it); `make test-fast` leaves out the tests that start Ray, a Ray
+# cluster or a study (marked `e2e` by tests/conftest.py).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean-venv
+.PHONY: demo test test-fast install clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,7 +23,10 @@ demo: $(STAMP)
 	$(BIN)/python analysis/report.py results/demo/$$name
 
 test: $(STAMP)
-	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q tests
+	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q --durations=15 tests
+
+test-fast: $(STAMP)
+	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q --durations=15 -m "not e2e" tests
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,119 @@
+"""The two test tiers: which tests are `e2e` (they start Ray, a Ray cluster or a study driver).
+
+A test is e2e when its own source, the source of a fixture it uses (the whole fixture closure), or
+the source of a helper function / module-level string any of these names mentions one of E2E_SIGNS.
+Everything else is the fast tier (`make test-fast`). `guard` catches what this reading misses: in a
+fast-tier test, starting Ray or a study driver fails loudly instead of silently landing in the
+wrong tier.
+"""
+from __future__ import annotations
+
+import inspect
+import subprocess
+import types
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+# What starts Ray or a study driver: the session fixture, the runner and the Python API (also inside a
+# script run with `python -c`), the study's command line (`-m catkd.study`), a Ray cluster, Ray or Tune.
+E2E_SIGNS = ("ray_session", "run_study(", "catkd.study.run(", '"catkd.study"',
+             "cluster_utils", "ray.init(", "start_ray(", "Tuner(", "tune.run(")
+MISSED = "this test starts {what} but was not marked e2e: conftest's detector missed it (see tests/_tiers.py)"
+
+
+def _source(obj) -> str:
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):
+        return ""
+
+
+def _own(obj) -> bool:
+    """A function written in the tests folder (helpers are read too; the library is not, nor this file,
+    whose guard names what it refuses)."""
+    code = getattr(obj, "__code__", None)
+    if code is None:
+        return False
+    path = Path(code.co_filename).resolve()
+    return path.is_relative_to(HERE) and path != Path(__file__).resolve()
+
+
+def _names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names(const)
+    return names
+
+
+def _texts(func, seen: set) -> Iterable[str]:
+    """The source of `func`, then of the test-folder functions and module-level strings it names."""
+    func = inspect.unwrap(func)
+    if id(func) in seen or not hasattr(func, "__code__"):
+        return
+    seen.add(id(func))
+    yield _source(func)
+    for name in _names(func.__code__):
+        value = func.__globals__.get(name)
+        if isinstance(value, str):
+            yield value
+        elif callable(value) and _own(value):
+            yield from _texts(value, seen)
+
+
+def e2e_reason(func: Callable, fixtures: Iterable[Callable] = ()) -> Optional[str]:
+    """The first sign of an end-to-end test in `func` or its fixtures' functions, or None."""
+    seen: set = set()
+    for f in (func, *fixtures):
+        for text in _texts(f, seen):
+            for sign in E2E_SIGNS:
+                if sign in text:
+                    return sign
+    return None
+
+
+def item_reason(item: pytest.Item) -> Optional[str]:
+    if "ray_session" in getattr(item, "fixturenames", ()):
+        return "ray_session"
+    func = getattr(item, "obj", None)
+    if func is None:
+        return None
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    fixtures = [d.func for name in item.fixturenames for d in defs.get(name, ())]
+    return e2e_reason(func, fixtures)
+
+
+def mark_e2e(items: list[pytest.Item]) -> None:
+    for item in items:
+        reason = item_reason(item)
+        if reason:
+            item.add_marker(pytest.mark.e2e(reason=reason))
+
+
+def _refuse(what: str):
+    def refused(*a, **k):
+        pytest.fail(MISSED.format(what=what), pytrace=False)
+    return refused
+
+
+def guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For a fast-tier test: Ray (any local node, a cluster) and study drivers refuse to start."""
+    import ray
+    import ray._private.node
+
+    monkeypatch.setattr(ray, "init", _refuse("Ray (ray.init)"))
+    monkeypatch.setattr(ray._private.worker, "init", _refuse("Ray (ray.init)"), raising=False)
+    monkeypatch.setattr(ray._private.node.Node, "__init__", _refuse("a Ray node"), raising=False)
+
+    class Popen(subprocess.Popen):
+        def __init__(self, args, *a, **k):
+            argv = [args] if isinstance(args, (str, bytes, Path)) else list(args)
+            if any("catkd.study" in str(x) for x in argv):
+                pytest.fail(MISSED.format(what="a study driver (catkd.study)"), pytrace=False)
+            super().__init__(args, *a, **k)
+
+    monkeypatch.setattr(subprocess, "Popen", Popen)
