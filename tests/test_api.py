@@ -116,3 +116,18 @@ def test_load_and_report_of_a_finished_study(tiny_study, tmp_path):
     assert path == tmp_path / "rep" / "report.md"
     text = path.read_text()
     assert "tiny" in text and (tmp_path / "rep" / "learning_curves.png").is_file()
+
+
+def test_schema_errors_do_not_hide_the_checks_of_the_well_formed_settings(tmp_path):
+    # a schema error (num_samples 0), an unknown name, a fixed setting the dataset cannot serve and an
+    # impossible CAM resolution: one message names all four, and the fixed one is not repeated per dimension
+    study = _study(tmp_path, search={"algorithm": "optuna", "num_samples": 0},
+                   fixed={"DATASET.VAL_SIZE": 5000, "partial_cams": True, "cam_count": 300},
+                   space={"betta": {"loguniform": [10, 3000]}, "cam_resolution": {"choice": [2, 0]}})
+    with pytest.raises(StudyError) as e:
+        catkd.study.run(study, smoke=True)
+    lines = str(e.value).splitlines()
+    assert any("search.num_samples" in x for x in lines), lines
+    assert any("space.betta: unknown setting" in x for x in lines), lines
+    assert sum("300 is more than the 100 classes" in x for x in lines) == 1, lines
+    assert any("space.cam_resolution.choice: CAT_KD.LOSS.CAM_RESOLUTION" in x and "(got 0)" in x for x in lines), lines

@@ -31,7 +31,9 @@ def run_config(spec: StudySpec, params: dict[str, Any], source: str = "<study>",
     try:
         return build_run_config(raw, source, overrides, quiet=True)
     except ConfigError as e:
-        raise StudyError(f"{e}" + (f" (from {where.rstrip('.')})" if where else "")) from None
+        # each line says where in the study file the value came from: fixed.KEY, space.NAME.choice: KEY
+        raise StudyError("\n".join(line.replace(f"{source}: ", f"{source}: {where}", 1) if where else line
+                                   for line in str(e).splitlines())) from None
 
 
 def check_study(spec: StudySpec, source: str) -> None:
@@ -71,7 +73,9 @@ def study_errors(spec: StudySpec, source: str) -> list[str]:
         base_cfg = run_config(spec, {}, source, "fixed.")
     except StudyError as e:
         return errors + str(e).splitlines()  # every trial would repeat these: probing dimensions adds nothing
-    errors += _semantics(base_cfg, source, "fixed")
+    fixed_errors = _semantics(base_cfg, source, "fixed")
+    errors += fixed_errors
+    of_fixed = {line.split(": fixed: ", 1)[1] for line in fixed_errors}  # not repeated for every dimension
     if spec.metric == "val_acc" and base_cfg.DATASET.VAL_SIZE == 0:
         errors.append(f"{source}: metric: val_acc needs a validation split; set fixed.DATASET.VAL_SIZE "
                       "(e.g. 5000) or use metric: test_acc")
@@ -87,7 +91,8 @@ def study_errors(spec: StudySpec, source: str) -> list[str]:
                 except StudyError as e:
                     errors += str(e).splitlines()
                     continue
-                errors += _semantics(cfg, source, f"{gloc}{w(name)}")
+                errors += [line for line in _semantics(cfg, source, f"{gloc}{w(name)}")
+                           if line.split(f"{gloc}{w(name)}: ", 1)[-1] not in of_fixed]
     return errors
 
 

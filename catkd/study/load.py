@@ -12,10 +12,10 @@ import yaml
 from pydantic import ValidationError
 
 from catkd.config import ConfigError, read_yaml
-from catkd.study.checks import check_study
-from catkd.study.keys import resolve_keys
+from catkd.study.checks import check_study, study_errors
+from catkd.study.keys import PRESET_KEY, resolve_keys
 from catkd.study.smoke import apply_smoke
-from catkd.study.spec import StudyError, StudySpec
+from catkd.study.spec import Dim, StudyError, StudySpec
 
 
 def _loc(e: dict) -> str:
@@ -93,7 +93,12 @@ def load_study(path: str | Path, smoke: bool = False, sets: Optional[dict[str, A
         except ValidationError as e:
             errors = _schema_errors(e, source, raw).splitlines() + errors
     if errors:
-        raise StudyError("\n".join(errors))
+        # the checks of the settings that are well-formed still run: every problem in one message
+        valid = _valid_part(resolved)
+        if valid is not None:
+            valid.written_names = written
+            errors += [e for e in study_errors(valid, source) if e not in errors]
+        raise StudyError("\n".join(dict.fromkeys(errors)))
     spec.written_names = written
     if smoke:
         # a green smoke must mean the real study will start: check the real one first
@@ -108,3 +113,34 @@ def load_study(path: str | Path, smoke: bool = False, sets: Optional[dict[str, A
         spec.written_names = written
     check_study(spec, source)
     return spec
+
+
+def _valid_part(resolved: dict[str, Any]) -> Optional[StudySpec]:
+    """The well-formed part of a study that has errors: its known settings, its valid dimensions
+    (and those whose conditions they name), defaults where a section is wrong. None without a base."""
+    def known(k: Any) -> bool:
+        return isinstance(k, str) and ("." in k or k == PRESET_KEY)
+
+    def dims(g: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in (g.items() if isinstance(g, dict) else ()):
+            try:
+                if known(k):
+                    Dim.model_validate(v)
+                    out[k] = v
+            except ValidationError:
+                pass
+        return {k: v for k, v in out.items() if set((v.get("when") or {}) if isinstance(v, dict) else ()) <= set(out)}
+
+    d = dict(resolved)
+    if isinstance(d.get("fixed"), dict):
+        d["fixed"] = {k: v for k, v in d["fixed"].items() if known(k)}
+    if "space" in d:
+        d["space"] = [dims(g) for g in d["space"]] if isinstance(d["space"], list) else dims(d["space"])
+    for _ in range(2):  # then without the sections that are still wrong (their defaults)
+        try:
+            return StudySpec.model_validate(d)
+        except ValidationError as e:
+            for key in {str(x["loc"][0]) for x in e.errors()} - {"name", "base"}:
+                d.pop(key, None)
+    return None
