@@ -74,7 +74,7 @@ def test_optuna_db_holds_the_search_trials_with_their_states_and_intermediate_va
     for r in rows:
         by_beta.setdefault(r["CAT_KD.LOSS.CAT_loss_weight"], {})[r["epoch"]] = r["val_acc"]
     for t in study.trials:  # every epoch the trial reported, at its epoch, with its value
-        assert t.intermediate_values == pytest.approx(by_beta[t.params["beta"]])
+        assert t.intermediate_values == pytest.approx(by_beta[t.params["CAT_KD.LOSS.CAT_loss_weight"]])
 
 
 def _free_port() -> int:
@@ -160,7 +160,7 @@ def test_wandb_has_one_offline_run_per_trial_grouped_by_study_and_stage_with_eve
         trial = next(t for t in trials if t["trial_id"] == meta.run_id)
         assert meta.project == "catkd" and meta.run_group == f"tiny/{trial['stage']}"
         assert config["stage"] == trial["stage"] and config["study"] == "tiny"
-        assert config["beta"] == pytest.approx(trial["CAT_KD.LOSS.CAT_loss_weight"])
+        assert config["CAT_KD.LOSS.CAT_loss_weight"] == pytest.approx(trial["CAT_KD.LOSS.CAT_loss_weight"])
         assert config["DATASET.TYPE"] == "synthetic"
         mine = sorted((r["epoch"], r["test_acc"]) for r in rows if r["trial_id"] == trial["trial_id"])
         got = sorted((h["epoch"], h["test_acc"]) for h in history if "test_acc" in h)
@@ -183,7 +183,7 @@ def test_mlflow_has_one_run_per_trial_with_its_settings_and_every_epoch(tiny_stu
     for run in runs:
         tid = next(t for t in trials if t in run.data.tags["trial_name"])
         assert run.data.tags["study"] == "tiny"
-        assert float(run.data.params["beta"]) == pytest.approx(trials[tid]["CAT_KD.LOSS.CAT_loss_weight"])
+        assert float(run.data.params["CAT_KD.LOSS.CAT_loss_weight"]) == pytest.approx(trials[tid]["CAT_KD.LOSS.CAT_loss_weight"])
         hist = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "test_acc"))
         want = [r["test_acc"] for r in sorted((r for r in rows if r["trial_id"] == tid), key=lambda r: r["epoch"])]
         assert [v for _, v in hist] == pytest.approx(want)

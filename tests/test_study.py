@@ -251,10 +251,10 @@ def test_asha_stopped_trials_are_pruned_not_complete_in_optuna(tiny_study):
     for r in sorted(rows, key=lambda r: r["epoch"]):
         last[r["CAT_KD.LOSS.CAT_loss_weight"]] = (r["epoch"], r["val_acc"])
     for t in pruned:
-        epoch, val = last[t.params["beta"]]
+        epoch, val = last[t.params["CAT_KD.LOSS.CAT_loss_weight"]]
         assert t.intermediate_values.get(epoch) == pytest.approx(val), (t.number, t.intermediate_values, epoch)
     for t in study.trials:  # every reported epoch is one intermediate value, at its epoch
-        assert sorted(t.intermediate_values) == list(range(1, last[t.params["beta"]][0] + 1))
+        assert sorted(t.intermediate_values) == list(range(1, last[t.params["CAT_KD.LOSS.CAT_loss_weight"]][0] + 1))
 
 
 @pytest.mark.ray

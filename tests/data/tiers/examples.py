@@ -44,6 +44,16 @@ def e2e_runs_the_runner_in_process(spec, tmp_path):
     runner.run_study(spec, "x", tmp_path, "x")
 
 
+def fast_reads_import_edges(edges):
+    return [m for m in edges if m.startswith(("catkd.study", "analysis"))]  # a module name, no command
+
+
+def fast_checks_a_study_by_the_api(tmp_path):
+    import catkd.study
+
+    catkd.study.run(tmp_path / "broken.yaml")  # bad input: an error before Ray; the guard stops any other
+
+
 def e2e_trains_with_tune():
     from ray import tune
 
@@ -66,8 +76,10 @@ CASES = [
     (fast_reads_numbers, [], None),
     (fast_monkeypatches_ray_init_away, [], None),
     (fast_reads_numbers, [fixture_on_top, fixture_with_ray], "ray_session"),
-    (e2e_runs_a_study_through_a_helper, [], '"catkd.study"'),
+    (e2e_runs_a_study_through_a_helper, [], "-m catkd.study"),
     (e2e_runs_a_cluster_script, [], "cluster_utils"),
     (e2e_runs_the_runner_in_process, [], "run_study("),
     (e2e_trains_with_tune, [], "Tuner("),
+    (fast_reads_import_edges, [], None),
+    (fast_checks_a_study_by_the_api, [], None),
 ]
