@@ -86,7 +86,12 @@ def _rule_note(mode: str) -> str:
 def _tables_for(study: Study, epoch: str, paper: dict[str, Any]) -> list[Table]:
     if study.trials.empty:
         return [Table("empty", f"{study.name}: no trials yet", [], [])]
-    return LAYOUTS[layout_of(study)](study, epoch, paper)
+    tables = LAYOUTS[layout_of(study)](study, epoch, paper)
+    chosen = study.spec.get("report")
+    if chosen and chosen not in LAYOUTS and tables:
+        tables[0].notes.append(f"report: {chosen!r} is no layout of analysis/layouts/ (known: "
+                               f"{', '.join(sorted(LAYOUTS))}); the generic table is shown")
+    return tables
 
 
 # ----------------------------------------------------------------------------- rendering

@@ -475,3 +475,17 @@ def test_the_report_shows_what_the_teacher_cache_saved_per_stage_and_what_was_pr
     (tmp_path / "prefetch.json").write_text(json.dumps({"teacher_images": 1234, "done": True}))
     t = teacher_cache_table(Study(tmp_path, {"name": "x"}, pd.DataFrame({"trial_id": ["a"]}), epochs))
     assert t.rows[-1] == ["prefetch (idle CPU)", "-", "-", "1,234", "-", "-"] and len(t.rows) == 3
+
+
+def test_an_unknown_report_layout_gets_the_generic_table_and_a_note_naming_the_known_ones(tmp_path):
+    trials = [_trial("a", 0, 60.0, **{"SOLVER.LR": 0.01}), _trial("b", 0, 70.0, **{"SOLVER.LR": 0.05})]
+    t = tables.build(load(make_study(tmp_path / "u", grid_spec("x", report="beta_swep"), trials)))[0]
+    assert t.name == "generic"
+    assert any("'beta_swep' is no layout" in n and "beta_sweep" in n for n in t.notes), t.notes
+
+
+def test_every_layout_module_registers_itself_and_a_new_module_needs_no_list(tmp_path):
+    import analysis.layouts as layouts
+
+    modules = sorted(p.stem for p in Path(layouts.__file__).parent.glob("*.py") if p.stem not in ("__init__", "registry", "common"))
+    assert sorted(layouts.LAYOUTS) == modules

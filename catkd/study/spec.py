@@ -136,9 +136,9 @@ class StudySpec(_Strict):
     max_concurrent: int = Field(4, ge=1)
     max_failures: int = Field(2, ge=0)
     smoke: SmokeSpec = SmokeSpec()
-    # the report's table layout (default: the layout named like the study, else a generic table)
-    report: Optional[Literal["beta_sweep", "cam_resolution", "binarization", "partial_cams", "data_reduction",
-                             "main_results", "teachers", "generic"]] = None
+    # the report's table layout: a layout registered in analysis/layouts/ (default: the layout named like
+    # the study, else a generic table; an unknown name gets the generic table and a note in the report)
+    report: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_]+$")
     smoke_mode: bool = False  # set by --smoke (recorded in study.yaml)
     _written: dict[str, str] = PrivateAttr(default_factory=dict)
 

@@ -1,0 +1,48 @@
+"""Building blocks the layouts share: the pivot table, a group's method and pair, a published number."""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import pandas as pd
+
+from analysis.cells import Table, cell, fmt, sortkey
+from analysis.names import BETA, DISPLAY, ONLY_CAT, RES, STUDENT, TEACHER, TYPE
+from analysis.selection import Group, groups
+
+
+B, R = DISPLAY[BETA], DISPLAY[RES]  # how the tables show β and the CAM resolution
+
+
+def pivot(gs: list[Group], value: str, row_of: Callable[[Group], tuple], col_of: Callable[[Group], Any],
+          row_headers: list[str], name: str, title: str, col_sort: Optional[Callable] = None) -> Table:
+    """Rows x columns of `mean ± std (n)` cells (several groups landing in one cell are pooled)."""
+    long = pd.DataFrame([{"row": row_of(g), "col": col_of(g), "v": v}
+                         for g in gs for v in g.trials[value].tolist()], columns=["row", "col", "v"])
+    if long.empty:
+        return Table(name, title, row_headers, [])
+    wide = long.pivot_table(index="row", columns="col", values="v", aggfunc=lambda v: cell(v),
+                            dropna=False, sort=False)
+    cols = sorted(wide.columns, key=col_sort or sortkey)
+    index = sorted(wide.index, key=lambda r: tuple(sortkey(x) for x in r))
+    present = set(zip(long["row"], long["col"]))
+    rows = [[fmt(x) for x in r] + [wide.at[r, c] if (r, c) in present else "-" for c in cols] for r in index]
+    return Table(name, title, row_headers + [fmt(c) for c in cols], rows)
+
+
+def method_of(g: Group | dict) -> str:
+    typ = g.get(TYPE)
+    if typ == "CAT_KD":
+        return "CAT (alone)" if g.get(ONLY_CAT) else "CAT-KD"
+    if typ in (None, "NONE"):
+        return "student alone"
+    return str(typ)  # KD, DKD
+
+
+def pair_of(g: Group | dict) -> str:
+    return f"{g.get(TEACHER)}->{g.get(STUDENT)}"
+
+
+def published(entry: Optional[dict]) -> tuple[str, Optional[float], str]:
+    if not entry or "top1" not in entry:
+        return "-", None, ""
+    return f"{entry['top1']:.2f}", float(entry["top1"]), entry.get("source", "")
