@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -36,6 +37,19 @@ smoke:
   max_concurrent: 1
 """
 
+
+def seed_smoke_teacher(study, storage: Path, cache: Path, sets: dict | None = None) -> None:
+    """Put a --smoke study's teacher where its driver looks first (<storage>/.cache/teachers), trained
+    in `cache` the first time a test asks for it: the study then says 'cached' instead of training it.
+    `study` is a loaded smoke StudySpec or a study file (loaded with --smoke and `sets`)."""
+    from catkd.study.load import load_study
+    from catkd.study.preflight import absolutise, ensure_smoke_teacher
+
+    spec = study if not isinstance(study, (str, Path)) else load_study(Path(study), smoke=True, sets=sets or {})
+    teacher = ensure_smoke_teacher(absolutise(spec)[0], cache)  # as run_study calls it
+    if teacher is not None:
+        shutil.copytree(teacher.parent, Path(storage) / ".cache" / "teachers" / teacher.parent.name,
+                        dirs_exist_ok=True)
 
 
 def kill_orphans(ray_tmp: Path) -> None:

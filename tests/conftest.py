@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from _helpers import TINY
+from _helpers import TINY, seed_smoke_teacher
 from _tiers import guard, mark_e2e
 
 pytest_plugins = ("pytester",)
@@ -49,7 +49,15 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
-def tiny_study(tmp_path_factory, ray_session) -> Path:
+def smoke_teacher(tmp_path_factory):
+    """`smoke_teacher(study, storage, sets=None)`: the study's smoke teacher, trained once per test session,
+    put where its driver finds it (the tests of training, killing or resuming that teacher train their own)."""
+    cache = tmp_path_factory.mktemp("smoke-teachers")
+    return lambda study, storage, sets=None: seed_smoke_teacher(study, storage, cache, sets)
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory, ray_session, smoke_teacher) -> Path:
     """The TINY smoke study, run once for every test that only reads a finished study: 6 search trials
     under ASHA, then the confirm stage (the best configuration with seeds 1 and 2), with
     --log wandb (offline) --log mlflow. Returns its experiment directory."""
@@ -67,6 +75,7 @@ def tiny_study(tmp_path_factory, ray_session) -> Path:
         mp.delenv("WANDB_DIR", raising=False)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         spec = load_study(study, smoke=True)
+        smoke_teacher(spec, tmp / "store")
         assert runner.run_study(spec, "tiny", tmp / "store", "tiny-smoke", dashboard=False,
                                 trackers=("wandb", "mlflow")) == 0
     return tmp / "store" / "tiny-smoke"

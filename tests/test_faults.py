@@ -40,21 +40,34 @@ def _rows(exp: Path) -> int:
         return 0
 
 
-def kill_and_resume(tmp: Path, kills: int, seed: int = 0, epochs: int = 4) -> dict:
+def kill_and_resume(tmp: Path, kills: int, seed: int = 0, epochs: int = 4, smoke_teacher=None) -> dict:
     """Run the study, SIGKILL the driver `kills` times at random moments after some progress,
-    resume each time, then finish; also run it uninterrupted. Returns what was observed."""
+    resume each time, then finish; also run it uninterrupted, beside the killed one from the first
+    kill on (its own Ray; the smoke teacher is trained by then). Returns what was observed.
+    `smoke_teacher(study, storage)`, if given, puts a ready smoke teacher in the storage first."""
     import random
 
     rnd = random.Random(seed)
     study = tmp / "faults.yaml"
     study.write_text(yaml.safe_dump({**STUDY, "smoke": {**STUDY["smoke"], "epochs": epochs}}))
     ray_tmp = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / f"faults-{os.getpid()}"
-    ray_tmp.mkdir(parents=True, exist_ok=True)
+    straight_tmp = ray_tmp.with_name(f"straight-{os.getpid()}")  # not under ray_tmp: kill_orphans(ray_tmp) spares it
+    for d in (ray_tmp, straight_tmp):
+        d.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_AUTH_MODE": "disabled"}
     base = [sys.executable, "-m", "catkd.study", str(study), "--smoke", "--no-dashboard", "--storage", str(tmp / "s")]
     exp = tmp / "s" / "killed"
     killed_at = []
+    straight, straight_log = None, tmp / "straight.log"
+
+    def start_straight() -> subprocess.Popen:
+        with open(straight_log, "w") as log:
+            return subprocess.Popen(base + ["--name", "straight"], env={**env, "RAY_TMPDIR": str(straight_tmp)},
+                                    stdout=log, stderr=subprocess.STDOUT)
+
     try:
+        if smoke_teacher is not None:
+            smoke_teacher(study, tmp / "s")
         for k in range(kills):
             cmd = base + ["--name", "killed"] + (["--resume"] if k else [])
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -70,14 +83,18 @@ def kill_and_resume(tmp: Path, kills: int, seed: int = 0, epochs: int = 4) -> di
             proc.wait()
             killed_at.append(_rows(exp))
             kill_orphans(ray_tmp)
+            straight = straight or start_straight()
         final = subprocess.run(base + ["--name", "killed", "--resume"], env=env, capture_output=True, text=True,
                                timeout=900)
         kill_orphans(ray_tmp)
         assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
-        straight = subprocess.run(base + ["--name", "straight"], env=env, capture_output=True, text=True, timeout=900)
-        assert straight.returncode == 0, straight.stdout[-3000:]
+        straight = straight or start_straight()
+        assert straight.wait(timeout=900) == 0, straight_log.read_text()[-3000:]
     finally:
+        if straight is not None and straight.poll() is None:
+            straight.kill()
         kill_orphans(ray_tmp)
+        kill_orphans(straight_tmp)
     return {"killed": exp, "straight": tmp / "s" / "straight", "killed_at_rows": killed_at, "epochs": epochs}
 
 
@@ -98,8 +115,8 @@ def check_equal_to_uninterrupted(obs: dict) -> None:
     assert got == want  # same set of trials, same results as a run never interrupted
 
 
-def test_study_killed_twice_and_resumed_equals_an_uninterrupted_run(tmp_path):
-    obs = kill_and_resume(tmp_path, kills=int(os.environ.get("CATKD_FAULT_KILLS", "2")))
+def test_study_killed_twice_and_resumed_equals_an_uninterrupted_run(tmp_path, smoke_teacher):
+    obs = kill_and_resume(tmp_path, kills=int(os.environ.get("CATKD_FAULT_KILLS", "2")), smoke_teacher=smoke_teacher)
     assert obs["killed_at_rows"], "the driver was never killed"
     check_equal_to_uninterrupted(obs)
 
@@ -144,7 +161,7 @@ cluster.shutdown()
 """
 
 
-def test_losing_a_worker_node_mid_trial_retries_it_from_its_checkpoint(tmp_path):
+def test_losing_a_worker_node_mid_trial_retries_it_from_its_checkpoint(tmp_path, smoke_teacher):
     import json
 
     spec = dict(STUDY, space={"beta": {"grid": [5.0, 50.0]}})
@@ -154,6 +171,7 @@ def test_losing_a_worker_node_mid_trial_retries_it_from_its_checkpoint(tmp_path)
     ray_tmp = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / f"nodeloss-{os.getpid()}"
     ray_tmp.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_AUTH_MODE": "disabled"}
+    smoke_teacher(study, tmp_path / "s")
     try:
         out = subprocess.run([sys.executable, "-c", NODE_LOSS_SCRIPT, str(study), str(tmp_path / "s")], env=env,
                              capture_output=True, text=True, timeout=600)

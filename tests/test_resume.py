@@ -100,7 +100,7 @@ def test_study_killed_while_the_smoke_teacher_trains_resumes_and_refuses_a_chang
 
 
 @pytest.mark.ray
-def test_optuna_asha_confirm_study_killed_in_search_and_in_confirm_loses_and_repeats_nothing(tmp_path):
+def test_optuna_asha_confirm_study_killed_in_search_and_in_confirm_loses_and_repeats_nothing(tmp_path, smoke_teacher):
     p = _study(tmp_path)
     env, ray_tmp = _env(tmp_path, "twokills")
     storage = tmp_path / "s"
@@ -114,6 +114,7 @@ def test_optuna_asha_confirm_study_killed_in_search_and_in_confirm_loses_and_rep
         return sum(len(_raw_epochs(d)) for d in (exp / "confirm").glob("trial_*") if (d / "result.json").is_file())
 
     # kill 1: in the search, once some trials have finished and one is running
+    smoke_teacher(p, storage)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     _kill_when(proc, ray_tmp, lambda: search_rows() >= 6)
     ended_at_kill = {}

@@ -258,10 +258,11 @@ def test_asha_stopped_trials_are_pruned_not_complete_in_optuna(tiny_study):
 
 
 @pytest.mark.ray
-def test_diverging_trial_is_marked_diverged_not_retried_and_others_finish(tmp_path, ray_session):
+def test_diverging_trial_is_marked_diverged_not_retried_and_others_finish(tmp_path, ray_session, smoke_teacher):
     p = study_file(tmp_path, space={"lr": {"grid": [0.05, 1.0e12]}}, search={"algorithm": "grid"},
                    scheduler={"type": "fifo"}, metric="test_acc")
     spec = load_study(p, smoke=True, sets={"smoke.epochs": 2, "smoke.val_size": 0})
+    smoke_teacher(spec, tmp_path / "s")
     assert runner.run_study(spec, str(p), tmp_path / "s", "div", dashboard=False) == 0
     trials = {t["SOLVER.LR"]: t for t in pq.read_table(tmp_path / "s" / "div" / "trials.parquet").to_pylist()}
     assert trials[1.0e12]["status"] == "diverged"
@@ -271,10 +272,12 @@ def test_diverging_trial_is_marked_diverged_not_retried_and_others_finish(tmp_pa
 
 
 @pytest.mark.ray
-def test_an_alias_and_its_name_land_as_one_name_in_results_and_one_group_in_the_report(tmp_path, ray_session):
+def test_an_alias_and_its_name_land_as_one_name_in_results_and_one_group_in_the_report(tmp_path, ray_session,
+                                                                                       smoke_teacher):
     p = study_file(tmp_path, space={"distiller": {"grid": ["vanilla", "NONE"]}}, search={"algorithm": "grid"},
                    scheduler={"type": "fifo"}, metric="test_acc")
     spec = load_study(p, smoke=True, sets={"smoke.epochs": 1, "smoke.val_size": 0})
+    smoke_teacher(spec, tmp_path / "s")
     assert runner.run_study(spec, str(p), tmp_path / "s", "alias", dashboard=False) == 0
     exp = tmp_path / "s" / "alias"
     trials = pq.read_table(exp / "trials.parquet").to_pylist()
@@ -288,12 +291,13 @@ def test_an_alias_and_its_name_land_as_one_name_in_results_and_one_group_in_the_
 
 
 @pytest.mark.ray
-def test_trial_whose_worker_dies_is_retried_from_its_checkpoint(tmp_path, ray_session, monkeypatch):
+def test_trial_whose_worker_dies_is_retried_from_its_checkpoint(tmp_path, ray_session, monkeypatch, smoke_teacher):
     marker = tmp_path / "worker_killed"
     monkeypatch.setenv("CATKD_INJECT_WORKER_EXIT", f"3:{marker}")
     p = study_file(tmp_path, space={"beta": {"grid": [10.0]}}, search={"algorithm": "grid"},
                    scheduler={"type": "fifo"})
     spec = load_study(p, smoke=True)
+    smoke_teacher(spec, tmp_path / "s")
     assert runner.run_study(spec, str(p), tmp_path / "s", "crash", dashboard=False) == 0
     assert marker.exists()  # the worker really died once
     rows = pq.read_table(tmp_path / "s" / "crash" / "results.parquet").to_pylist()
@@ -307,7 +311,7 @@ def test_trial_whose_worker_dies_is_retried_from_its_checkpoint(tmp_path, ray_se
 
 # ---- resume after SIGKILL of the driver ---------------------------------------------------------------
 @pytest.mark.ray
-def test_study_resumes_after_driver_sigkill_without_loss_or_duplicates(tmp_path):
+def test_study_resumes_after_driver_sigkill_without_loss_or_duplicates(tmp_path, smoke_teacher):
     p = study_file(tmp_path, space={"beta": {"grid": [5.0, 50.0]}, "cam_resolution": {"grid": [1, 2]}},
                    search={"algorithm": "grid"}, scheduler={"type": "fifo"})
     ray_tmp = Path(os.environ["RAY_TMPDIR"]) / "kill"
@@ -315,6 +319,7 @@ def test_study_resumes_after_driver_sigkill_without_loss_or_duplicates(tmp_path)
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "catkd.study", str(p), "--smoke", "--no-dashboard", "--storage", str(tmp_path / "s")]
     exp = tmp_path / "s" / "tiny-smoke"
+    smoke_teacher(p, tmp_path / "s")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 240
@@ -357,7 +362,7 @@ def dashboard_url(proc: subprocess.Popen, timeout: float = 180) -> tuple[str, li
 
 
 @pytest.mark.ray
-def test_dashboard_answers_on_localhost_and_shows_running_trials(tmp_path):
+def test_dashboard_answers_on_localhost_and_shows_running_trials(tmp_path, smoke_teacher):
     import urllib.request
 
     p = study_file(tmp_path, space={"beta": {"grid": [5.0, 50.0]}}, search={"algorithm": "grid"},
@@ -367,6 +372,7 @@ def test_dashboard_answers_on_localhost_and_shows_running_trials(tmp_path):
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled"}
     cmd = [sys.executable, "-m", "catkd.study", str(p), "--smoke", "--dashboard", "--storage", str(tmp_path / "s"),
            "--set", "smoke.epochs=8"]
+    smoke_teacher(p, tmp_path / "s", {"smoke.epochs": 8})
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen_trial = False
     try:
@@ -397,7 +403,7 @@ def test_report_turns_a_real_smoke_study_into_tables_and_plots(tiny_study, tmp_p
 
 
 @pytest.mark.ray
-def test_dashboard_keeps_token_authentication_by_default(tmp_path):
+def test_dashboard_keeps_token_authentication_by_default(tmp_path, smoke_teacher):
     import urllib.error
     import urllib.request
 
@@ -410,6 +416,7 @@ def test_dashboard_keeps_token_authentication_by_default(tmp_path):
     env.update({"RAY_TMPDIR": str(ray_tmp), "PYTHONUNBUFFERED": "1", "HOME": str(home)})
     cmd = [sys.executable, "-m", "catkd.study", str(p), "--smoke", "--storage", str(tmp_path / "s"),
            "--set", "smoke.epochs=8"]
+    smoke_teacher(p, tmp_path / "s", {"smoke.epochs": 8})
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url, lines = dashboard_url(proc)
