@@ -72,11 +72,12 @@ def _mapping(d: Any, where: str, errors: list[str], strict: bool, written: Optio
     if not isinstance(d, dict):
         return d
     out: dict[Any, Any] = {}
+    first: dict[Any, Any] = {}  # key -> the name it was first given under
     for name, value in d.items():
         key = _resolve(name, where, errors, strict, written)
         if key in out:
-            errors.append(f"{where}{name}: the same setting as {next(n for n in d if _resolve(n, '', [], False) == key)!r}"
-                          f" ({key}), given twice")
+            errors.append(f"{where}{name}: the same setting as {first[key]!r} ({key}), given twice")
+        first.setdefault(key, name)
         out[key] = value
     return out
 
