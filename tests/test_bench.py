@@ -42,7 +42,10 @@ def test_options_a_bench_does_not_have_are_usage_errors(argv, capsys):
     assert "error" in capsys.readouterr().err
 
 
-def test_quick_step_prints_its_figures_and_writes_a_record(tmp_path, capsys):
+def test_quick_step_prints_its_figures_and_writes_a_record(tmp_path, capsys, monkeypatch):
+    from catkd.bench import step
+
+    monkeypatch.setattr(step, "PAIRS", {"cpu": ("resnet8", "resnet8"), "cuda": ("resnet8", "resnet8")})  # test time
     out = tmp_path / "sub" / "step.json"
     assert cli.main(["step", "--quick", "--out", str(out), "--note", "a test"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-2])  # last: "figures written to"
@@ -58,6 +61,51 @@ def test_quick_step_prints_its_figures_and_writes_a_record(tmp_path, capsys):
     assert [p.name for p in out.parent.iterdir()] == ["step.json"]  # no temporary file left
 
 
+def test_quick_pipeline_measures_both_sides():
+    from catkd.bench import pipeline
+
+    f = pipeline.run(quick=True)
+    assert f["speedup_vs_pil"] == pytest.approx(f["ours_images_per_s"] / f["pil_images_per_s"])
+    assert f["ours_images_per_s"] > 0 and f["pil_images_per_s"] > 0
+
+
+# ---- the benches' pieces on tiny inputs: they still fit the code they measure ------------------------
+def test_cache_bench_step_and_store_dtype_run_on_tiny_models(tmp_path):
+    import torch
+
+    from catkd.bench import cache
+    from catkd.models import build_model
+
+    f = cache.bench_cached_step(repeats=1, teacher="resnet8", student="resnet8")
+    assert f["cached_step_over_student_step"] == pytest.approx(f["cached_step_ms"] / f["student_step_ms"])
+    assert f["live_step_over_student_step"] == pytest.approx(f["live_step_ms"] / f["student_step_ms"])
+    cfg = cache.smoke_cfg("unused", str(tmp_path))  # the smoke study's teacher, randomly initialised
+    ckpt = tmp_path / "teacher.pth"
+    torch.save({"model": build_model(cfg.DISTILLER.TEACHER, cfg.DATASET.SYNTHETIC.NUM_CLASSES).state_dict()}, ckpt)
+    d = cache.bench_store_dtype(str(ckpt), steps=1)
+    assert set(d) == {f"loss_rel_diff_{t}_{s}" for t in ("fp16", "bf16") for s in ("median", "max")}
+    assert all(0 <= v < float("inf") for v in d.values())
+
+
+def test_real_scale_fraction_is_distinct_draws_over_forwards():
+    from catkd.bench import cache
+
+    f = cache.bench_real_fraction()  # the loader's draws only: no images, no training
+    assert 0 < f["real_distinct_pairs"] <= f["real_forwards_without_cache"]
+    assert f["teacher_forward_fraction_real"] == pytest.approx(f["real_distinct_pairs"] / f["real_forwards_without_cache"])
+
+
+def test_the_asha_bench_study_is_a_valid_study_sweeping_the_key_it_reads(tmp_path):
+    from catkd.bench.asha import ASHA_STUDY
+    from catkd.study.load import load_study
+
+    path = tmp_path / "asha.yaml"
+    path.write_text(ASHA_STUDY.format(betas=[1.0, 10.0], scheduler="asha", epochs=3, rf=4))
+    spec = load_study(str(path), smoke=True)
+    assert list(spec.space) == ["CAT_KD.LOSS.CAT_loss_weight"]  # the results column bench_asha reads
+    assert spec.fixed["DATASET.VAL_SIZE"] == 2000
+
+
 # ---- the record -----------------------------------------------------------------------------------
 def assert_record_context(rec: dict) -> None:
     date = dt.datetime.fromisoformat(rec["date"])
@@ -66,6 +114,7 @@ def assert_record_context(rec: dict) -> None:
     assert m["cpu_cores"] == os.cpu_count()
     assert m["platform"] and m["torch"]
     assert m["device"] == "cpu" or m["device"]  # the CUDA device's name where there is one
+    assert len(m["load_average_1_5_15min"]) == len(m["load_average_1_5_15min_at_end"]) == 3
     assert "commit" in rec
 
 
@@ -148,7 +197,8 @@ def test_every_record_of_the_repository_is_complete():
 def _rec(bench: str, figures: dict, **over) -> dict:
     return {"bench": bench, "figures": figures, "date": "2026-01-02T03:04:05+00:00",
             "machine": {"cpu_cores": 2, "platform": "Linux-x", "torch": "2.0", "device": "cpu",
-                        "load_average_1_5_15min": [1.5, 1.0, 0.5]},
+                        "load_average_1_5_15min": [1.5, 1.0, 0.5],
+                        "load_average_1_5_15min_at_end": [2.0, 1.1, 0.6]},
             "commit": "abc1234+dirty", "args": {"quick": False}, "wall_s": 9.0, **over}
 
 
@@ -168,7 +218,7 @@ def test_render_a_table_per_bench_with_goals_and_the_benches_not_recorded(tmp_pa
     assert "- run: `python -m catkd.bench pipeline` (full mode, 9 s)" in text
     assert "2026-01-02T03:04:05+00:00" in text and "commit: `abc1234+dirty`" in text
     assert "not a git checkout" in text and "note: shared machine" in text
-    assert "load average at the start 1.5 / 1.0 / 0.5" in text
+    assert "load average (1 / 5 / 15 min) 1.5 / 1.0 / 0.5 at the start, 2.0 / 1.1 / 0.6 at the end" in text
     assert "No figures recorded yet for: `study`, `cache`, `estimate`, `asha`, `gpu`" in text
 
 

@@ -157,6 +157,7 @@ def bench_store_dtype(teacher_ckpt: str, steps: int = 20) -> dict:
 
 def _sharing_trial(cfg_dict: dict, ready, go, q) -> None:
     torch.set_num_threads(1)
+    import catkd.distillers  # noqa: F401  (a fresh process: the methods' config sections register on import)
     from catkd.config import Config
     from catkd.engine import Trainer
 

@@ -61,7 +61,7 @@ def load_records(directory: Path = RECORDS) -> list[tuple[str, dict]]:
 
 def _bench_block(fname: str, rec: dict) -> list[str]:
     m, args = rec["machine"], rec.get("args", {})
-    load = m.get("load_average_1_5_15min")
+    load, end = m.get("load_average_1_5_15min"), m.get("load_average_1_5_15min_at_end")
     opts = "".join(f" --{k.replace('_', '-')} {v:g}" if isinstance(v, float) else f" --{k.replace('_', '-')} {v}"
                    for k, v in args.items() if k != "quick")
     cmd = f"python -m catkd.bench {rec['bench']}{' --quick' if args.get('quick') else ''}{opts}"
@@ -70,7 +70,8 @@ def _bench_block(fname: str, rec: dict) -> list[str]:
              + (f", {rec['wall_s']:.0f} s)" if "wall_s" in rec else ")"),
              f"- date: {rec['date']}",
              f"- machine: {m['cpu_cores']} cores, device {m['device']}, torch {m['torch']}, {m['platform']}"
-             + (f"; load average at the start {' / '.join(map(str, load))} (1 / 5 / 15 min)" if load else ""),
+             + (f"; load average (1 / 5 / 15 min) {' / '.join(map(str, load))} at the start" if load else "")
+             + (f", {' / '.join(map(str, end))} at the end" if end else ""),
              f"- commit: `{rec['commit']}`" if rec.get("commit") else "- commit: none (not a git checkout)"]
     if rec.get("note"):
         lines.append(f"- note: {rec['note']}")

@@ -19,14 +19,14 @@ def _gpu_trial_cfg(tmp: str, precision: str, channels_last: bool, quick: bool, e
     randomly initialised teacher written to `tmp` (throughput does not depend on its weights)."""
     from pathlib import Path
 
-    from catkd.config import load_config
+    from catkd.engine.validate import load_run_config
     from catkd.models import build_model
 
     teacher, student = ("resnet8", "resnet8") if quick else ("resnet32x4", "ShuffleV1")
     ckpt = Path(tmp) / f"{teacher}_random.pth"
     if not ckpt.is_file():
         torch.save({"model": build_model(teacher, 100).state_dict()}, ckpt)
-    return load_config("cifar100/CAT_KD/res32x4_shuv1", {
+    return load_run_config("cifar100/CAT_KD/res32x4_shuv1", {
         "DISTILLER.TEACHER": teacher, "DISTILLER.STUDENT": student, "DISTILLER.TEACHER_CKPT": str(ckpt),
         "DATASET.TYPE": "synthetic", "DATASET.VAL_SIZE": 0,
         "DATASET.SYNTHETIC.NUM_CLASSES": 100,

@@ -40,9 +40,12 @@ def machine() -> dict[str, Any]:
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     return {"cpu_cores": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-            "device": device, "load_average_1_5_15min": load}
+            "device": device, "load_average_1_5_15min": load_average()}
+
+
+def load_average() -> Optional[list[float]]:
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
 def context(cwd: str | Path = REPO) -> dict[str, Any]:
@@ -57,7 +60,9 @@ def make_record(bench: str, figures: dict, args: dict, ctx: Optional[dict] = Non
     """`args`: the command line's options (quick or not, ...); `ctx`: `context()` from the bench's start
     (taken now if None)."""
     ctx = ctx or context()
-    rec = {"bench": bench, "figures": figures, "date": ctx["date"], "machine": ctx["machine"],
+    # the load at the end beside the one at the start: others' work that began during the bench shows
+    machine = {**ctx["machine"], "load_average_1_5_15min_at_end": load_average()}
+    rec = {"bench": bench, "figures": figures, "date": ctx["date"], "machine": machine,
            "commit": ctx["commit"], "args": args}
     if wall_s is not None:
         rec["wall_s"] = round(wall_s, 1)
