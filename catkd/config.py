@@ -286,7 +286,11 @@ def _format_errors(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "extra_forbidden" and len(e["loc"]) == 1:
+            msg = f"unknown section; known: {', '.join([*Config.model_fields, *sorted(SECTIONS)])}"
+            if not SECTIONS:  # catkd.config alone: the methods' sections are declared a floor up
+                msg += " (no method section is registered: load a run's config with catkd.train.load_config)"
+        elif e["type"] == "extra_forbidden":
             msg = "unknown key"
         else:
             msg = e["msg"]
