@@ -61,7 +61,7 @@ def tiny_study(tmp_path_factory, ray_session, smoke_teacher) -> Path:
     """The TINY smoke study, run once for every test that only reads a finished study: 6 search trials
     under ASHA, then the confirm stage (the best configuration with seeds 1 and 2), with
     --log wandb (offline) --log mlflow. Returns its experiment directory."""
-    from catkd.study import runner
+    import catkd.study
     from catkd.study.load import load_study
 
     tmp = tmp_path_factory.mktemp("tiny")
@@ -74,8 +74,9 @@ def tiny_study(tmp_path_factory, ray_session, smoke_teacher) -> Path:
         mp.setenv("WANDB_SILENT", "true")
         mp.delenv("WANDB_DIR", raising=False)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        spec = load_study(study, smoke=True)
-        smoke_teacher(spec, tmp / "store")
-        assert runner.run_study(spec, "tiny", tmp / "store", "tiny-smoke", dashboard=False,
-                                trackers=("wandb", "mlflow")) == 0
-    return tmp / "store" / "tiny-smoke"
+        smoke_teacher(load_study(study, smoke=True), tmp / "store")
+        # through the Python API (the command wraps the same call): it returns the experiment directory
+        exp = catkd.study.run(study, smoke=True, storage=tmp / "store", name="tiny-smoke",
+                              trackers=("wandb", "mlflow"))
+    assert exp == (tmp / "store" / "tiny-smoke").resolve() and (exp / "trials.parquet").is_file()
+    return exp
