@@ -18,6 +18,8 @@ pytest_plugins = ("pytester",)
 # Private Ray state, no usage stats (no network here), no token auth except where a test asks.
 _RAY_TMP = Path(tempfile.mkdtemp(prefix="catkd-ray-"))
 os.environ.setdefault("RAY_TMPDIR", str(_RAY_TMP))
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers: each its own Ray state
+    os.environ["RAY_TMPDIR"] = str(_RAY_TMP)  # a short path: Ray's socket paths must stay under 108 bytes
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -60,23 +62,34 @@ def smoke_teacher(tmp_path_factory):
 def tiny_study(tmp_path_factory, ray_session, smoke_teacher) -> Path:
     """The TINY smoke study, run once for every test that only reads a finished study: 6 search trials
     under ASHA, then the confirm stage (the best configuration with seeds 1 and 2), with
-    --log wandb (offline) --log mlflow. Returns its experiment directory."""
+    --log wandb (offline) --log mlflow. Returns its experiment directory. Under pytest-xdist the
+    workers share it: the first to get here runs it, the others wait for it and read the same one."""
     import catkd.study
     from catkd.study.load import load_study
+    from filelock import FileLock
 
-    tmp = tmp_path_factory.mktemp("tiny")
-    data = yaml.safe_load(TINY)
-    data["confirm"] = {"top_k": 1, "seeds": [1]}  # real scale; --smoke confirms with seeds 1, 2
-    study = tmp / "tiny.yaml"
-    study.write_text(yaml.safe_dump(data, sort_keys=False))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("WANDB_MODE", "offline")
-        mp.setenv("WANDB_SILENT", "true")
-        mp.delenv("WANDB_DIR", raising=False)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        smoke_teacher(load_study(study, smoke=True), tmp / "store")
-        # through the Python API (the command wraps the same call): it returns the experiment directory
-        exp = catkd.study.run(study, smoke=True, storage=tmp / "store", name="tiny-smoke",
-                              trackers=("wandb", "mlflow"))
-    assert exp == (tmp / "store" / "tiny-smoke").resolve() and (exp / "trials.parquet").is_file()
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the test run's, above each worker's own
+    tmp = root / "tiny-study"
+    exp = (tmp / "store" / "tiny-smoke").resolve()
+    with FileLock(str(root / "tiny-study.lock")):
+        if (tmp / "done").is_file():
+            return exp
+        tmp.mkdir(exist_ok=True)
+        data = yaml.safe_load(TINY)
+        data["confirm"] = {"top_k": 1, "seeds": [1]}  # real scale; --smoke confirms with seeds 1, 2
+        study = tmp / "tiny.yaml"
+        study.write_text(yaml.safe_dump(data, sort_keys=False))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("WANDB_MODE", "offline")
+            mp.setenv("WANDB_SILENT", "true")
+            mp.delenv("WANDB_DIR", raising=False)
+            mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+            smoke_teacher(load_study(study, smoke=True), tmp / "store")
+            # through the Python API (the command wraps the same call): it returns the experiment directory
+            got = catkd.study.run(study, smoke=True, storage=tmp / "store", name="tiny-smoke",
+                                  trackers=("wandb", "mlflow"))
+        assert got == exp and (exp / "trials.parquet").is_file()
+        (tmp / "done").write_text("")
     return exp
