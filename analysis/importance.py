@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 from analysis.cells import Table
 from analysis.load import Study
+from analysis.names import display
 from analysis.selection import marker
 
 MIN_TRIALS = 3
@@ -111,7 +112,7 @@ def importances(study: Study) -> tuple[dict[str, float], list[str]]:
 def table(study: Study, imp: dict[str, float], notes: list[str]) -> Optional[Table]:
     if not imp and not notes:
         return None
-    rows = [[k, f"{v:.3f}"] for k, v in imp.items()]
+    rows = [[f"{display(k)} ({k})", f"{v:.3f}"] for k, v in imp.items()]
     at = next((n.split(" at epoch ")[1].split(" ")[0] for n in notes if " at epoch " in n), None)
     when = f", at epoch {at}" if at else ""
     return Table("importance", f"{study.name}: parameter importance (optuna fANOVA{when}){marker(study)}",

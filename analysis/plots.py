@@ -92,12 +92,21 @@ def _search(study: Study) -> pd.DataFrame:
     return t[t["stage"] != "confirm"] if "stage" in t else t
 
 
+def _active(study: Study, key: str, row) -> bool:
+    """Does the trial's sub-grid sample `key`? (cam_count only when partial_cams is on, ...): a
+    setting its `when:` turns off holds a default the study never varied for that trial."""
+    from catkd.study.keys import subgrids
+
+    dims = [g[key] for g in subgrids(study.spec.get("space")) if isinstance(g, dict) and isinstance(g.get(key), dict)]
+    return not dims or any(all(row.get(k) == v for k, v in (d.get("when") or {}).items()) for d in dims)
+
+
 def _settings_label(study: Study, row) -> str:
     """A trial named by its searched settings (β=12.5 R=2), not by its id."""
     parts = []
     for key in study.space_keys():
         v = row.get(key)
-        if v is None or (isinstance(v, float) and np.isnan(v)):
+        if v is None or (isinstance(v, float) and np.isnan(v)) or not _active(study, key, row):
             continue
         parts.append(f"{display(key)}={v:.3g}" if isinstance(v, float) else f"{display(key)}={v}")
     return " ".join(parts) or str(row.get("trial_id"))[-5:]
@@ -152,7 +161,7 @@ def parallel_coordinates(study: Study, out: Path, dims: list[str], epoch: str) -
     for row, a in zip(m, acc):
         ax.plot(range(len(cols)), row, color=plt.cm.viridis(norm(a)), alpha=0.8)
     ax.set_xticks(range(len(cols)))
-    ax.set_xticklabels([c.split(".")[-1] + (" (log)" if c == BETA else "") for c in cols], fontsize=8)
+    ax.set_xticklabels([display(c) + (" (log)" if c == BETA else "") for c in cols], fontsize=8)
     ax.set_ylabel("normalised")
     ax.set_title(_title(study, "parallel coordinates (search trials)"), fontsize=8)
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax, label="top-1 %")
@@ -164,7 +173,7 @@ def importance_bar(importances: dict[str, float], study: Study, out: Path) -> Op
         return None
     names = list(importances)
     fig, ax = plt.subplots(figsize=(6, 1 + 0.5 * len(names)))
-    ax.barh(names[::-1], [importances[n] for n in names][::-1])
+    ax.barh([display(n) for n in names][::-1], [importances[n] for n in names][::-1])
     ax.set_xlabel("importance (fANOVA, optuna)")
     ax.set_title(_title(study, "parameter importance"), fontsize=9)
     return _save(fig, out)

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -489,3 +490,15 @@ def test_every_layout_module_registers_itself_and_a_new_module_needs_no_list(tmp
 
     modules = sorted(p.stem for p in Path(layouts.__file__).parent.glob("*.py") if p.stem not in ("__init__", "registry", "common"))
     assert sorted(layouts.LAYOUTS) == modules
+
+
+def test_a_trial_is_labelled_by_the_settings_its_sub_grid_samples_in_display_names():
+    from analysis.load import Study
+
+    spec = {"name": "p", "space": {BETA: {"loguniform": [1, 100]}, "CAT_KD.IF_OnlyTransferPartialCAMs": {"choice": [True, False]},
+                                   "CAT_KD.CAMs_Nums": {"choice": [1, 2], "when": {"CAT_KD.IF_OnlyTransferPartialCAMs": True}}}}
+    study = Study(Path("."), spec, pd.DataFrame(), pd.DataFrame())
+    row = {BETA: 12.5, "CAT_KD.IF_OnlyTransferPartialCAMs": False, "CAT_KD.CAMs_Nums": 100, "trial_id": "t"}
+    assert plots._settings_label(study, row) == "β=12.5 partial CAMs=False"  # n is not a setting of this trial
+    row.update({"CAT_KD.IF_OnlyTransferPartialCAMs": True, "CAT_KD.CAMs_Nums": 2})
+    assert plots._settings_label(study, row) == "β=12.5 partial CAMs=True n=2"
