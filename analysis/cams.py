@@ -109,7 +109,7 @@ def _torch_load(path: Path) -> Any:
 
 def load_trial(picked: Picked):
     """(cfg on CPU, student state_dict, description of where the weights came from)."""
-    from catkd.config import Config
+    from catkd.engine.validate import config_from_dict
 
     state = _torch_load(picked.checkpoint)
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
@@ -117,7 +117,7 @@ def load_trial(picked: Picked):
     raw = copy.deepcopy(state["config"])
     raw.setdefault("RUN", {})["DEVICE"] = "cpu"
     try:
-        cfg = Config.model_validate(raw)
+        cfg = config_from_dict(raw)
     except Exception as e:  # noqa: BLE001
         raise CamError(f"{picked.checkpoint}: its config does not validate: {str(e)[:300]}") from None
     weights, source = state["model"], f"{picked.checkpoint.parent.name} (epoch {state.get('epoch', '?')})"

@@ -106,3 +106,16 @@ def test_student_best_preferred(tmp_path):
     cfg, sd, source = load_trial(pick_trial(load(exp)))
     assert cfg.RUN.DEVICE == "cpu" and "student_best.pth (epoch 7)" in source
     assert all(torch.equal(sd[k], best[k]) for k in best)
+
+
+def test_the_cams_command_in_a_fresh_process_reads_the_checkpoints_method_sections(tmp_path):
+    # a process that has imported no distiller yet (the command as a user runs it): the saved config's
+    # CAT_KD section must still validate (the methods' sections are registered where it is read)
+    import subprocess
+    import sys
+
+    exp = _fake_study(tmp_path, tmp_path / "teacher.pth")
+    done = subprocess.run([sys.executable, str(ROOT / "analysis" / "report.py"), str(exp), "--cams", "--images", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (exp / "report" / "cams_abc01.png").is_file()

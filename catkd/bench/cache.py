@@ -40,7 +40,7 @@ GOALS = {"cached_step_over_student_step": ("<=", 1.10), "same_seed_sharing": ("<
 def smoke_cfg(teacher_ckpt: str, tmp: str, **over):
     """The smoke study's run config (its synthetic data, teacher resnet20 -> student resnet8) with
     `over` ({dotted key: value}) applied."""
-    from catkd.config import Config
+    from catkd.engine.validate import config_from_dict
     from catkd.study.checks import run_config
     from catkd.study.load import load_study
 
@@ -52,7 +52,7 @@ def smoke_cfg(teacher_ckpt: str, tmp: str, **over):
         for part in path:
             node = node[part]
         node[last] = v
-    return Config.model_validate(d)
+    return config_from_dict(d)
 
 
 def bench_cached_step(batch: int = 64, repeats: int = 30, teacher: str = "resnet56", student: str = "resnet20",
@@ -157,11 +157,10 @@ def bench_store_dtype(teacher_ckpt: str, steps: int = 20) -> dict:
 
 def _sharing_trial(cfg_dict: dict, ready, go, q) -> None:
     torch.set_num_threads(1)
-    import catkd.distillers  # noqa: F401  (a fresh process: the methods' config sections register on import)
-    from catkd.config import Config
     from catkd.engine import Trainer
+    from catkd.engine.validate import config_from_dict
 
-    tr = Trainer.from_config(Config.model_validate(cfg_dict), log=lambda m: None)
+    tr = Trainer.from_config(config_from_dict(cfg_dict), log=lambda m: None)
     ready.set()
     go.wait()
     stats = tr.train_epoch(1)

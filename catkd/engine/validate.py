@@ -59,6 +59,14 @@ def build_run_config(raw: dict, source: str = "<config>", overrides: Optional[di
     return cfg
 
 
+def config_from_dict(d: dict) -> Config:
+    """A run config saved as a dict (a checkpoint's, a job file's, a trial's) with every method's
+    section registered: importing catkd.config alone would not know CAT_KD, KD, DKD, ..."""
+    import catkd.distillers  # noqa: F401  (its modules register their config sections)
+
+    return Config.model_validate(d)
+
+
 def load_run_config(path: str | Path, overrides: Optional[dict[str, Any]] = None, quiet: bool = False) -> Config:
     """A config file (a packaged preset or the reference's, unchanged) plus dotted overrides, checked."""
     p = resolve_preset(str(path))

@@ -86,8 +86,8 @@ def run(job: dict[str, Any], out: Path, should_stop: Callable[[], bool] = lambda
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Fill the stores of job['configs'] for the seeds of job['stages'], epoch by epoch; returns the
     counts (also written to `out`, atomically, every REPORT_EVERY_S and at the end)."""
-    from catkd.config import Config
     from catkd.engine import Trainer
+    from catkd.engine.validate import config_from_dict
     from catkd.fsutil import atomic_write_json
 
     prior = json.loads(out.read_text()) if out.is_file() else {}
@@ -109,8 +109,7 @@ def run(job: dict[str, Any], out: Path, should_stop: Callable[[], bool] = lambda
     for d in job.get("configs") or []:
         if should_stop():
             break
-        # the method sections validate here: this package's provider imports catkd.distillers
-        c = Config.model_validate(d)
+        c = config_from_dict(d)
         c.RUN.PROGRESS = "none"
         t = Trainer.from_config(c, out_dir=out.parent / ".prefetch", log=lambda s: None, notice=log, optimizer=False)
         if not getattr(t.targets, "cached", False):
