@@ -58,6 +58,8 @@ def accuracy_vs(study: Study, key: str, label: str, out: Path, epoch: str, log: 
         ax.errorbar(x, y, yerr=e, fmt=fmt, capsize=3, label=name)
     if log:
         ax.set_xscale("log")
+    else:  # R and the like are whole numbers: no 2.25 ticks
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(label)
     ax.set_ylabel(epoch_label(epoch), fontsize=8)
     ax.set_title(_title(study, f"top-1 vs {label}"), fontsize=9)
