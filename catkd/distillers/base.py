@@ -20,8 +20,16 @@ from catkd.config import Config
 
 
 class Distiller(nn.Module):
+    """Extra modules: every submodule, parameter or buffer of a distiller other than `student` and
+    `teacher` (FitNet's regressor, CRD's embeddings and memory, ...). They train with the student
+    (`learnable_parameters`), are saved in and restored from checkpoint.pth (`extra_state_dict`),
+    and are never part of the exported student (student_best.pth, ckpt_epoch_*.pth), as in MDistiller."""
+
     needs_teacher: bool = False  # does the run need a trained teacher checkpoint
     student_head_bias: bool = True  # CAT/CAT-KD students have a bias-free CAM head
+    # False where the teacher's output is not a function of the image alone (OFD's teacher normalises
+    # with batch statistics): the run then always uses the live teacher.
+    cacheable: bool = True
 
     def __init__(self, student: nn.Module, teacher: Optional[nn.Module] = None):
         super().__init__()
@@ -67,7 +75,30 @@ class Distiller(nn.Module):
         return self
 
     def learnable_parameters(self) -> Iterator[nn.Parameter]:
-        return self.student.parameters()
+        """The student's parameters and the extra modules' (one SGD group, as MDistiller)."""
+        return (p for name, p in self.named_parameters() if not name.startswith("teacher."))
+
+    def extra_state_dict(self) -> dict[str, Tensor]:
+        """The extra modules' parameters and buffers (checkpoint.pth's "extra"), by distiller path."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(("student.", "teacher."))}
+
+    def load_extra_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore `extra_state_dict()` exactly; a missing or unknown key is an error."""
+        own = self.extra_state_dict()
+        if set(state) != set(own):
+            raise KeyError(f"extra modules differ: missing {sorted(set(own) - set(state))}, "
+                           f"unexpected {sorted(set(state) - set(own))}")
+        with torch.no_grad():
+            for k, v in state.items():
+                own[k].copy_(v)
+
+    def extra_parameter_count(self) -> int:
+        """What the run prints as extra parameters at start (MDistiller's `get_extra_parameters`)."""
+        return sum(p.numel() for name, p in self.named_parameters()
+                   if not name.startswith(("student.", "teacher.")))
+
+    def bind_data(self, data: Any) -> None:
+        """Called once with the run's data before training (CRD reads the training labels)."""
 
     def teacher_outputs(self, images: Tensor) -> tuple[Tensor, dict[str, Any]]:
         """The frozen teacher's (logits, feats), no autograd graph.

@@ -34,8 +34,28 @@ def logit_targets(logits: Tensor, feats: dict[str, Any]) -> dict[str, Tensor]:
     return {"logits": logits.float()}
 
 
+def feature_targets(logits: Tensor, feats: dict[str, Any], layers: tuple[str, ...]) -> dict[str, Tensor]:
+    """The named layers of the teacher's output, {layer: tensor} (the feature methods: AT, FitNet, ...).
+
+    A layer is "logits", "pooled_feat" (N, D), or "<list>.<i>" for entry i of feats["feats"] or
+    feats["preact_feats"] (N, C, H, W). Whole maps are large: a cache store of them usually exceeds
+    RUN.TEACHER_CACHE_MAX_GB, and the run then uses the live teacher (the provider says so).
+    """
+    out = {}
+    for layer in layers:
+        if layer == "logits":
+            out[layer] = logits.float()
+        elif layer == "pooled_feat":
+            out[layer] = feats["pooled_feat"].float()
+        else:
+            key, _, index = layer.rpartition(".")
+            out[layer] = feats[key][int(index)].float()
+    return out
+
+
 # spec["targets"] -> function(logits, feats, **the spec's other entries)
-TARGET_KINDS: dict[str, Callable[..., dict[str, Tensor]]] = {"cams": cam_targets, "logits": logit_targets}
+TARGET_KINDS: dict[str, Callable[..., dict[str, Tensor]]] = {
+    "cams": cam_targets, "logits": logit_targets, "features": feature_targets}
 
 
 def compute_targets(spec: dict[str, Any], logits: Tensor, feats: dict[str, Any]) -> dict[str, Tensor]:

@@ -155,6 +155,10 @@ class Trainer:
             teacher = build_model(cfg.DISTILLER.TEACHER, num_classes=k, head_bias=True, family=family)
             load_teacher_weights(teacher, teacher_path(cfg))
         distiller = build_distiller(cfg, student, teacher, k).to(device)
+        distiller.bind_data(data)
+        extra = distiller.extra_parameter_count()
+        if extra:  # MDistiller prints the same count ("Extra parameters of ...")
+            log(f"extra parameters of {cfg.DISTILLER.TYPE}: {extra:,} (trained with the student, not exported)")
         if cfg.RUN.CHANNELS_LAST:
             distiller.to(memory_format=torch.channels_last)
         s = cfg.SOLVER
@@ -189,7 +193,7 @@ class Trainer:
     def step(self, batch, epoch: int, step: int) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         """One optimisation step on a TrainBatch: the teacher targets first (provider), then train_step."""
         images = self._images(batch.images)
-        ctx: dict[str, Any] = {"epoch": epoch, "step": step}
+        ctx: dict[str, Any] = {"epoch": epoch, "step": step, "index": batch.index}
         if self.targets is not None:
             with torch.no_grad(), self._autocast():
                 ctx["teacher_targets"] = self.targets(batch, images)
@@ -264,6 +268,7 @@ class Trainer:
     def _full_state(self, epoch: int) -> dict[str, Any]:
         return {
             "model": self.distiller.student.state_dict(),
+            "extra": self.distiller.extra_state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": epoch,
@@ -280,6 +285,7 @@ class Trainer:
                 "checkpoint was written by a run with other DISTILLER settings; refusing to resume"
             )
         self.distiller.student.load_state_dict(state["model"])
+        self.distiller.load_extra_state_dict(state.get("extra", {}))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.best_test = state["best_test_acc"]

@@ -248,6 +248,10 @@ def build_targets(cfg, distiller, data, device: torch.device, autocast: Callable
     root = cache_root(cfg)
     if root is None:
         return live
+    if not distiller.cacheable:
+        log(f"teacher cache: {type(distiller).__name__}'s teacher output depends on the batch, not on the "
+            "image alone: using the live teacher")
+        return live
     if data.views is None:
         log(f"teacher cache: {cfg.DATASET.TYPE} has no finite set of training views (random resized crops): "
             "using the live teacher")
