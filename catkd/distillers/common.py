@@ -51,3 +51,51 @@ def feature_shapes(model: nn.Module, input_size: tuple[int, int], train_mode: bo
 def stage_count(model: nn.Module, input_size: tuple[int, int] = (32, 32)) -> int:
     """len(feats["feats"]): the number of stage outputs the model returns (stem included)."""
     return len(_probe(model, tuple(input_size), False)["feats"])
+
+
+def _conv_reg_out_hw(s_hw: tuple[int, int], t_hw: tuple[int, int]) -> tuple[str, tuple[int, int]]:
+    """ConvReg's branch for these spatial sizes (MDistiller's rule, chosen by H alone) and the size it
+    produces. s_hw, t_hw: (H, W) of the student and teacher maps."""
+    (s_h, s_w), (t_h, t_w) = s_hw, t_hw
+    if s_h == 2 * t_h:  # 3x3 stride-2 conv, padding 1: ceil(n / 2)
+        return "down", ((s_h + 1) // 2, (s_w + 1) // 2)
+    if 2 * s_h == t_h:  # 4x4 stride-2 transposed conv, padding 1: 2n
+        return "up", (2 * s_h, 2 * s_w)
+    if s_h >= t_h and s_w >= t_w:  # "valid" conv of kernel (1 + s_h - t_h, 1 + s_w - t_w)
+        return "valid", (t_h, t_w)
+    return "none", (0, 0)
+
+
+class ConvReg(nn.Module):
+    """FitNet's regressor (MDistiller's ConvReg): maps a student map (N, C_s, H_s, W_s) to the teacher's
+    (N, C_t, H_t, W_t) by a conv chosen from the shapes, then BatchNorm2d(C_t) and, if `use_relu`, ReLU.
+
+    H_s == 2 H_t: Conv2d 3x3 stride 2 padding 1; 2 H_s == H_t: ConvTranspose2d 4x4 stride 2 padding 1;
+    H_s >= H_t: Conv2d of kernel (1 + H_s - H_t, 1 + W_s - W_t), no padding. PyTorch default init, conv
+    bias on. s_shape, t_shape: (N, C, H, W) (N is ignored). Where no branch yields the teacher's size
+    (MDistiller raises a TypeError, or builds a regressor whose output does not match), raises ValueError
+    naming both shapes.
+    """
+
+    def __init__(self, s_shape, t_shape, use_relu: bool = True):
+        super().__init__()
+        self.use_relu = use_relu
+        _, s_c, s_h, s_w = (int(v) for v in s_shape)
+        _, t_c, t_h, t_w = (int(v) for v in t_shape)
+        branch, out_hw = _conv_reg_out_hw((s_h, s_w), (t_h, t_w))
+        if out_hw != (t_h, t_w):
+            raise ValueError(
+                f"ConvReg cannot map a student map {s_c} x {s_h} x {s_w} to a teacher map {t_c} x {t_h} x {t_w} "
+                "(it handles student height = 2x, 1/2x or >= the teacher's, with the width following)")
+        if branch == "down":
+            self.conv = nn.Conv2d(s_c, t_c, kernel_size=3, stride=2, padding=1)
+        elif branch == "up":
+            self.conv = nn.ConvTranspose2d(s_c, t_c, kernel_size=4, stride=2, padding=1)
+        else:
+            self.conv = nn.Conv2d(s_c, t_c, kernel_size=(1 + s_h - t_h, 1 + s_w - t_w))
+        self.bn = nn.BatchNorm2d(t_c)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(self.conv(x))
+        return self.relu(x) if self.use_relu else x
