@@ -25,13 +25,15 @@ def compute_cams(fmap: Tensor, weight: Tensor) -> Tensor:
     return torch.einsum("nchw,kc->nkhw", fmap, weight)
 
 
-def cam_outputs(fmap: Tensor, head: nn.Linear, stage_feats: list[Tensor] | None = None
-                ) -> tuple[Tensor, dict[str, Any]]:
+def cam_outputs(fmap: Tensor, head: nn.Linear, stage_feats: list[Tensor] | None = None,
+                preact_feats: list[Tensor] | None = None) -> tuple[Tensor, dict[str, Any]]:
     """Apply `head` to the final feature map the way all models share (docs/contracts.md, C1).
 
     fmap: (N, C, H, W). Returns `logits` (N, K) and a dict with "cams" (N, K, H, W),
-    "pooled" (N, C) plus its MDistiller name "pooled_feat", "fmap" (the F used, N x C x H x W)
-    and "feats" (intermediate stage outputs, MDistiller-style, shallow to deep).
+    "pooled" (N, C) plus its MDistiller name "pooled_feat", "fmap" (the F used, N x C x H x W),
+    "feats" (stage outputs, MDistiller's, shallow to deep, the stem first where there is one) and
+    "preact_feats" (the same stages before their last ReLU, MDistiller's; docs/method.md,
+    "Model features").
     """
     pooled = fmap.mean((2, 3))
     # Pool first, then Linear: identical to GAP of the CAMs plus bias, but it keeps the
@@ -42,6 +44,7 @@ def cam_outputs(fmap: Tensor, head: nn.Linear, stage_feats: list[Tensor] | None 
         "pooled": pooled,
         "pooled_feat": pooled,
         "feats": list(stage_feats) if stage_feats is not None else [],
+        "preact_feats": list(preact_feats) if preact_feats is not None else [],
         "fmap": fmap,
     }
     return logits, feats
@@ -64,9 +67,17 @@ class CAMHeadMixin:
     def head(self) -> nn.Linear:
         return self.get_submodule(self.head_name)  # type: ignore[attr-defined]
 
-    def _cam_outputs(self, fmap: Tensor, stage_feats: list[Tensor] | None = None
-                     ) -> tuple[Tensor, dict[str, Any]]:
-        return cam_outputs(fmap, self.head, stage_feats)
+    def _cam_outputs(self, fmap: Tensor, stage_feats: list[Tensor] | None = None,
+                     preact_feats: list[Tensor] | None = None) -> tuple[Tensor, dict[str, Any]]:
+        return cam_outputs(fmap, self.head, stage_feats, preact_feats)
+
+    def get_stage_channels(self) -> list[int]:
+        """Channels of the stages OFD pairs (MDistiller's method; per family, see each model)."""
+        raise NotImplementedError(f"{type(self).__name__} does not list its stage channels")
+
+    def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The BatchNorm before each stage's last ReLU (OFD's teacher margins; MDistiller's method)."""
+        raise NotImplementedError(f"{type(self).__name__} does not list its BatchNorms before ReLU")
 
 
 def init_weights(model: nn.Module, linear_std: float | None = None) -> None:

@@ -86,7 +86,16 @@ class MobileNetV2(CAMHeadMixin, nn.Module):
         f3 = self.blocks[4](self.blocks[3](f2))
         f4 = self.blocks[6](self.blocks[5](f3))
         fmap = self.conv2(f4)
-        return self._cam_outputs(fmap, [f0, f1, f2, f3, f4])
+        # MDistiller's MobileNetV2 returns no preact_feats. Stages 1-4 end in a linear bottleneck
+        # (BatchNorm, no ReLU), so they are their own pre-activation; the stem entry is feats[0] as in
+        # every family. Given so that OFD and ReviewKD (STU_PREACT) can use a MobileNetV2.
+        return self._cam_outputs(fmap, [f0, f1, f2, f3, f4], [f0, f1, f2, f3, f4])
+
+    def get_stage_channels(self) -> list[int]:
+        return [self.conv1[1].num_features, *(self.blocks[i][-1].conv[-1].num_features for i in (1, 2, 4, 6))]
+
+    def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        return [self.blocks[i][-1].conv[-1] for i in (1, 2, 4, 6)]
 
 
 @CIFAR_MODELS.register("MobileNetV2")

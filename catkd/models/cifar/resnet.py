@@ -30,11 +30,15 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
 
-    def forward(self, x: Tensor) -> Tensor:
+    def preact(self, x: Tensor) -> Tensor:
+        """The block's output before its final ReLU (MDistiller's `is_last` pre-activation)."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         residual = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + residual)
+        return out + residual
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.preact(x))
 
 
 class Bottleneck(nn.Module):
@@ -51,12 +55,21 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(planes * 4)
         self.downsample = downsample
 
-    def forward(self, x: Tensor) -> Tensor:
+    def preact(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         residual = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + residual)
+        return out + residual
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.preact(x))
+
+
+def stage(layer: nn.Sequential, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Run a stage whose blocks offer `preact`: (output, output before the last block's ReLU)."""
+    pre = layer[-1].preact(layer[:-1](x))
+    return F.relu(pre), pre
 
 
 class ResNet(CAMHeadMixin, nn.Module):
@@ -107,10 +120,18 @@ class ResNet(CAMHeadMixin, nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
         f0 = F.relu(self.bn1(self.conv1(x)))
-        f1 = self.layer1(f0)
-        f2 = self.layer2(f1)
-        f3 = self.layer3(f2)
-        return self._cam_outputs(f3, [f0, f1, f2, f3])
+        f1, p1 = stage(self.layer1, f0)
+        f2, p2 = stage(self.layer2, f1)
+        f3, p3 = stage(self.layer3, f2)
+        return self._cam_outputs(f3, [f0, f1, f2, f3], [f0, p1, p2, p3])
+
+    def get_stage_channels(self) -> list[int]:
+        """MDistiller's: the filter list, stem included ([16, 16, 32, 64] or [32, 64, 128, 256])."""
+        return list(self.stage_channels)
+
+    def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        last = "bn3" if isinstance(self.layer1[0], Bottleneck) else "bn2"
+        return [getattr(layer[-1], last) for layer in (self.layer1, self.layer2, self.layer3)]
 
 
 _SMALL = [16, 16, 32, 64]

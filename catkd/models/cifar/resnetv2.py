@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from catkd.models.registry import CIFAR_MODELS
 from catkd.models.cam_head import CAMHeadMixin, init_weights
+from catkd.models.cifar.resnet import stage
 
 
 def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
@@ -35,10 +36,13 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = _shortcut(in_planes, planes, stride)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def preact(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return out + self.shortcut(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.preact(x))
 
 
 class Bottleneck(nn.Module):
@@ -54,11 +58,14 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(planes * 4)
         self.shortcut = _shortcut(in_planes, planes * 4, stride)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def preact(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return F.relu(out + self.shortcut(x))
+        return out + self.shortcut(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.preact(x))
 
 
 class ResNetV2(CAMHeadMixin, nn.Module):
@@ -97,11 +104,23 @@ class ResNetV2(CAMHeadMixin, nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
         f0 = F.relu(self.bn1(self.conv1(x)))
-        f1 = self.layer1(f0)
-        f2 = self.layer2(f1)
-        f3 = self.layer3(f2)
-        f4 = self.layer4(f3)
-        return self._cam_outputs(f4, [f0, f1, f2, f3, f4])
+        f1, p1 = stage(self.layer1, f0)
+        f2, p2 = stage(self.layer2, f1)
+        f3, p3 = stage(self.layer3, f2)
+        f4, p4 = stage(self.layer4, f3)
+        return self._cam_outputs(f4, [f0, f1, f2, f3, f4], [f0, p1, p2, p3, p4])
+
+    def _layers(self) -> list[nn.Sequential]:
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def get_stage_channels(self) -> list[int]:
+        """The channels of stages 1-4, no stem entry. MDistiller returns [256, 512, 1024, 2048] for
+        both ResNet18 and ResNet50; that is ResNet50's list, and ResNet18's real one is returned here."""
+        return [layer[-1].bn2.num_features if isinstance(layer[-1], BasicBlock) else layer[-1].bn3.num_features
+                for layer in self._layers()]
+
+    def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        return [layer[-1].bn2 if isinstance(layer[-1], BasicBlock) else layer[-1].bn3 for layer in self._layers()]
 
 
 @CIFAR_MODELS.register("ResNet18")

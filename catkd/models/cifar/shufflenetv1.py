@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from catkd.models.registry import CIFAR_MODELS
 from catkd.models.cam_head import CAMHeadMixin
+from catkd.models.cifar.resnet import stage
 
 
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:
@@ -39,14 +40,17 @@ class Bottleneck(nn.Module):
         self.shortcut = (nn.Sequential(nn.AvgPool2d(3, stride=2, padding=1)) if stride == 2
                          else nn.Sequential())
 
-    def forward(self, x: Tensor) -> Tensor:
+    def preact(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = channel_shuffle(out, self.g)
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         res = self.shortcut(x)
         # Downsampling blocks concatenate the pooled input (hence out_planes - in_planes).
-        return F.relu(torch.cat([out, res], 1) if self.stride == 2 else out + res)
+        return torch.cat([out, res], 1) if self.stride == 2 else out + res
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.preact(x))
 
 
 class ShuffleNetV1(CAMHeadMixin, nn.Module):
@@ -77,10 +81,19 @@ class ShuffleNetV1(CAMHeadMixin, nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
         f0 = F.relu(self.bn1(self.conv1(x)))
-        f1 = self.layer1(f0)
-        f2 = self.layer2(f1)
-        f3 = self.layer3(f2)
-        return self._cam_outputs(f3, [f0, f1, f2, f3])
+        f1, p1 = stage(self.layer1, f0)
+        f2, p2 = stage(self.layer2, f1)
+        f3, p3 = stage(self.layer3, f2)
+        return self._cam_outputs(f3, [f0, f1, f2, f3], [f0, p1, p2, p3])
+
+    def get_stage_channels(self) -> list[int]:
+        """Missing in MDistiller (OFD fails on it): the stem and the three stages, [24, 240, 480, 960]."""
+        return [self.bn1.num_features, *(layer[-1].bn3.num_features for layer in (self.layer1, self.layer2, self.layer3))]
+
+    def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """MDistiller raises here. Each stage ends as relu(bn3(.) + identity), the ResNets' pattern,
+        whose list holds the last block's last BatchNorm; so does this one."""
+        return [layer[-1].bn3 for layer in (self.layer1, self.layer2, self.layer3)]
 
 
 @CIFAR_MODELS.register("ShuffleV1")

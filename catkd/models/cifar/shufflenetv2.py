@@ -41,12 +41,18 @@ class BasicBlock(nn.Module):
         self.bn3 = nn.BatchNorm2d(c)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.forward_pre(x)[0]
+
+    def forward_pre(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(output, MDistiller's pre-activation: concat(x1, bn3 output) before the ReLU and without
+        the channel shuffle; x1, the pass-through half, is already activated)."""
         c = int(x.size(1) * self.split_ratio)
         x1, x2 = x[:, :c], x[:, c:]
         out = F.relu(self.bn1(self.conv1(x2)))
         out = self.bn2(self.conv2(out))
-        out = F.relu(self.bn3(self.conv3(out)))
-        return channel_shuffle(torch.cat([x1, out], 1), 2)
+        pre_branch = self.bn3(self.conv3(out))
+        out = F.relu(pre_branch)
+        return channel_shuffle(torch.cat([x1, out], 1), 2), torch.cat([x1, pre_branch], 1)
 
 
 class DownBlock(nn.Module):
@@ -107,11 +113,24 @@ class ShuffleNetV2(CAMHeadMixin, nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
         f0 = F.relu(self.bn1(self.conv1(x)))
-        f1 = self.layer1(f0)
-        f2 = self.layer2(f1)
-        f3 = self.layer3(f2)
+        f1, p1 = self._stage(self.layer1, f0)
+        f2, p2 = self._stage(self.layer2, f1)
+        f3, p3 = self._stage(self.layer3, f2)
         fmap = F.relu(self.bn2(self.conv2(f3)))
-        return self._cam_outputs(fmap, [f0, f1, f2, f3])
+        return self._cam_outputs(fmap, [f0, f1, f2, f3], [f0, p1, p2, p3])
+
+    @staticmethod
+    def _stage(layer: nn.Sequential, x: Tensor) -> tuple[Tensor, Tensor]:
+        return layer[-1].forward_pre(layer[:-1](x))
+
+    def get_stage_channels(self) -> list[int]:
+        return [self.bn1.num_features, *(layer[-1].bn3.num_features * 2 for layer in (self.layer1, self.layer2, self.layer3))]
+
+    def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """Kept as MDistiller: a stage's output is half a pass-through, half a BatchNorm branch, so
+        no single BatchNorm precedes it. OFD therefore cannot use a ShuffleNetV2 teacher."""
+        raise NotImplementedError("ShuffleV2 has no BatchNorm before its stage outputs (half of each is a "
+                                  "pass-through): OFD cannot use it as a teacher")
 
 
 @CIFAR_MODELS.register("ShuffleV2")

@@ -62,12 +62,22 @@ class VGG(CAMHeadMixin, nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
         h = x.shape[2]
         f0 = F.relu(self.block0(x))
-        f1 = F.relu(self.block1(self.pool0(f0)))
-        f2 = F.relu(self.block2(self.pool1(f1)))
-        f3 = F.relu(self.block3(self.pool2(f2)))
+        p1 = self.block1(self.pool0(f0))
+        f1 = F.relu(p1)
+        p2 = self.block2(self.pool1(f1))
+        f2 = F.relu(p2)
+        p3 = self.block3(self.pool2(f2))
+        f3 = F.relu(p3)
         # The reference pools before block4 only for 64px inputs (Tiny-ImageNet).
-        f4 = F.relu(self.block4(self.pool3(f3) if h == 64 else f3))
-        return self._cam_outputs(f4, [f0, f1, f2, f3, f4])
+        p4 = self.block4(self.pool3(f3) if h == 64 else f3)
+        f4 = F.relu(p4)
+        return self._cam_outputs(f4, [f0, f1, f2, f3, f4], [f0, p1, p2, p3, p4])
+
+    def get_stage_channels(self) -> list[int]:
+        return [self.block0[-1].num_features, *(getattr(self, f"block{i}")[-1].num_features for i in range(1, 5))]
+
+    def get_bn_before_relu(self) -> list[nn.Module]:
+        return [getattr(self, f"block{i}")[-1] for i in range(1, 5)]
 
 
 def _factory(cfg: list[list[int]]):

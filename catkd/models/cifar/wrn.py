@@ -28,7 +28,13 @@ class BasicBlock(nn.Module):
             in_planes, out_planes, 1, stride=stride, padding=0, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        act = F.relu(self.bn1(x))
+        return self.forward_pre(x)[0]
+
+    def forward_pre(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(output, bn1(x)): the block's input after its first BatchNorm, which MDistiller reports as
+        the previous stage's pre-activation."""
+        pre = self.bn1(x)
+        act = F.relu(pre)
         out = F.relu(self.bn2(self.conv1(act)))
         if self.drop_rate > 0:
             out = F.dropout(out, p=self.drop_rate, training=self.training)
@@ -36,7 +42,7 @@ class BasicBlock(nn.Module):
         # As in the reference: when the width changes, the shortcut conv sees the
         # *pre-activated* input; otherwise the raw input is added.
         shortcut = x if self.convShortcut is None else self.convShortcut(act)
-        return shortcut + out
+        return shortcut + out, pre
 
 
 class NetworkBlock(nn.Module):
@@ -51,6 +57,11 @@ class NetworkBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layer(x)
+
+    def forward_pre(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(output, bn1 of the input as its first block computes it)."""
+        out, pre = self.layer[0].forward_pre(x)
+        return self.layer[1:](out), pre
 
 
 class WideResNet(CAMHeadMixin, nn.Module):
@@ -84,12 +95,23 @@ class WideResNet(CAMHeadMixin, nn.Module):
                 m.bias.data.zero_()
 
     def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        # MDistiller's WRN reports signed residual sums as feats and, as preact, the next unit's
+        # BatchNorm applied to them, by calling those BNs a second time (which moves their running
+        # statistics twice per training step). The same values are taken here from the forward itself.
         f0 = self.conv1(x)
         f1 = self.block1(f0)
-        f2 = self.block2(f1)
-        f3 = self.block3(f2)
-        fmap = F.relu(self.bn1(f3))
-        return self._cam_outputs(fmap, [f0, f1, f2, f3])
+        f2, p1 = self.block2.forward_pre(f1)
+        f3, p2 = self.block3.forward_pre(f2)
+        p3 = self.bn1(f3)
+        fmap = F.relu(p3)
+        return self._cam_outputs(fmap, [f0, f1, f2, f3], [f0, p1, p2, p3])
+
+    def get_stage_channels(self) -> list[int]:
+        return [self.conv1.out_channels, self.block1.layer[-1].conv2.out_channels,
+                self.block2.layer[-1].conv2.out_channels, self.nChannels]
+
+    def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        return [self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1]
 
 
 def _factory(depth: int, widen: int):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from catkd.models.registry import IMAGENET_MODELS
@@ -52,12 +53,24 @@ class MobileNetV1(CAMHeadMixin, nn.Module):
         self.fc = nn.Linear(1024, num_classes, bias=head_bias)
 
     def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
-        # Stage outputs at strides 4, 8, 16, 32 (after blocks 3, 5, 11, 13), as in MDistiller.
-        f1 = self.model[0:4](x)
-        f2 = self.model[4:6](f1)
-        f3 = self.model[6:12](f2)
-        f4 = self.model[12:14](f3)
-        return self._cam_outputs(f4, [f1, f2, f3, f4])
+        # Stage outputs at strides 4, 8, 16, 32 (after blocks 3, 5, 11, 13), as in MDistiller: no stem
+        # entry; preact is each stage's last BatchNorm output before its ReLU.
+        feats, pres, h = [], [], x
+        for lo, hi in _STAGES:
+            pre = self.model[hi][:-1](self.model[lo:hi](h))  # the block's in-place ReLU left out
+            h = F.relu(pre)
+            feats.append(h)
+            pres.append(pre)
+        return self._cam_outputs(h, feats, pres)
+
+    def get_stage_channels(self) -> list[int]:
+        return [self.model[hi][-2].num_features for _, hi in _STAGES]
+
+    def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        return [self.model[hi][-2] for _, hi in _STAGES]
+
+
+_STAGES = [(0, 3), (4, 5), (6, 11), (12, 13)]  # model[lo:hi] then model[hi] without its last ReLU
 
 
 @IMAGENET_MODELS.register("MobileNetV1")
