@@ -310,3 +310,203 @@ def test_reviewkd_pairs_table_has_every_row_and_mdistillers_preset_weight():
     for row in REVIEWKD_PAIRS.values():
         n = len(row["IN_CHANNELS"])
         assert len(row["OUT_CHANNELS"]) == len(row["SHAPES"]) == len(row["OUT_SHAPES"]) == n
+
+
+# ---- distillers on real pairs -------------------------------------------------------------------------
+def _models(teacher: str, student: str, family: str = "cifar"):
+    from catkd.models import build_model
+
+    torch.manual_seed(0)
+    return build_model(student, family=family), build_model(teacher, family=family)
+
+
+def _distiller(method: str, teacher: str, student: str, **section):
+    from catkd.distillers import build_distiller
+    from catkd.engine.validate import build_run_config
+
+    cfg = build_run_config({"DISTILLER": {"TYPE": method, "TEACHER": teacher, "STUDENT": student},
+                            **({method: section} if section else {})}, quiet=True)
+    s, t = _models(teacher, student)
+    return build_distiller(cfg, s, t, num_classes=100)
+
+
+def _batch(n: int = 3):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 100, (n,), generator=g)
+
+
+def _check_step(d, epoch: int = 1):
+    """One training step: the two keys, finite 0-d losses, gradients to the student and every extra
+    module, none to the teacher."""
+    d.train()
+    images, labels = _batch()
+    logits, losses = d.forward_train(images, labels, {"epoch": epoch, "index": None})
+    assert logits.shape == (3, 100)
+    assert set(losses) == {"loss_ce", "loss_kd"}
+    for v in losses.values():
+        assert v.dim() == 0 and torch.isfinite(v)
+    sum(losses.values()).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in d.student.parameters())
+    extra = [(n, p) for n, p in d.named_parameters() if not n.startswith(("student.", "teacher."))]
+    assert extra and all(p.grad is not None for _, p in extra), [n for n, p in extra if p.grad is None]
+    assert all(p.grad is None for p in d.teacher.parameters())
+    return losses
+
+
+def test_ofd_resnet32x4_to_resnet8x4_extra_parameters_and_margins_as_mdistiller():
+    d = _distiller("OFD", "resnet32x4", "resnet8x4")
+    assert d.extra_parameter_count() == 86_912
+    bns = d.teacher.get_bn_before_relu()
+    assert [m.shape for m in d.margins] == [(1, 64, 1, 1), (1, 128, 1, 1), (1, 256, 1, 1)]
+    for m, bn in zip(d.margins, bns):
+        assert torch.equal(m, bn_margin(bn.weight, bn.bias))
+    # margins are buffers: saved with the extra modules and moved with the distiller
+    assert {"margin_0", "margin_1", "margin_2"} <= set(d.extra_state_dict())
+    assert d.target_spec() == {"targets": "features", "layers": ("preact_feats.1", "preact_feats.2", "preact_feats.3")}
+
+
+def test_ofd_connector_is_a_conv_then_bn_initialised_as_mdistiller():
+    d = _distiller("OFD", "resnet32x4", "resnet8x4", CONNECTOR={"KERNEL_SIZE": 3})
+    conv, bn = d.connectors[2]
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.padding, conv.bias) == (256, 256, (3, 3), (1, 1), None)
+    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (9 * 256)), rel=0.05)
+    assert torch.equal(bn.weight, torch.ones(256)) and torch.equal(bn.bias, torch.zeros(256))
+
+
+def test_ofd_keeps_the_teacher_in_train_mode_and_is_not_cacheable():
+    d = _distiller("OFD", "resnet32x4", "resnet8x4")
+    assert OFD.cacheable is False
+    assert d.teacher.training  # from construction on, as MDistiller
+    d.eval()
+    assert not d.teacher.training and not d.student.training
+    d.train()
+    assert d.teacher.training and all(m.training for m in d.teacher.modules())
+    bn = d.teacher.get_bn_before_relu()[0]
+    before = bn.num_batches_tracked.item()
+    _check_step(d)
+    assert bn.num_batches_tracked.item() == before + 1  # batch statistics: the running stats drift
+
+
+def test_ofd_forward_reads_the_teacher_only_through_its_targets():
+    d = _distiller("OFD", "resnet32x4", "resnet8x4")
+    images, labels = _batch()
+    d.train()
+    live = d.live_targets(images)
+    torch.manual_seed(0)
+    _, a = d.forward_train(images, labels, {"epoch": 1, "index": None, "teacher_targets": live})
+    zero = {k: torch.zeros_like(v) for k, v in live.items()}
+    _, b = d.forward_train(images, labels, {"epoch": 1, "index": None, "teacher_targets": zero})
+    assert a["loss_kd"].item() != b["loss_kd"].item()
+    assert a["loss_ce"].item() == pytest.approx(b["loss_ce"].item())
+
+
+def test_ofd_cuts_margins_like_the_features_for_a_cifar_resnet50_teacher():
+    # 4 BNs before ReLUs against 3 paired stages: MDistiller indexes the margins from the first BN
+    # (256 channels against the 512 of the first paired stage) and fails; the deepest three fit
+    s, t = _models("ResNet50", "resnet8x4")
+    d = OFD(s, t)
+    assert d.teacher_layers == (2, 3, 4) and d.student_layers == (1, 2, 3)
+    bns = t.get_bn_before_relu()
+    assert len(bns) == 4 and [m.shape[1] for m in d.margins] == [512, 1024, 2048]
+    for m, bn in zip(d.margins, bns[1:]):
+        assert torch.equal(m, bn_margin(bn.weight, bn.bias))
+    images, labels = _batch(2)
+    _, losses = d.forward_train(images, labels, {"epoch": 1, "index": None})
+    assert torch.isfinite(losses["loss_kd"])
+
+
+class _NoPreact(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        f = self.conv(x)
+        return f.mean((2, 3)), {"feats": [f, f], "pooled_feat": f.mean((2, 3))}
+
+
+def test_ofd_names_the_models_of_a_pair_it_cannot_run():
+    s, t = _models("resnet32x4", "resnet8")
+    with pytest.raises(ValueError, match="student tiny returns no pre-activation stage features"):
+        OFD(_NoPreact(), t, names=("tiny", "resnet32x4"))
+    t.get_bn_before_relu = lambda: (_ for _ in ()).throw(NotImplementedError("no single BN"))
+    with pytest.raises(ValueError, match=r"teacher T does not name the BNs before its ReLUs \(get_bn_before_relu: no single BN\)"):
+        OFD(s, t, names=("S", "T"))
+
+
+def test_reviewkd_resnet32x4_to_resnet8x4_from_the_defaults_as_mdistiller(capsys):
+    d = _distiller("REVIEWKD", "resnet32x4", "resnet8x4")
+    assert "REVIEWKD" not in capsys.readouterr().err  # the defaults fit this pair: nothing derived
+    assert d.extra_parameter_count() == 1_808_774
+    assert [a.conv1[0].out_channels for a in d.abfs] == [256] * 4  # mid = min(512, 256)
+    assert d.target_spec() == {"targets": "features",
+                               "layers": ("preact_feats.1", "preact_feats.2", "preact_feats.3", "pooled_feat")}
+    _check_step(d)
+
+
+def test_reviewkd_warmup_counts_epochs_from_one():
+    d = _distiller("REVIEWKD", "resnet32x4", "resnet8x4", REVIEWKD_WEIGHT=5.0)
+    d.train()
+    images, labels = _batch()
+    with torch.no_grad():
+        kd = {e: d.forward_train(images, labels, {"epoch": e, "index": None})[1]["loss_kd"].item() for e in (1, 10, 20, 40)}
+    assert kd[1] == pytest.approx(kd[20] / 20, rel=1e-5)  # the first epoch already has 1/20
+    assert kd[10] == pytest.approx(kd[20] / 2, rel=1e-5)
+    assert kd[40] == pytest.approx(kd[20], rel=1e-5)
+
+
+def test_reviewkd_derives_default_lists_that_do_not_fit_the_pair(capsys):
+    d = _distiller("REVIEWKD", "resnet32x4", "resnet8")
+    err = capsys.readouterr().err
+    assert "REVIEWKD.IN_CHANNELS: the default [64, 128, 256, 256] does not fit teacher resnet32x4 -> " \
+           "student resnet8; using [16, 32, 64, 64]" in err
+    assert "OUT_CHANNELS" not in err  # the teacher's lists fit
+    assert [a.conv1[0].in_channels for a in d.abfs] == [64, 64, 32, 16]
+    assert [a.conv1[0].out_channels for a in d.abfs] == [64] * 4  # mid = min(512, 64)
+    _check_step(d)
+
+
+def test_reviewkd_rejects_explicit_lists_that_do_not_fit_the_pair():
+    with pytest.raises(ConfigError, match=r"REVIEWKD.IN_CHANNELS: \[16, 32, 64, 128\] does not fit teacher "
+                                          r"resnet32x4 -> student resnet8, whose features need \[16, 32, 64, 64\]"):
+        _distiller("REVIEWKD", "resnet32x4", "resnet8", IN_CHANNELS=[16, 32, 64, 128])
+
+
+def test_reviewkd_honours_an_explicit_max_mid_channel_with_a_warning():
+    with pytest.warns(UserWarning, match="REVIEWKD.MAX_MID_CHANNEL: 128 is used .* MDistiller ignores"):
+        d = _distiller("REVIEWKD", "resnet32x4", "resnet8x4", MAX_MID_CHANNEL=128)
+    assert [a.conv1[0].out_channels for a in d.abfs] == [128] * 4
+    assert [a.att_conv[0].in_channels for a in d.abfs[1:]] == [256] * 3
+
+
+def test_reviewkd_student_preact_switch():
+    d = _distiller("REVIEWKD", "resnet32x4", "resnet8x4", STU_PREACT=True)
+    assert d.stu_preact
+    images, labels = _batch()
+    d.train()
+    with torch.no_grad():
+        pre = d.forward_train(images, labels, {"epoch": 20, "index": None})[1]["loss_kd"]
+        d.stu_preact = False
+        post = d.forward_train(images, labels, {"epoch": 20, "index": None})[1]["loss_kd"]
+    assert torch.isfinite(pre) and pre.item() != post.item()
+
+
+def test_reviewkd_same_loss_from_cached_targets():
+    d = _distiller("REVIEWKD", "resnet32x4", "resnet8x4")
+    d.eval()  # deterministic student
+    images, labels = _batch()
+    cached = {k: v.to(torch.bfloat16).float() for k, v in d.live_targets(images).items()}
+    with torch.no_grad():
+        live = d.forward_train(images, labels, {"epoch": 20, "index": None})[1]["loss_kd"]
+        from_cache = d.forward_train(images, labels, {"epoch": 20, "index": None, "teacher_targets": cached})[1]["loss_kd"]
+    assert from_cache.item() == pytest.approx(live.item(), rel=1e-2)
+
+
+@pytest.mark.parametrize("pair", sorted(REVIEWKD_PAIRS), ids=lambda p: f"{p[0]}-{p[1]}")
+def test_reviewkd_pairs_table_equals_the_lists_derived_from_the_models(pair):
+    from catkd.distillers.common import feature_shapes
+
+    s, t = _models(*pair)
+    row = REVIEWKD_PAIRS[pair]
+    derived = pair_lists(feature_shapes(s, (32, 32)), feature_shapes(t, (32, 32)), names=(pair[1], pair[0]))
+    assert derived == {k: row[k] for k in derived}

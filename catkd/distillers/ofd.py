@@ -198,9 +198,9 @@ def stage_plan(student: nn.Module, teacher: nn.Module, input_size: tuple[int, in
                              "(feats['preact_feats'] entries 1..); OFD cannot distil this pair")
     try:
         bns = list(teacher.get_bn_before_relu())
-    except (AttributeError, NotImplementedError):
+    except (AttributeError, NotImplementedError) as e:
         raise ValueError(f"OFD: teacher {t_name} does not name the BNs before its ReLUs "
-                         "(get_bn_before_relu); OFD needs them for its margins") from None
+                         f"(get_bn_before_relu: {e}); OFD needs them for its margins") from None
     m = min(len(s_pre) - 1, len(t_pre) - 1, len(bns))
     if m < 1:
         raise ValueError(f"OFD: teacher {t_name} names no BN before a ReLU; OFD needs one per stage")
@@ -215,7 +215,7 @@ def stage_plan(student: nn.Module, teacher: nn.Module, input_size: tuple[int, in
                              f"the ReLU has {bn.num_features}; the margins do not fit the features")
     for who, name, model, ch in (("student", s_name, student, s_ch), ("teacher", t_name, teacher, t_ch)):
         try:
-            declared = list(model.get_stage_channels())[1:][-m:]
+            declared = list(model.get_stage_channels())[-m:]
         except (AttributeError, NotImplementedError):
             declared = None
         if declared != ch:
