@@ -253,6 +253,7 @@ def test_reviewkd_section_defaults_are_mdistillers():
 def test_ofd_section_defaults_are_mdistillers():
     c = OFDCfg()
     assert (c.LOSS.CE_WEIGHT, c.LOSS.FEAT_WEIGHT, c.CONNECTOR.KERNEL_SIZE) == (1.0, 0.001, 1)
+    assert c.TEACHER_TRAIN_MODE  # ours; True is MDistiller's behaviour
     with pytest.raises(ValueError):
         OFDCfg.model_validate({"CONNECTOR": {"KERNEL_SIZE": 2}})
 
@@ -387,6 +388,17 @@ def test_ofd_keeps_the_teacher_in_train_mode_and_is_not_cacheable():
     assert bn.num_batches_tracked.item() == before + 1  # batch statistics: the running stats drift
 
 
+def test_ofd_switch_keeps_the_teacher_in_eval_mode_and_cacheable():
+    d = _distiller("OFD", "resnet32x4", "resnet8x4", TEACHER_TRAIN_MODE=False)
+    assert d.cacheable and OFD.cacheable is False  # this instance only
+    d.train()
+    assert d.student.training and not d.teacher.training
+    bn = d.teacher.get_bn_before_relu()[0]
+    before = bn.num_batches_tracked.item()
+    _check_step(d)
+    assert bn.num_batches_tracked.item() == before  # running statistics, untouched
+
+
 def test_ofd_forward_reads_the_teacher_only_through_its_targets():
     d = _distiller("OFD", "resnet32x4", "resnet8x4")
     images, labels = _batch()
@@ -436,6 +448,7 @@ def test_ofd_names_the_models_of_a_pair_it_cannot_run():
 
 def test_reviewkd_resnet32x4_to_resnet8x4_from_the_defaults_as_mdistiller(capsys):
     d = _distiller("REVIEWKD", "resnet32x4", "resnet8x4")
+    assert isinstance(d, ReviewKD)
     assert "REVIEWKD" not in capsys.readouterr().err  # the defaults fit this pair: nothing derived
     assert d.extra_parameter_count() == 1_808_774
     assert [a.conv1[0].out_channels for a in d.abfs] == [256] * 4  # mid = min(512, 256)

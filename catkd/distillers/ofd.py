@@ -8,7 +8,8 @@ ReLU (its gamma, beta). Stages are the pre-activation entries 1.. of both models
 deepest m where the lists differ; stage i of m (0 = shallowest) is weighted 2^-(m-1-i).
 
 As MDistiller, the teacher runs in train mode (BN with batch statistics), so its outputs depend on
-the batch: they are never cached. Pure losses first, then the distiller.
+the batch: they are never cached (OFD.TEACHER_TRAIN_MODE: False keeps it in eval mode instead).
+Pure losses first, then the distiller.
 """
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ class OFDCfg(Section):
 
     LOSS: OFDLossCfg = OFDLossCfg()
     CONNECTOR: OFDConnectorCfg = OFDConnectorCfg()
+    # ours: MDistiller (and the OFD authors' code) run the teacher in train mode; False keeps it in
+    # eval mode (running statistics, outputs a function of the image: the teacher cache can serve them)
+    TEACHER_TRAIN_MODE: bool = True
 
 
 # ---- pure functions -------------------------------------------------------------------------------
@@ -136,8 +140,11 @@ class OFD(Distiller):
 
     def __init__(self, student, teacher, ce_weight: float = 1.0, feat_weight: float = 0.001,
                  kernel_size: int = 1, input_size: tuple[int, int] = (32, 32),
-                 names: tuple[str, str] | None = None):
+                 names: tuple[str, str] | None = None, teacher_train_mode: bool = True):
         super().__init__(student, teacher)
+        self.teacher_train_mode = teacher_train_mode
+        if not teacher_train_mode:
+            self.cacheable = True
         self.ce_weight, self.feat_weight = ce_weight, feat_weight
         plan = stage_plan(student, teacher, input_size, names)
         self.student_layers: tuple[int, ...] = plan["student_layers"]
@@ -153,7 +160,7 @@ class OFD(Distiller):
     def from_config(cls, cfg, student, teacher, num_classes):
         o = cfg.OFD
         return cls(student, teacher, o.LOSS.CE_WEIGHT, o.LOSS.FEAT_WEIGHT, o.CONNECTOR.KERNEL_SIZE,
-                   input_size_of(cfg), (cfg.DISTILLER.STUDENT, cfg.DISTILLER.TEACHER))
+                   input_size_of(cfg), (cfg.DISTILLER.STUDENT, cfg.DISTILLER.TEACHER), o.TEACHER_TRAIN_MODE)
 
     @property
     def margins(self) -> list[Tensor]:
@@ -161,8 +168,10 @@ class OFD(Distiller):
 
     def train(self, mode: bool = True) -> "OFD":
         # MDistiller's OFD: every child follows `mode`, the teacher included (BN with batch statistics)
-        nn.Module.train(self, mode)
-        return self
+        if self.teacher_train_mode:
+            nn.Module.train(self, mode)
+            return self
+        return super().train(mode)
 
     def target_spec(self):
         return {"targets": "features", "layers": tuple(f"preact_feats.{i}" for i in self.teacher_layers)}

@@ -49,7 +49,8 @@ class ReviewKDCfg(Section):
 # each equal to what `pair_lists` derives for the pair; "REVIEWKD_WEIGHT" where the repo gives one.
 _SAME = ([1, 8, 16, 32], [1, 8, 16, 32])
 REVIEWKD_PAIRS: dict[tuple[str, str], dict] = {
-    (t, s): {"IN_CHANNELS": i, "OUT_CHANNELS": o, "SHAPES": sh, "OUT_SHAPES": osh, **({"REVIEWKD_WEIGHT": w} if w else {})}
+    (t, s): {"IN_CHANNELS": i, "OUT_CHANNELS": o, "SHAPES": sh, "OUT_SHAPES": osh,
+             **({"REVIEWKD_WEIGHT": w} if w else {})}
     for (t, s), i, o, (sh, osh), w in [
         (("resnet56", "resnet20"), [16, 32, 64, 64], [16, 32, 64, 64], _SAME, 0.6),
         (("resnet110", "resnet32"), [16, 32, 64, 64], [16, 32, 64, 64], _SAME, 1.0),
