@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from catkd.config import ConfigError
-from catkd.distillers.contrast_sampling import ContrastSampler, keyed_permutation, sample_keys
+from catkd.distillers.contrast_sampling import ContrastSampler, first_k_of_permutation, sample_keys
 from catkd.distillers.crd import CRD, ContrastMemory, Embed, nce_loss
 from catkd.models import build_model
 
@@ -59,13 +59,14 @@ def test_memory_scores_normalisation_fixed_after_first_batch_and_momentum_update
 
 def test_keyed_permutation_is_a_permutation_for_every_key_and_size():
     for size in (1, 7, 100, 1000):
-        j = torch.arange(size)[None, :].repeat(3, 1)
         key = torch.tensor([[1], [2], [12345]])
-        out = keyed_permutation(j.clone(), key, torch.full((3, 1), size))
+        out = first_k_of_permutation(size, key, torch.full((3, 1), size))
         for row in out:
             assert sorted(row.tolist()) == list(range(size))
         if size >= 100:
             assert not torch.equal(out[0], out[1])  # the key chooses the permutation
+            # its first k values are a prefix of the whole permutation
+            assert torch.equal(first_k_of_permutation(10, key, torch.full((3, 1), size)), out[:, :10])
 
 
 def test_negatives_are_distinct_other_class_rows_and_reproducible_per_sample():

@@ -18,7 +18,7 @@ BENCHES = ("step", "pipeline", "study", "cache")  # `all` runs these
 # would take `all` past its 25-minute budget
 EXTRA = ("gpu", "asha", "estimate")
 QUICK = ("step", "pipeline", "gpu")  # the benches with a --quick mode
-OPTIONS = {"step": ("device",), "all": ("device", "rounds"), "cache": ("rounds",), "asha": ("asha_points", "asha_rf")}
+OPTIONS = {"step": ("device", "distiller"), "all": ("device", "rounds"), "cache": ("rounds",), "asha": ("asha_points", "asha_rf")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="`all` runs step, pipeline, study and cache (asha, estimate and gpu: by name); `docs` "
                          "regenerates docs/benchmarks.md's latest figures from docs/benchmarks/*.json")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for step")
+    ap.add_argument("--distiller", metavar="NAME|all",
+                    help="step: time this method's step (all: every method's) over the CE floor instead of CAT-KD's")
     ap.add_argument("--quick", action="store_true",
                     help="step: 3 repeats; pipeline: 2,000 images, one timed epoch; gpu: tiny models and data, to "
                          "check the script on a CPU")
@@ -46,7 +48,7 @@ def run(name: str, args: argparse.Namespace) -> dict:
     out: dict = {"device": args.device, "threads": torch.get_num_threads()}
     for one in (BENCHES if name == "all" else (name,)):
         if one == "step":
-            out.update(step.run(args.device, quick=args.quick))
+            out.update(step.run(args.device, quick=args.quick, distiller=args.distiller if name == "step" else None))
         elif one == "pipeline":
             out.update(pipeline.run(quick=args.quick))
         elif one == "study":

@@ -4,7 +4,7 @@ MDistiller's CIFAR-100 dataset draws, per sample and per epoch, K negatives unif
 replacement from the indices of all images of *other* classes (with replacement when K exceeds that
 pool) with numpy's global RNG in the loader workers: not reproducible and about 1 ms per sample.
 Here each sample's K negatives are the first K values of a keyed pseudo-random permutation of its
-pool (a 4-round Feistel network with cycle-walking), keyed by (seed, epoch, sample index): the same
+pool (a 4-round Feistel network whose round functions are drawn from the key), keyed by (seed, epoch, sample index): the same
 draws whatever the batch, the worker count or a resume, distinct within a sample, vectorised over
 the batch, no host round trip.
 """
@@ -31,28 +31,43 @@ def sample_keys(seed: int, epoch: int, index: Tensor) -> Tensor:
     return _hash(_hash(index.to(torch.int64) & _MASK31, base), base ^ 0x3C6EF372)
 
 
-def keyed_permutation(j: Tensor, key: Tensor, size: Tensor) -> Tensor:
-    """Position j (< size) -> its image under a permutation of [0, size) chosen by `key`.
+def _round_tables(key: Tensor, half: int) -> Tensor:
+    """(N, 4, 2^half) round functions of a Feistel network, one set per key (N, 1)."""
+    width = 1 << half
+    x = torch.arange(4 * width, device=key.device, dtype=torch.int64)[None, :]
+    return (_hash(x, key) & (width - 1)).view(len(key), 4, width)
 
-    j: (N, K) int64; key, size: (N, 1) int64. A Feistel network permutes [0, 4^h) with 4^h >= size;
-    values that land outside [0, size) are permuted again until inside (cycle-walking), which keeps it
-    a permutation of [0, size)."""
+
+def _feistel(v: Tensor, tables: Tensor, half: int) -> Tensor:
+    """A permutation of [0, 4^half) per row of v (N, M), chosen by that row's tables."""
+    left, right = v >> half, v & ((1 << half) - 1)
+    for r in range(4):  # four rounds with (pseudo-)random round functions: a pseudo-random permutation
+        left, right = right, left ^ tables[:, r].gather(1, right)
+    return (left << half) | right
+
+
+def first_k_of_permutation(k: int, key: Tensor, size: Tensor) -> Tensor:
+    """The first k values of a pseudo-random permutation of [0, size) chosen by `key`: (N, k), distinct
+    per row. key, size: (N, 1) int64, size >= k.
+
+    A Feistel network permutes [0, 4^h) >= size; the values that fall outside [0, size) are dropped,
+    which leaves a permutation of [0, size) in order (what cycle-walking gives, without its loop)."""
     half = max(1, (int(size.max()).bit_length() + 1) // 2)
-    mask = (1 << half) - 1
-
-    def feistel(v: Tensor, k: Tensor) -> Tensor:
-        left, right = v >> half, v & mask
-        for r in range(4):
-            left, right = right, left ^ (_hash(right, (k + r * 0x9E3779B) & _MASK31) & mask)
-        return (left << half) | right
-
-    out = feistel(j, key)
-    outside = out >= size
-    while bool(outside.any()):
-        rows, cols = outside.nonzero(as_tuple=True)
-        out[rows, cols] = feistel(out[rows, cols], key[rows, 0])
-        outside[rows, cols] = out[rows, cols] >= size[rows, 0]
-    return out
+    tables = _round_tables(key, half)
+    n = len(key)
+    span = int(k * (1 << 2 * half) / int(size.min()) * 1.05) + 64  # enough positions, nearly always
+    while True:
+        j = torch.arange(min(span, 1 << 2 * half), device=key.device, dtype=torch.int64)[None, :].expand(n, -1)
+        v = _feistel(j, tables, half)
+        inside = v < size
+        rank = torch.cumsum(inside, dim=1) - 1
+        keep = inside & (rank < k)
+        if bool((keep.sum(1) == k).all()):
+            out = torch.empty(n, k, dtype=torch.int64, device=key.device)
+            rows = torch.arange(n, device=key.device)[:, None].expand_as(v)
+            out[rows[keep], rank[keep]] = v[keep]
+            return out
+        span *= 2  # a row fell short: look further along the same permutations
 
 
 class ContrastSampler:
@@ -83,10 +98,10 @@ class ContrastSampler:
         start, count = self.start[c][:, None], self.count[c][:, None]
         pool = self.n - count  # the other classes' rows
         key = keys[:, None]
-        j = torch.arange(self.k, device=rows.device, dtype=torch.int64)[None, :].expand(len(rows), -1)
         if self.k <= int(pool.min()):
-            pos = keyed_permutation(j.clone(), key, pool)  # distinct: without replacement
+            pos = first_k_of_permutation(self.k, key, pool)  # distinct: without replacement
         else:  # MDistiller draws with replacement when K exceeds the pool
+            j = torch.arange(self.k, device=rows.device, dtype=torch.int64)[None, :]
             pos = _hash(j, key) % pool
         pos = torch.where(pos < start, pos, pos + count)  # skip the sample's own class block
         negatives = self.by_class[pos]
