@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from catkd.config import Section, config_section
 from catkd.distillers.base import Distiller
-from catkd.distillers.common import get_feat_shapes
+from catkd.distillers.common import get_feat_shapes, input_size_of
 from catkd.distillers.registry import DISTILLERS
 
 
@@ -103,13 +103,6 @@ def paired_stage_layers(method: str, student: nn.Module, teacher: nn.Module, inp
                     "to a square size and needs square maps")
     return tuple(f"feats.{i}" for i in range(1, len(t_shapes)))
 
-
-def input_size_of(cfg) -> tuple[int, int]:
-    """(H, W) of the run's images (the dataset's), for the construction probe."""
-    from catkd.data import dataset_entry  # the dataset declares its image size
-
-    size = dataset_entry(cfg).image_size(cfg)
-    return (size, size)
 
 
 @DISTILLERS.register("AT")

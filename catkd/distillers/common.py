@@ -1,4 +1,5 @@
-"""Helpers the feature distillers share (MDistiller's distillers/_common.py): probing feature shapes.
+"""Helpers the feature distillers share (MDistiller's distillers/_common.py): the run's image size,
+probing feature shapes, and FitNet's regressor `ConvReg`.
 
 MDistiller probes with the models in whatever mode they are in; the teacher arrives in train mode,
 so one probe moves its BatchNorm running statistics a step towards the statistics of random noise.
@@ -25,6 +26,14 @@ def _probe(model: nn.Module, input_size: tuple[int, int], train_mode: bool) -> d
     finally:
         model.train(was_training)
     return feats
+
+
+def input_size_of(cfg) -> tuple[int, int]:
+    """(H, W) of the run's images (the dataset declares its size), for the construction probes."""
+    from catkd.data import dataset_entry
+
+    size = dataset_entry(cfg).image_size(cfg)
+    return (size, size)
 
 
 def get_feat_shapes(student: nn.Module, teacher: nn.Module, input_size: tuple[int, int],

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from catkd.config import ConfigError, Section, config_section
 from catkd.distillers.base import Distiller
-from catkd.distillers.common import get_feat_shapes
+from catkd.distillers.common import get_feat_shapes, input_size_of
 from catkd.distillers.registry import DISTILLERS
 
 Layout = Literal["CHxW", "HWxC"]
@@ -134,13 +134,6 @@ def check_pair(student, teacher, input_size: tuple[int, int], layout: Layout, na
                 f"(C x H x W at {input_size[0]} x {input_size[1]} inputs)")
     return len(t_shapes)
 
-
-def input_size_of(cfg) -> tuple[int, int]:
-    """(H, W) of the run's images (the dataset's), for the construction check."""
-    from catkd.data import dataset_entry  # the dataset declares its image size
-
-    size = dataset_entry(cfg).image_size(cfg)
-    return (size, size)
 
 
 @DISTILLERS.register("KDSVD")

@@ -14,7 +14,8 @@ from pydantic import Field
 from torch import Tensor
 
 from catkd.config import Section, config_section
-from catkd.distillers.at import input_size_of, paired_stage_layers, pool_to_smaller
+from catkd.distillers.at import paired_stage_layers, pool_to_smaller
+from catkd.distillers.common import input_size_of
 from catkd.distillers.base import Distiller
 from catkd.distillers.registry import DISTILLERS
 

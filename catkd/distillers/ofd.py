@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from catkd.config import Section, config_section, notice
 from catkd.distillers.base import Distiller
-from catkd.distillers.common import feature_shapes
+from catkd.distillers.common import feature_shapes, input_size_of
 from catkd.distillers.registry import DISTILLERS
 
 
@@ -121,13 +121,6 @@ def connector(s_channels: int, t_channels: int, kernel_size: int = 1) -> nn.Sequ
     bn.bias.data.zero_()
     return nn.Sequential(conv, bn)
 
-
-def input_size_of(cfg) -> tuple[int, int]:
-    """(H, W) of the run's images (the dataset's), for the construction probe."""
-    from catkd.data import dataset_entry  # the dataset declares its image size
-
-    size = dataset_entry(cfg).image_size(cfg)
-    return (size, size)
 
 
 # ---- distiller ------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from catkd.config import ConfigError, Section, config_section, notice
 from catkd.distillers.base import Distiller
 from catkd.distillers.common import feature_shapes
-from catkd.distillers.ofd import input_size_of
+from catkd.distillers.common import input_size_of
 from catkd.distillers.registry import DISTILLERS
 
 _Size = Annotated[int, Field(ge=1)]

@@ -14,7 +14,7 @@ from pydantic import Field
 from torch import Tensor
 
 from catkd.config import Section, config_section
-from catkd.distillers.at import input_size_of
+from catkd.distillers.common import input_size_of
 from catkd.distillers.base import Distiller
 from catkd.distillers.common import stage_count
 from catkd.distillers.registry import DISTILLERS
