@@ -34,7 +34,7 @@ class NSTCfg(Section):
 
 def poly_kernel(a: Tensor, b: Tensor) -> Tensor:
     """(a_i . b_j)^2 for every pair of rows: a (N, C_a, D), b (N, C_b, D) -> (N, C_b, C_a)."""
-    return (a.unsqueeze(1) * b.unsqueeze(2)).sum(-1).pow(2)
+    return torch.bmm(b, a.transpose(1, 2)).pow(2)  # MDistiller broadcasts an N x C_b x C_a x D product
 
 
 def single_stage_nst_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
