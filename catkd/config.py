@@ -229,9 +229,6 @@ _FRAME_IGNORED_KEYS = {
 }
 # Ignored keys that are noise in nearly every reference file: no notice.
 _SILENT_KEYS = {"SOLVER.TRAINER"}
-# MDistiller's distiller sections: accepted and ignored while no catkd method declares the section.
-# (KD, DKD and CAT_KD are always declared where a run is built: catkd.engine.validate.load_run_config.)
-MDISTILLER_SECTIONS = {"AT", "RKD", "FITNET", "KDSVD", "CRD", "NST", "PKT", "SP", "VID", "REVIEWKD", "OFD"}
 _FRAME = {"EXPERIMENT", "DISTILLER", "SOLVER", "DATASET", "LOG", "RUN"}
 
 
@@ -264,10 +261,6 @@ def notice(msg: str) -> None:
 def _normalise(raw: dict, source: str, quiet: bool) -> dict:
     """Drop ignored keys (with a notice) and map renamed ones, before validation."""
     raw = copy.deepcopy(raw)
-    for sec in sorted((MDISTILLER_SECTIONS - SECTIONS.keys()) & raw.keys()):
-        raw.pop(sec)
-        if not quiet:
-            notice(f"{source}: section {sec} ignored (no catkd method declares it)")
     flat = flatten(raw)
     for key, why in ignored_keys().items():
         if key in flat:
