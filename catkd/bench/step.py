@@ -13,7 +13,9 @@ import torch
 
 from catkd.bench.common import median_time, student_ce_step
 
-GOALS = {"catkd_over_floor": ("<=", 1.05)}
+GOALS = {"catkd_over_floor": ("<=", 1.05),
+         **{f"{n}_over_floor": ("<=", 1.10) for n in ("KD", "DKD", "CAT_KD", "FITNET", "AT", "NST", "PKT", "KDSVD",
+                                                      "OFD", "RKD", "VID", "SP", "CRD", "REVIEWKD")}}
 # the pair timed per device: small on a CPU, the preset pair on a GPU
 PAIRS = {"cpu": ("resnet56", "resnet20"), "cuda": ("resnet32x4", "ShuffleV1")}
 QUICK_REPEATS = 3
