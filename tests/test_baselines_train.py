@@ -160,3 +160,13 @@ def test_every_preset_validates_and_is_what_the_generator_writes():
     assert (rk.IN_CHANNELS, rk.OUT_CHANNELS, rk.SHAPES, rk.OUT_SHAPES, rk.REVIEWKD_WEIGHT) == (
         [116, 232, 464, 1024], [64, 128, 256, 256], [1, 4, 8, 16], [1, 8, 16, 32], 8.0)
     assert config_from_dict(load_run_config("cifar100/CRD/wrn_40_2_wrn_16_2", quiet=True).to_dict()).CRD.MODE == "exact"
+
+
+def test_a_pair_the_method_cannot_run_is_exit_2_naming_method_and_models(tmp_path, capsys):
+    ckpt = tmp_path / "sv2.pth"
+    torch.save({"model": build_model("ShuffleV2", num_classes=4).state_dict()}, ckpt)
+    rc = train_main(["--cfg", str(REF / "ofd.yaml"), "DISTILLER.TEACHER", "ShuffleV2", "DISTILLER.STUDENT", "resnet8",
+                     "DISTILLER.TEACHER_CKPT", str(ckpt), "DATASET.TYPE", "synthetic",
+                     "DATASET.SYNTHETIC.NUM_CLASSES", "4", "LOG.PREFIX", str(tmp_path)])
+    assert rc == 2
+    assert "OFD cannot distil ShuffleV2 -> resnet8" in capsys.readouterr().err

@@ -17,4 +17,14 @@ __all__ = ["DISTILLERS", "Distiller", "build_distiller"]
 
 
 def build_distiller(cfg, student, teacher, num_classes: int) -> Distiller:
-    return DISTILLERS.get(cfg.DISTILLER.TYPE).from_config(cfg, student, teacher, num_classes)
+    """The configured method on these models. A pair it cannot run (stage shapes, channels) is a
+    ConfigError (exit 2 at the command line), whichever ValueError its construction raised."""
+    from catkd.config import ConfigError
+
+    try:
+        return DISTILLERS.get(cfg.DISTILLER.TYPE).from_config(cfg, student, teacher, num_classes)
+    except ConfigError:
+        raise
+    except (ValueError, NotImplementedError) as e:
+        raise ConfigError(f"{cfg.DISTILLER.TYPE} cannot distil {cfg.DISTILLER.TEACHER} -> "
+                          f"{cfg.DISTILLER.STUDENT}: {e}") from None
