@@ -55,10 +55,22 @@ def test_quick_step_prints_its_figures_and_writes_a_record(tmp_path, capsys, mon
     assert set(printed) == set(rec["figures"])
     assert rec["figures"]["catkd_over_floor"] == pytest.approx(
         rec["figures"]["catkd_step_ms"] / rec["figures"]["floor_step_ms"])
-    assert rec["args"] == {"quick": True, "device": rec["figures"]["device"]}
+    assert rec["args"] == {"quick": True, "device": rec["figures"]["device"], "distiller": None}
     assert rec["note"] == "a test" and rec["wall_s"] > 0
     assert_record_context(rec)
     assert [p.name for p in out.parent.iterdir()] == ["step.json"]  # no temporary file left
+
+
+def test_quick_step_of_named_methods_times_each_against_its_floor(capsys, monkeypatch):
+    from catkd.bench import step
+
+    monkeypatch.setattr(step, "PAIRS", {"cpu": ("resnet8", "resnet8"), "cuda": ("resnet8", "resnet8")})  # test time
+    figures = step.run("cpu", quick=True, distiller="CRD")
+    assert set(figures) == {"CRD_step_ms", "CRD_floor_ms", "CRD_over_floor", "CRD_extra_parameters"}
+    assert figures["CRD_over_floor"] == pytest.approx(figures["CRD_step_ms"] / figures["CRD_floor_ms"])
+    assert figures["CRD_extra_parameters"] > 2 * 50_000 * 128  # the memory bank is counted, as MDistiller
+    assert step.GOALS["CRD_over_floor"] == ("<=", 1.10)
+    assert "step CRD: resnet8->resnet8" in capsys.readouterr().out
 
 
 def test_quick_pipeline_measures_both_sides():
