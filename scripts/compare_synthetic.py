@@ -1,4 +1,4 @@
-"""CAT-KD, DKD and KD vs the same student trained alone, on the embedded SYNTHETIC dataset (CPU-sized).
+"""Every method vs the same student trained alone, on the embedded SYNTHETIC dataset (CPU-sized).
 
 Trains a teacher once, then the student alone and with each method over the same seeds, and prints
 test top-1 (best and last epoch) as mean +- std. Each method starts from its packaged preset for
@@ -6,9 +6,11 @@ resnet56 -> resnet20 (`cifar100/<METHOD>/res56_res20`: its loss settings, β, DK
 weights), as `python -m catkd.train --cfg cifar100/DKD/res56_res20 DATASET.TYPE synthetic ...` would;
 only the data, the models, the epoch budget and the schedule are replaced. The 240-epoch schedule is
 scaled to the budget: lr decay at 60 % and 80 % of it, DKD's 20-epoch warm-up to the same fraction
-(20/240). The numbers recorded in the README come from this script. Usage:
+(20/240), and so is ReviewKD's. CRD's K is a third of the negatives' pool (16,384 of 49,500 on
+CIFAR-100). Usage:
 
-    python scripts/compare_synthetic.py [--seeds 0 1] [--epochs 40] [--betas 20] [--out results/compare]
+    python scripts/compare_synthetic.py [--seeds 0 1] [--epochs 40] [--betas 20] [--per-class 300]
+        [--methods KD CRD ...] [--out results/compare]
 """
 from __future__ import annotations
 
@@ -40,20 +42,25 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--teacher", default="resnet20")
+    ap.add_argument("--teacher-epochs", type=int, help="the teacher's own budget (default: --epochs)")
     ap.add_argument("--student", default="resnet8")
     ap.add_argument("--betas", type=float, nargs="*", default=[20.0],
                     help="extra CAT-KD runs with this β, R=2, normalized (beside the preset's β)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
+    ap.add_argument("--per-class", type=int, default=300, help="synthetic training images per class (10 classes)")
+    ap.add_argument("--methods", nargs="*", help="only these (labels' first word: alone, KD, DKD, CAT-KD, FITNET, ...)")
     ap.add_argument("--out", default="results/compare_synthetic")
     args = ap.parse_args()
     out = Path(args.out)
     e = args.epochs
     sched = {"SOLVER.EPOCHS": e, "SOLVER.LR_DECAY_STAGES": [int(e * 0.6), int(e * 0.8)], "SOLVER.LR": 0.05,
-             "RUN.THREADS": args.threads}
+             "RUN.THREADS": args.threads, "DATASET.SYNTHETIC.TRAIN_PER_CLASS": args.per_class}
     print(f"teacher {args.teacher}, {e} epochs (SYNTHETIC data):", flush=True)
-    teacher = run("cifar100/vanilla/resnet20", out, f"teacher_{args.teacher}", **sched,
-                  **{"DISTILLER.STUDENT": args.teacher})
-    ckpt = str(out / f"teacher_{args.teacher}" / f"ckpt_epoch_{e}.pth")
+    te = args.teacher_epochs or e
+    teacher = run("cifar100/vanilla/resnet20", out, f"teacher_{args.teacher}", **{
+        **sched, "SOLVER.EPOCHS": te, "SOLVER.LR_DECAY_STAGES": [int(te * 0.6), int(te * 0.8)],
+        "DISTILLER.STUDENT": args.teacher})
+    ckpt = str(out / f"teacher_{args.teacher}" / f"ckpt_epoch_{te}.pth")
     warmup = max(1, round(20 * e / 240))
     methods: dict[str, tuple[str, dict]] = {
         "student alone": ("cifar100/vanilla/resnet20", {}),
@@ -66,6 +73,14 @@ def main() -> None:
         methods[f"CAT-KD (β={b:g}, R=2, normalized)"] = (
             "cifar100/CAT_KD/res56_res20",
             {"CAT_KD.LOSS.CAT_loss_weight": b, "CAT_KD.LOSS.CAM_RESOLUTION": 2, "CAT_KD.IF_NORMALIZE": True})
+    pool = 9 * args.per_class  # a sample's negatives: the other nine classes
+    feature = {"FITNET": {}, "AT": {}, "NST": {}, "PKT": {}, "KDSVD": {}, "OFD": {}, "RKD": {}, "VID": {}, "SP": {},
+               "CRD": {"CRD.NCE.K": pool // 3}, "REVIEWKD": {"REVIEWKD.WARMUP_EPOCHS": warmup}}
+    for name, over in feature.items():
+        methods[f"{name} (preset)"] = (f"cifar100/{name}/res56_res20", over)
+    if args.methods:
+        methods = {k: v for k, v in methods.items() if k.split()[0] in args.methods or
+                   (k.startswith("student") and "alone" in args.methods)}
     rows = []
     for label, (preset, over) in methods.items():
         print(f"{label}:", flush=True)
