@@ -3,7 +3,9 @@ one smoke study that tests reading a finished study's results share, and the two
 (tests/_tiers.py: tests that start Ray or a study are marked `e2e`; `make test-fast` runs the rest)."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -23,13 +25,28 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers: each 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-# catkd.train's teacher cache (RUN.TEACHER_CACHE auto) goes here, never to the user's ~/.cache
+# catkd.train's teacher cache (RUN.TEACHER_CACHE auto) goes here, never to the user's ~/.cache; it and
+# the Ray state are removed when the test process ends (a session's stores take gigabytes)
 os.environ["CATKD_CACHE"] = tempfile.mkdtemp(prefix="catkd-cache-")
+for _tmp in (os.environ["CATKD_CACHE"], _RAY_TMP):
+    atexit.register(shutil.rmtree, _tmp, ignore_errors=True)
 os.environ.pop("CATKD_TEACHER_CACHE", None)
 
 
 def pytest_collection_modifyitems(items):
     mark_e2e(items)
+    schedule_order(items)
+
+
+def schedule_order(items):
+    """The order `make test`'s two workers take tests in, one at a time (`--maxschedchunk 1`): the first
+    test that reads the shared smoke study starts it at once, the other end-to-end tests keep the other
+    worker busy meanwhile, then come the smoke study's other readers (it is done by then: nobody waits
+    on its lock) and the fast tier, which fills the gaps and the end."""
+    reads = [it for it in items if "tiny_study" in getattr(it, "fixturenames", ())]
+    e2e = [it for it in items if it.get_closest_marker("e2e") is not None and it not in reads]
+    rest = [it for it in items if it.get_closest_marker("e2e") is None and it not in reads]
+    items[:] = reads[:1] + e2e + reads[1:] + rest
 
 
 @pytest.fixture(autouse=True)

@@ -38,7 +38,7 @@ SMALL = {
 METHOD_SETTINGS = {"CRD": {"CRD.NCE.K": 64}, "REVIEWKD": {"REVIEWKD.WARMUP_EPOCHS": 1}}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: built once per worker, however the tests interleave
 def teacher(tmp_path_factory) -> Path:
     """A resnet14 trained alone for a few epochs (MDistiller-format file)."""
     tmp = tmp_path_factory.mktemp("teacher")
@@ -133,8 +133,9 @@ def test_mdistiller_file_loads_unchanged_and_trains(tmp_path, path):
     torch.manual_seed(0)
     torch.save({"model": build_model("resnet32x4", num_classes=4).state_dict()}, ckpt)
     rc = train_main(["--cfg", str(path), "DATASET.TYPE", "synthetic", "DATASET.SYNTHETIC.NUM_CLASSES", "4",
-                     "DATASET.SYNTHETIC.TRAIN_PER_CLASS", "16", "DATASET.SYNTHETIC.TEST_PER_CLASS", "4",
+                     "DATASET.SYNTHETIC.TRAIN_PER_CLASS", "8", "DATASET.SYNTHETIC.TEST_PER_CLASS", "2",
                      "SOLVER.EPOCHS", "1", "SOLVER.BATCH_SIZE", "32", "RUN.PROGRESS", "none", "RUN.THREADS", "1",
+                     "RUN.TEACHER_CACHE", "off",
                      "DISTILLER.TEACHER_CKPT", str(ckpt), "LOG.PREFIX", str(tmp_path), "LOG.SAVE_CHECKPOINT_FREQ", "0",
                      *(["CRD.NCE.K", "32"] if path.stem == "crd" else [])])
     assert rc == 0

@@ -33,7 +33,7 @@ def cfg_for(tmp_path: Path, **over):
     return build_config({}, "<test>", o, quiet=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: built once per worker, however the tests interleave
 def teacher_ckpt(tmp_path_factory) -> Path:
     """A resnet14 teacher trained alone for a few epochs; its final file is MDistiller format."""
     tmp = tmp_path_factory.mktemp("teacher")

@@ -42,7 +42,7 @@ DISTILLERS = {
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: built once per worker, however the tests interleave
 def teacher(tmp_path_factory) -> Path:
     """A resnet8 'teacher' for the 4 synthetic classes (random weights, BN statistics of the data)."""
     from catkd.models import build_model
