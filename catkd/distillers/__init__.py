@@ -20,11 +20,11 @@ def build_distiller(cfg, student, teacher, num_classes: int) -> Distiller:
     """The configured method on these models. A pair it cannot run (stage shapes, channels) is a
     ConfigError (exit 2 at the command line), whichever ValueError its construction raised."""
     from catkd.config import ConfigError
+    from catkd.distillers.base import construction_error
 
     try:
         return DISTILLERS.get(cfg.DISTILLER.TYPE).from_config(cfg, student, teacher, num_classes)
     except ConfigError:
         raise
     except (ValueError, NotImplementedError) as e:
-        raise ConfigError(f"{cfg.DISTILLER.TYPE} cannot distil {cfg.DISTILLER.TEACHER} -> "
-                          f"{cfg.DISTILLER.STUDENT}: {e}") from None
+        raise construction_error(cfg, e) from None

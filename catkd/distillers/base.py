@@ -11,12 +11,14 @@ targets depend on (part of the cache's key).
 """
 from __future__ import annotations
 
+import functools
+import warnings
 from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
-from catkd.config import Config
+from catkd.config import Config, ConfigError
 
 
 class Distiller(nn.Module):
@@ -46,7 +48,24 @@ class Distiller(nn.Module):
     @classmethod
     def check_config(cls, cfg: Config, num_classes: int, cam_shapes: Callable[[], dict[str, tuple[int, int]]]) -> None:
         """Raise ConfigError (naming the key) for settings that cannot work with this dataset's class
-        count or these models' CAMs (`cam_shapes()` -> {"teacher": (H, W), "student": (H, W)})."""
+        count or these models' CAMs (`cam_shapes()` -> {"teacher": (H, W), "student": (H, W)}).
+
+        By default the distiller is built on untrained models: whether a pair's stage shapes and
+        channels suit the method (KDSVD's widths, OFD's BatchNorms, ...) shows there, so a study's
+        pre-flight refuses such a pair before any trial starts."""
+        from catkd.data import dataset_entry
+
+        family = dataset_entry(cfg).family
+        student = _bare_model(cfg.DISTILLER.STUDENT, num_classes, cls.student_head_bias, family)
+        teacher = _bare_model(cfg.DISTILLER.TEACHER, num_classes, True, family) if cls.needs_teacher else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the run itself says them
+            try:
+                cls.from_config(cfg, student, teacher, num_classes)
+            except ConfigError:
+                raise
+            except (ValueError, NotImplementedError) as e:
+                raise construction_error(cfg, e) from None
 
     def target_spec(self) -> dict[str, Any]:
         """What the teacher targets depend on besides the teacher and the input (the cache key)."""
@@ -119,3 +138,17 @@ class Distiller(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:  # eval path (used by nn.Module conventions)
         return self.forward_test(images)
+
+
+def construction_error(cfg: Config, e: Exception) -> ConfigError:
+    """A pair the configured method cannot run, as the ConfigError the user sees (exit 2)."""
+    d = cfg.DISTILLER
+    return ConfigError(f"{d.TYPE} cannot distil {d.TEACHER} -> {d.STUDENT}: {e}")
+
+
+@functools.lru_cache(maxsize=8)
+def _bare_model(name: str, num_classes: int, head_bias: bool, family: str) -> nn.Module:
+    """An untrained model for `check_config` (cached: a study checks many settings of one pair)."""
+    from catkd.models import build_model
+
+    return build_model(name, num_classes=num_classes, head_bias=head_bias, family=family)
