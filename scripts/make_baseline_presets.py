@@ -44,6 +44,14 @@ def presets() -> tuple[dict[Path, str], list[str]]:
     from catkd.models import build_model
 
     out, skipped = {}, []
+    built: dict[str, torch.nn.Module] = {}
+
+    def model(name: str) -> torch.nn.Module:  # one untrained model per architecture serves every method
+        if name not in built:
+            torch.manual_seed(0)
+            built[name] = build_model(name)
+        return built[name]
+
     for kd in sorted((PRESETS / "KD").glob("*.yaml")):
         base = yaml.safe_load(kd.read_text())
         teacher, student = base["DISTILLER"]["TEACHER"], base["DISTILLER"]["STUDENT"]
@@ -57,10 +65,9 @@ def presets() -> tuple[dict[Path, str], list[str]]:
             }
             try:  # can the method run this pair? (construction checks shapes and channels)
                 cfg = config_from_dict(data)
-                torch.manual_seed(0)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    build_distiller(cfg, build_model(student), build_model(teacher), 100)
+                    build_distiller(cfg, model(student), model(teacher), 100)
             except (ValueError, NotImplementedError) as e:  # ConfigError is a ValueError
                 skipped.append(f"{method} {kd.stem}: {str(e).splitlines()[0]}")
                 continue
