@@ -85,7 +85,9 @@ def ofd_loss(connected_s: Sequence[Tensor], preact_t: Sequence[Tensor], margins:
         raise ValueError(f"ofd_loss: {m} student maps, {len(preact_t)} teacher maps, {len(margins)} margins")
     total = connected_s[0].new_zeros(())
     for i, (s, t, margin) in enumerate(zip(connected_s, preact_t, margins)):
-        t = F.adaptive_avg_pool2d(t.detach(), s.shape[-2:])
+        t = t.detach()
+        if t.shape[-2:] != s.shape[-2:]:  # pooling to its own size is the identity: skipped (same values)
+            t = F.adaptive_avg_pool2d(t, s.shape[-2:])
         total = total + feat_loss(s, t, margin) / 2 ** (m - 1 - i)
     return total
 
