@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from catkd.config import ConfigError
+from catkd.distillers import build_distiller
 from catkd.distillers.common import ConvReg
 from catkd.distillers.fitnet import FitNet, FitNetCfg, hint_loss
 from catkd.distillers.kdsvd import KDSVD, KDSVDCfg, align_rsv, kdsvd_loss, removenan, svd
@@ -380,8 +381,9 @@ def test_from_config_builds_each_distiller_with_its_section_and_names_the_config
     raw = {"DISTILLER": {"TYPE": "KDSVD", "TEACHER": "vgg8", "STUDENT": "resnet8"}}
     cfg = build_run_config(raw, quiet=True)
     s, t = _pair("resnet8", "vgg8")
-    with pytest.warns(UserWarning), pytest.raises(ConfigError, match="student resnet8 and .* teacher vgg8"):
-        KDSVD.from_config(cfg, s, t, 10)
+    with pytest.warns(UserWarning), pytest.raises(
+            ConfigError, match="KDSVD cannot distil vgg8 -> resnet8: .*student resnet8 and .* teacher vgg8"):
+        build_distiller(cfg, s, t, 10)  # the constructor's ValueError, as the user sees it
     raw = {"DISTILLER": {"TYPE": "VID", "TEACHER": "resnet20", "STUDENT": "resnet8"},
            "VID": {"LEARN_VARIANCE": False, "EPS": 1e-4}, "FITNET": {"HINT_LAYER": 3, "LOSS": {"FEAT_WEIGHT": 7}},
            "KDSVD": {"K": 2, "SVD_LAYOUT": "HWxC"}}

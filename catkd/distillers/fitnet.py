@@ -80,11 +80,9 @@ class FitNet(Distiller):
     @classmethod
     def from_config(cls, cfg, student, teacher, num_classes):
         f = cfg.FITNET
-        try:
-            return cls(student, teacher, f.HINT_LAYER, f.LOSS.CE_WEIGHT, f.LOSS.FEAT_WEIGHT, f.INPUT_SIZE,
-                       f.PROBE_TRAIN_MODE, (cfg.DISTILLER.STUDENT, cfg.DISTILLER.TEACHER))
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+        # a ValueError here (a pair it cannot run) reaches the user as a ConfigError: build_distiller
+        return cls(student, teacher, f.HINT_LAYER, f.LOSS.CE_WEIGHT, f.LOSS.FEAT_WEIGHT, f.INPUT_SIZE,
+                   f.PROBE_TRAIN_MODE, (cfg.DISTILLER.STUDENT, cfg.DISTILLER.TEACHER))
 
     def target_spec(self):
         return {"targets": "features", "layers": (f"feats.{self.hint_layer}",)}

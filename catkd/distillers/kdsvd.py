@@ -154,11 +154,9 @@ class KDSVD(Distiller):
     @classmethod
     def from_config(cls, cfg, student, teacher, num_classes):
         c = cfg.KDSVD
-        try:
-            return cls(student, teacher, c.K, c.LOSS.CE_WEIGHT, c.LOSS.FEAT_WEIGHT, c.SVD_LAYOUT, input_size_of(cfg),
-                       (cfg.DISTILLER.STUDENT, cfg.DISTILLER.TEACHER))
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+        # a ValueError here (a pair it cannot run) reaches the user as a ConfigError: build_distiller
+        return cls(student, teacher, c.K, c.LOSS.CE_WEIGHT, c.LOSS.FEAT_WEIGHT, c.SVD_LAYOUT, input_size_of(cfg),
+                   (cfg.DISTILLER.STUDENT, cfg.DISTILLER.TEACHER))
 
     def target_spec(self):
         return {"targets": "features", "layers": self.layers}

@@ -164,11 +164,9 @@ class VID(Distiller):
     @classmethod
     def from_config(cls, cfg, student, teacher, num_classes):
         v = cfg.VID
-        try:
-            return cls(student, teacher, v.LOSS.CE_WEIGHT, v.LOSS.FEAT_WEIGHT, v.EPS, v.INIT_PRED_VAR, v.INPUT_SIZE,
-                       v.LEARN_VARIANCE, v.PROBE_TRAIN_MODE, (cfg.DISTILLER.STUDENT, cfg.DISTILLER.TEACHER))
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+        # a ValueError here (a pair it cannot run) reaches the user as a ConfigError: build_distiller
+        return cls(student, teacher, v.LOSS.CE_WEIGHT, v.LOSS.FEAT_WEIGHT, v.EPS, v.INIT_PRED_VAR, v.INPUT_SIZE,
+                   v.LEARN_VARIANCE, v.PROBE_TRAIN_MODE, (cfg.DISTILLER.STUDENT, cfg.DISTILLER.TEACHER))
 
     def target_spec(self):
         return {"targets": "features", "layers": self.layers}
