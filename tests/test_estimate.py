@@ -84,3 +84,31 @@ def test_the_dry_run_says_when_the_confirm_stage_leaves_slots_waiting_and_what_w
     assert est["stage_packing"]["confirm"] == pytest.approx(16 / 9)
     # the wall counts the waves: above the device time spread evenly on the slots
     assert est["wall_hours"] > est["device_hours"] / 8
+
+
+def _study(tmp_path, base, weight_key, **fixed):
+    import yaml
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "s", "description": "a baseline's loss weight", "base": base, "fixed": {"DATASET.VAL_SIZE": 5000, **fixed},
+        "space": {weight_key: {"choice": [1.0, 2.0]}}, "search": {"algorithm": "optuna", "num_samples": 2, "seed": 0},
+        "metric": "val_acc", "seeds": [0]}))
+    return load_study(path, smoke=True)
+
+
+@pytest.mark.parametrize("base, key, fixed, cached", [
+    ("cifar100/PKT/res56_res20", "PKT.LOSS.FEAT_WEIGHT", {}, True),  # pooled features: a small store
+    ("cifar100/AT/res56_res20", "AT.LOSS.FEAT_WEIGHT", {"RUN.TEACHER_CACHE_MAX_GB": 1e-4}, False),  # over the cap
+    ("cifar100/OFD/res56_res20", "OFD.LOSS.FEAT_WEIGHT", {}, False),  # its teacher's output depends on the batch
+])
+def test_the_estimate_counts_the_cache_only_where_the_run_would_use_it(tmp_path, base, key, fixed, cached):
+    lines: list[str] = []
+    est = estimate(_study(tmp_path, base, key, **fixed), say=lines.append)
+    text = "\n".join(lines)
+    if cached:
+        assert est["device_hours"] < est["device_hours_live"] and "with the teacher cache" in text
+    else:  # the headline is the live teacher's cost, never the cache's
+        assert est["device_hours"] == est["device_hours_live"] and "with the teacher cache" not in text
+    if fixed:
+        assert "(over the cap: live teacher)" in text

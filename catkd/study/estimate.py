@@ -219,35 +219,58 @@ def measure(cfg: Config, threads: int, steps: int = 3) -> dict[str, float]:
     return out
 
 
-def store_sizes(spec: StudySpec, groups: list[Group]) -> dict[str, int]:
-    """Bytes of each teacher cache store the study can create: one per (teacher, target spec), over
-    the finite values of the dimensions that change the targets (R, binarize, the distiller)."""
+_STORES: dict[str, Any] = {}
+
+
+def store_of(cfg: Config) -> Any:
+    """(label, bytes) of the teacher cache store this run would create, or None where it uses none: no
+    teacher, no finite view set, the cache off, or a distiller whose teacher output depends on the
+    batch (OFD's teacher in train mode). Whether the store fits RUN.TEACHER_CACHE_MAX_GB is the
+    caller's question. Memoised per setting of the parts that decide it."""
+    import json
+
     from catkd.data import dataset_entry
     from catkd.distillers import DISTILLERS, build_distiller
     from catkd.models import build_model
-    from catkd.study.preflight import target_variant_configs
     from catkd.teacher_cache.provider import store_size
 
-    cfgs = [g.cfg for g in groups] + target_variant_configs(spec)
-    out: dict[str, int] = {}
-    for cfg in cfgs:
-        kind = DISTILLERS.get(cfg.DISTILLER.TYPE)
-        entry = dataset_entry(cfg)
-        if not kind.needs_teacher or entry.views(cfg) is None or cfg.RUN.TEACHER_CACHE == "off":
-            continue
+    d_all = cfg.to_dict()
+    key = json.dumps({k: v for k, v in d_all.items() if k not in ("EXPERIMENT", "SOLVER", "LOG")}, sort_keys=True,
+                     default=str)
+    if key in _STORES:
+        return _STORES[key]
+    kind = DISTILLERS.get(cfg.DISTILLER.TYPE)
+    entry = dataset_entry(cfg)
+    out = None
+    if kind.needs_teacher and entry.views(cfg) is not None and cfg.RUN.TEACHER_CACHE != "off":
         k, size = entry.num_classes(cfg), entry.image_size(cfg)
         student = build_model(cfg.DISTILLER.STUDENT, 2, head_bias=kind.student_head_bias, family=entry.family)
         teacher = build_model(cfg.DISTILLER.TEACHER, k, family=entry.family).eval()
         d = build_distiller(cfg, student, teacher, k)
-        spec_t = d.target_spec()
-        label = f"{cfg.DISTILLER.TEACHER} " + ", ".join(f"{a}={b}" for a, b in spec_t.items())
-        if label in out:
-            continue
-        with torch.no_grad():
-            t = d.live_targets(torch.zeros(1, 3, size, size))
-        width = sum(v[0].numel() for v in t.values())
-        out[label] = store_size(entry.sizes(cfg)[0], entry.views(cfg).count, width)
+        if d.cacheable:
+            spec_t = d.target_spec()
+            label = f"{cfg.DISTILLER.TEACHER} " + ", ".join(f"{a}={b}" for a, b in spec_t.items())
+            with torch.no_grad():
+                t = d.live_targets(torch.zeros(1, 3, size, size))
+            width = sum(v[0].numel() for v in t.values())
+            out = (label, store_size(entry.sizes(cfg)[0], entry.views(cfg).count, width))
+    _STORES[key] = out
     return out
+
+
+def cache_usable(cfg: Config) -> bool:
+    """Will this run read its teacher's targets from the cache (a store exists and fits the cap)?"""
+    store = store_of(cfg)
+    return store is not None and store[1] <= cfg.RUN.TEACHER_CACHE_MAX_GB * 1e9
+
+
+def store_sizes(spec: StudySpec, groups: list[Group]) -> dict[str, int]:
+    """Bytes of each teacher cache store the study can create: one per (teacher, target spec), over
+    the finite values of the dimensions that change the targets (R, binarize, the distiller)."""
+    from catkd.study.preflight import target_variant_configs
+
+    stores = (store_of(cfg) for cfg in [g.cfg for g in groups] + target_variant_configs(spec))
+    return dict(s for s in stores if s is not None)
 
 
 def _slots(spec: StudySpec) -> tuple[int, str]:
@@ -301,7 +324,7 @@ def estimate(spec: StudySpec, say=print) -> dict[str, Any]:
         per_epoch_cached = train / m["train_cached"] + evals / m["eval"]
         live_s = g.expected_epochs * per_epoch_live
         needs_teacher = DISTILLERS.get(cfg.DISTILLER.TYPE).needs_teacher
-        cache_on = needs_teacher and entry.views(cfg) is not None and cfg.RUN.TEACHER_CACHE != "off"
+        cache_on = needs_teacher and cache_usable(cfg)  # a store over the cap, or none: the live teacher
         cached_s = g.expected_epochs * per_epoch_cached if cache_on else live_s
         if cache_on:  # the teacher forwards every distinct (image, view) the seeds draw, once per teacher
             f = fills.setdefault((cfg.DISTILLER.TEACHER, cfg.DATASET.TYPE), {"draws": {}, "cfg": cfg, "m": m,
@@ -331,8 +354,8 @@ def estimate(spec: StudySpec, say=print) -> dict[str, Any]:
             say(f"  [{stage}] {_stage_end(spec, groups, stage, slots, f)}")
     wall = sum(stage_cached[st] * packing[st] for st in stage_cached) + fill_s
     wall_live = sum(stage_live[st] * packing[st] for st in stage_live)
-    if fills:
-        sizes = store_sizes(spec, groups)
+    sizes = store_sizes(spec, groups)
+    if sizes:  # also when every store is over the cap: it says why the live teacher runs
         cap = groups[0].cfg.RUN.TEACHER_CACHE_MAX_GB
         say("  teacher cache stores (allocated in full when created; above RUN.TEACHER_CACHE_MAX_GB "
             f"{cap:g} the live teacher runs): " + "; ".join(
