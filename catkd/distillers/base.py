@@ -146,7 +146,7 @@ def construction_error(cfg: Config, e: Exception) -> ConfigError:
     return ConfigError(f"{d.TYPE} cannot distil {d.TEACHER} -> {d.STUDENT}: {e}")
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)  # a pair's two models, and a second pair's (ImageNet ones are ~100 MB)
 def _bare_model(name: str, num_classes: int, head_bias: bool, family: str) -> nn.Module:
     """An untrained model for `check_config` (cached: a study checks many settings of one pair)."""
     from catkd.models import build_model
