@@ -275,7 +275,8 @@ def test_progress_is_a_tqdm_bar_on_a_terminal_and_one_line_per_epoch_otherwise(t
 
 def test_dry_run_names_the_teacher_cache_stores_and_their_sizes_before_anything_is_allocated(tmp_path, capsys):
     # beta_sweep searches R in {2, 4}: two stores, 8.2 and 27.7 GB at CIFAR-100 scale
-    from catkd.study.estimate import plan, store_sizes
+    from catkd.study.estimate import plan
+    from catkd.study.stores import store_sizes
 
     spec = load_study("studies/beta_sweep.yaml")
     sizes = store_sizes(spec, plan(spec))
