@@ -16,6 +16,7 @@ class Table:
     headers: list[str]
     rows: list[list[Any]]
     notes: list[str] = field(default_factory=list)
+    formats: tuple[str, ...] = ("md", "latex", "csv")  # a long, tidy table may be CSV only
 
 
 # ----------------------------------------------------------------------------- statistics

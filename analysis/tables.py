@@ -100,6 +100,8 @@ def render(tables: list[Table], fmt: str) -> str:
     """Markdown or LaTeX text of all tables (CSV: `csv_text`)."""
     parts = []
     for t in tables:
+        if fmt not in t.formats:
+            continue
         if fmt == "md":
             body = tabulate(t.rows, headers=t.headers, tablefmt="github", disable_numparse=True)
             notes = "".join(f"\n- {n}" for n in t.notes)

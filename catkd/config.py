@@ -8,11 +8,12 @@ the reference that we do not use are accepted with a one-line notice.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal, Optional
+from typing import Any, Callable, ClassVar, Iterator, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -254,8 +255,25 @@ def renamed_keys() -> dict[str, str]:
     return out
 
 
+_ONCE: list[set[str]] = []  # inside `notices_once()`: the notes already said
+
+
 def notice(msg: str) -> None:
+    if _ONCE:
+        if msg in _ONCE[-1]:
+            return
+        _ONCE[-1].add(msg)
     print(f"catkd: note: {msg}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def notices_once() -> Iterator[None]:
+    """Each note said once inside the block (a study's checks build the same config many times)."""
+    _ONCE.append(set())
+    try:
+        yield
+    finally:
+        _ONCE.pop()
 
 
 def _normalise(raw: dict, source: str, quiet: bool) -> dict:

@@ -122,35 +122,57 @@ def _main_results_study(tmp_path, smoke=False):
               _trial("k0", 0, 73.0, **{**pair, "DISTILLER.TYPE": "KD"}),
               _trial("d0", 0, 75.5, **{**pair, "DISTILLER.TYPE": "DKD"}),
               _trial("d1", 1, 76.5, **{**pair, "DISTILLER.TYPE": "DKD"}),
+              _trial("f0", 0, 73.5, **{**pair, "DISTILLER.TYPE": "FITNET"}),
               _trial("v0", 0, 72.0, **{**pair, "DISTILLER.TYPE": "NONE"}),
               _trial("w0", 0, 75.0, **{"DISTILLER.TEACHER": "wrn_40_2", "DISTILLER.STUDENT": "wrn_16_2",
-                                        "CAT_KD.onlyCAT": False})]
-    spec = grid_spec("main_results", space={"preset": {"grid": ["a", "b"]}})
+                                        "CAT_KD.onlyCAT": False}),
+              _trial("a0", 0, 75.2, **{"DISTILLER.TEACHER": "wrn_40_2", "DISTILLER.STUDENT": "wrn_16_2",
+                                        "CAT_KD.onlyCAT": False, "DISTILLER.TYPE": "AT"})]
+    spec = grid_spec("main_results", space={"method": {"grid": ["a", "b"]}})
+    spec["seeds"] = [0, 1, 2]
     if smoke:
         spec["smoke_mode"] = True
     return make_study(tmp_path / "main", spec, trials)
 
 
-def test_main_results_joins_published_numbers_to_the_right_pair(tmp_path):
+def test_main_results_has_a_row_per_method_a_column_per_pair_and_published_numbers_beside_ours(tmp_path):
     t = tables.build(load(_main_results_study(tmp_path)))[0]
-    rows = {r[0]: dict(zip(t.headers, r)) for r in t.rows}
-    r = rows["resnet32x4->resnet8x4"]
-    assert r["teacher (published)"] == "79.42"
-    assert r["student alone (ours)"] == "72.00 (1)" and r["student alone (published)"] == "72.50"
-    assert r["student alone gap"] == "-0.50"
-    assert r["KD (ours)"] == "73.00 (1)" and r["KD (published)"] == "73.33" and r["KD gap"] == "-0.33"
-    assert r["DKD (ours)"] == "76.00 ± 0.71 (2)" and r["DKD (published)"] == "76.32" and r["DKD gap"] == "-0.32"
-    assert r["CAT-KD (ours)"] == "76.50 ± 0.71 (2)" and r["CAT-KD (published)"] == "76.91"
-    assert r["CAT-KD gap"] == "-0.41"
-    # methods side by side, in the paper's order: the student, KD, DKD, CAT-KD
-    assert [h for h in t.headers if h.endswith("(ours)")] == [
-        "student alone (ours)", "KD (ours)", "DKD (ours)", "CAT-KD (ours)"]
+    # the pairs in the paper's order, whatever order the trials came in
+    assert t.headers == ["group", "method", "resnet32x4->resnet8x4", "wrn_40_2->wrn_16_2"]
+    rows = {r[1]: dict(zip(t.headers, r)) for r in t.rows}
+    # grouped as the paper groups them: the student, feature-, logit-, then attention/CAM-based methods
+    assert [r[1] for r in t.rows] == ["teacher (published)", "student alone", "FitNet", "DKD", "KD", "AT", "CAT-KD"]
+    assert [r[0] for r in t.rows] == ["-", "-", "feature-based", "logit-based", "logit-based",
+                                      "attention/CAM-based", "attention/CAM-based"]
+    r8 = "resnet32x4->resnet8x4"
+    assert rows["teacher (published)"][r8] == "79.42" and rows["teacher (published)"]["wrn_40_2->wrn_16_2"] == "75.61"
+    assert rows["student alone"][r8] == "72.00 (1) / 72.50 (-0.50)"
+    assert rows["KD"][r8] == "73.00 (1) / 73.33 (-0.33)"
+    assert rows["DKD"][r8] == "76.00 ± 0.71 (2) / 76.32 (-0.32)"
+    assert rows["FitNet"][r8] == "73.50 (1) / 73.50 (+0.00)"
+    # the best of ours in each column is marked (CAT-KD 76.50 here; AT 75.20 on the WRN pair)
+    assert rows["CAT-KD"][r8] == "76.50 ± 0.71 (2) ★ / 76.91 (-0.41)"
+    assert rows["AT"]["wrn_40_2->wrn_16_2"] == "75.20 (1) ★ / 74.08 (+1.12)"
+    assert rows["CAT-KD"]["wrn_40_2->wrn_16_2"] == "75.00 (1) / 75.60 (-0.60)"
+    # no result: a dash, never a zero (the published number is still shown)
+    assert rows["DKD"]["wrn_40_2->wrn_16_2"] == "- / 76.23"
+    assert rows["student alone"]["wrn_40_2->wrn_16_2"] == "- / 73.26"
+    assert sum("★" in c for r in t.rows for c in r) == 2
+    assert any("Planned seeds per cell: 3" in n for n in t.notes)
     assert any("CAT-KD published numbers" in n and "secondary" in n for n in t.notes)
     assert any("DKD published numbers" in n and "MDistiller" in n for n in t.notes)
-    w = rows["wrn_40_2->wrn_16_2"]
-    assert w["CAT-KD (published)"] == "75.60" and w["CAT-KD gap"] == "-0.60"
-    assert w["DKD (published)"] == "76.23" and w["DKD (ours)"] == "-" and w["DKD gap"] == "-"
-    assert w["student alone (ours)"] == "-"
+
+
+def test_main_results_cells_are_one_per_row_in_the_csv_only(tmp_path):
+    ts = {t.name: t for t in tables.build(load(_main_results_study(tmp_path)))}
+    cells = ts["main_results_cells"]
+    assert cells.formats == ("csv",)
+    row = {(r[1], r[2]): dict(zip(cells.headers, r)) for r in cells.rows}
+    c = row[("CAT-KD", "resnet32x4->resnet8x4")]
+    assert (c["mean"], c["std"], c["n"], c["published"], c["gap"], c["best of ours"]) == (
+        76.5, 0.7071, 2, 76.91, -0.41, "yes")
+    assert row[("DKD", "wrn_40_2->wrn_16_2")]["n"] == 0 and row[("DKD", "wrn_40_2->wrn_16_2")]["mean"] == ""
+    assert "main_results_cells" not in tables.render(list(ts.values()), "md")
 
 
 def test_welch_interval_of_a_difference_golden_value():
@@ -162,23 +184,24 @@ def test_welch_interval_of_a_difference_golden_value():
     assert tables.welch([70.0], [60.0, 61.0])[1] is None  # n = 1: no interval
 
 
-def test_main_results_shows_method_differences_with_welch_intervals_and_the_published_difference(tmp_path):
+def test_main_results_shows_cat_kd_minus_the_others_with_welch_intervals_and_the_published_difference(tmp_path):
     ts = {t.name: t for t in tables.build(load(_main_results_study(tmp_path)))}
     d = ts["main_results_differences"]
     rows = {(r[0], r[1]): dict(zip(d.headers, r)) for r in d.rows}
-    r = rows[("resnet32x4->resnet8x4", "CAT-KD - DKD")]
+    r = rows[("resnet32x4->resnet8x4", "CAT-KD - DKD (strongest other of ours)")]
     assert r["difference of means"] == "+0.50" and r["95 % CI (Welch)"] == "[-2.54, +3.54]"
     assert r["published difference"] == "+0.59" and r["published inside our CI"] == "yes"  # 76.91 - 76.32
     k = rows[("resnet32x4->resnet8x4", "CAT-KD - KD")]
     assert k["95 % CI (Welch)"].startswith("no interval") and k["published inside our CI"] == "no interval"
     assert k["published difference"] == "+3.58"  # 76.91 - 73.33
+    assert ("resnet32x4->resnet8x4", "CAT-KD - student alone") in rows
+    assert rows[("wrn_40_2->wrn_16_2", "CAT-KD - AT (strongest other of ours)")]["difference of means"] == "-0.20"
 
 
 def test_main_results_smoke_does_not_join_cifar_numbers(tmp_path):
     t = tables.build(load(_main_results_study(tmp_path, smoke=True)))[0]
     assert "SYNTHETIC/SMOKE" in t.title
-    published = [i for i, h in enumerate(t.headers) if "published" in h]
-    assert len(published) == 5 and all(r[i] == "-" for r in t.rows for i in published)
+    assert all(c.endswith("/ -") or c == "-" for r in t.rows for c in r[2:])
 
 
 def test_paper_yaml_gives_a_source_for_every_number():
@@ -444,9 +467,9 @@ def test_tune_fallback_reads_each_trials_own_record_through_the_same_builder(tmp
     assert list(study.trials["trial_id"]) == [t["trial_id"] for t in trials]
     assert list(study.epochs["test_acc"]) == [r["test_acc"] for r in rows]
     t = tables.build(study)[0]
-    row = dict(zip(t.headers, t.rows[0]))
-    assert row["teacher->student"] == "resnet32x4->resnet8x4"
-    assert row["KD (ours)"].startswith("72.00 ± 1.41 (2)") and row["KD (published)"] == "73.33"
+    row = {r[1]: r for r in t.rows}["KD"]
+    assert t.headers[2:] == ["resnet32x4->resnet8x4"]
+    assert row[2] == "72.00 ± 1.41 (2) ★ / 73.33 (-1.33)"
     assert "PARTIAL" in t.title
 
 

@@ -54,7 +54,7 @@ BROKEN = [
     ("unknown model", {"fixed": {"student": "resnet9000"}, "smoke": None}, "DISTILLER.STUDENT"),
     ("unknown distiller", {"space__distiller": {"choice": ["DKDX"]}}, "DISTILLER.TYPE"),
     ("unknown dimension", {"space__betta": {"choice": [1.0]}}, "space.betta"),
-    ("grid dim under optuna", {"space__cam_resolution": {"grid": [1, 2]}}, "space.cam_resolution.grid"),
+    ("optuna with grid dims only", {"space": [{"cam_resolution": {"grid": [1, 2]}}]}, "space[0]: nothing to search"),
     ("range under grid search", {"search": {"algorithm": "grid"}}, "space.beta"),
     ("unknown searcher", {"search": {"algorithm": "hyperband"}}, "search.algorithm"),
     ("grace period above epochs", {"scheduler": {"type": "asha", "grace_period": 50}, "fixed": {"SOLVER.EPOCHS": 3}, "metric": "test_acc",

@@ -30,12 +30,28 @@ def pivot(gs: list[Group], value: str, row_of: Callable[[Group], tuple], col_of:
 
 
 def method_of(g: Group | dict) -> str:
+    """How a table names a group's method: the distiller's label (CAT without CE: "CAT (alone)")."""
     typ = g.get(TYPE)
-    if typ == "CAT_KD":
-        return "CAT (alone)" if g.get(ONLY_CAT) else "CAT-KD"
-    if typ in (None, "NONE"):
-        return "student alone"
-    return str(typ)  # KD, DKD
+    if typ == "CAT_KD" and g.get(ONLY_CAT):
+        return "CAT (alone)"
+    return method_info(typ)[0]
+
+
+FAMILIES = ("feature", "logit", "attention/CAM")  # the paper's groups of methods, in its order
+
+
+def method_info(typ: Any) -> tuple[str, str]:
+    """(label, family) a distiller declares (catkd.distillers: FITNET -> FitNet, feature); an unknown
+    type is its own label, family "other"."""
+    from catkd.distillers import DISTILLERS
+
+    if typ is None or (isinstance(typ, float) and typ != typ):
+        typ = "NONE"
+    try:
+        cls = DISTILLERS.get(str(typ))
+    except KeyError:
+        return str(typ), "other"
+    return cls.label or str(typ), cls.family
 
 
 def pair_of(g: Group | dict) -> str:

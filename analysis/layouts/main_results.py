@@ -1,26 +1,31 @@
-"""The paper's main CIFAR-100 table: every pair x method, ours beside the published number, and differences."""
+"""The paper's main CIFAR-100 table: one row per method (grouped as the paper groups them), one column
+per teacher -> student pair, ours beside the published number and the gap; the best of ours per
+column marked. A tidy CSV of the same cells, and CAT-KD's differences from the other methods."""
 from __future__ import annotations
 
 from typing import Any, Optional
 
 from analysis.cells import DIFF_HEADERS, Table, cell, difference_row, stats
+from analysis.layouts.common import FAMILIES, method_info, published
 from analysis.layouts.registry import layout
-from analysis.layouts.common import pair_of, published
 from analysis.load import Study
-from analysis.names import STUDENT, TYPE
+from analysis.names import STUDENT, TEACHER, TYPE
 from analysis.selection import epoch_label, groups, rows_to_report, value_column
 
+BEST = "★"
+ALONE = "NONE"
+FAMILY_TITLE = {"none": "-", "feature": "feature-based", "logit": "logit-based", "attention/CAM": "attention/CAM-based"}
 
-# The main table's methods, left to right, by DISTILLER.TYPE (None: the student trained alone).
-MAIN_METHODS = [(None, "student alone"), ("KD", "KD"), ("DKD", "DKD"), ("CAT_KD", "CAT-KD")]
+
+def _family_rank(family: str) -> int:
+    order = ("none", *FAMILIES)
+    return order.index(family) if family in order else len(order)
 
 
-def _ours_published_gap(ours: list, entry: Optional[dict]) -> list[str]:
-    """[ours as mean ± std (n), the published value, ours - published]."""
-    pub, pval, _ = published(entry)
-    mean, _, n = stats(ours)
-    gap = f"{mean - pval:+.2f}" if n and pval is not None else "-"
-    return [cell(ours), pub, gap]
+def _columns(by_pair: dict, pairs_pub: dict) -> list[str]:
+    """The pairs with results, in the paper's order (paper.yaml), then any others as they come."""
+    known = [p for p in pairs_pub if p in by_pair]
+    return known + [p for p in by_pair if p not in known]
 
 
 @layout("main_results")
@@ -31,69 +36,99 @@ def main_results(study: Study, epoch: str, paper: dict[str, Any]) -> list[Table]
         notes.append("SYNTHETIC/SMOKE: published CIFAR-100 numbers are not joined.")
         paper = {"dataset": paper.get("dataset", "")}
     vanilla_pub, pairs_pub = paper.get("vanilla", {}), paper.get("pairs", {})
-    by_pair: dict[str, dict[str, list]] = {}
-    alone: dict[str, list] = {}
+    by_pair: dict[str, dict[str, list]] = {}   # pair -> distiller type -> values
+    alone: dict[str, list] = {}                # student -> values of the student trained alone
     for g in groups(trials):
-        typ = g.get(TYPE)
-        if typ in (None, "NONE"):
-            alone.setdefault(str(g.get(STUDENT)), []).extend(g.trials[value].tolist())
+        typ = str(g.get(TYPE) or ALONE)
+        vals = g.trials[value].tolist()
+        if method_info(typ)[1] == "none":
+            alone.setdefault(str(g.get(STUDENT)), []).extend(vals)
         else:
-            by_pair.setdefault(pair_of(g), {}).setdefault(str(typ), []).extend(g.trials[value].tolist())
-    rows, sources = [], {}
-    pair_notes: list[str] = []
-    for pair in by_pair:
-        teacher, student = pair.split("->", 1)
-        pub = pairs_pub.get(pair, {})
-        row = [pair, published(vanilla_pub.get(teacher))[0]]
-        for typ, label in MAIN_METHODS:
-            entry = vanilla_pub.get(student) if typ is None else pub.get(typ)
-            vals = alone.get(student, []) if typ is None else by_pair[pair].get(typ, [])
-            row += _ours_published_gap(vals, entry)
-            if entry and entry.get("source"):
-                sources.setdefault(label, {})[entry["source"]] = True
+            by_pair.setdefault(f"{g.get(TEACHER)}->{g.get(STUDENT)}", {}).setdefault(typ, []).extend(vals)
+    pairs = _columns(by_pair, pairs_pub)
+    students = {p: p.split("->", 1)[1] for p in pairs}
+
+    def ours(typ: str, pair: str) -> list:
+        return alone.get(students[pair], []) if typ == ALONE else by_pair[pair].get(typ, [])
+
+    def pub_entry(typ: str, pair: str) -> Optional[dict]:
+        return vanilla_pub.get(students[pair]) if typ == ALONE else pairs_pub.get(pair, {}).get(typ)
+
+    types = sorted({t for d in by_pair.values() for t in d} | ({ALONE} if alone else set()),
+                   key=lambda t: (_family_rank(method_info(t)[1]), method_info(t)[0].lower()))
+    best = {}
+    for pair in pairs:  # the best of ours per column, among the distillation methods
+        means = {t: stats(ours(t, pair))[0] for t in types if t != ALONE}
+        means = {t: m for t, m in means.items() if m is not None}
+        if means:
+            top = max(means.values())
+            best[pair] = {t for t, m in means.items() if m == top}
+    rows: list[list[str]] = [["-", "teacher (published)", *(published(vanilla_pub.get(p.split("->")[0]))[0]
+                                                           for p in pairs)]]
+    long: list[list[Any]] = []
+    sources: dict[str, dict[str, bool]] = {}
+    entry_notes: list[str] = []
+    for typ in types:
+        label, family = method_info(typ)
+        row = [FAMILY_TITLE.get(family, family), label]
+        for pair in pairs:
+            vals, entry = ours(typ, pair), pub_entry(typ, pair)
+            pub, pval, src = published(entry)
+            mean, std, n = stats(vals)
+            gap = mean - pval if n and pval is not None else None
+            mark = f" {BEST}" if typ in best.get(pair, ()) else ""
+            row.append(f"{cell(vals)}{mark} / {pub}" + (f" ({gap:+.2f})" if gap is not None else ""))
+            long.append([family, label, pair, _num(mean), _num(std), n, _num(pval), _num(gap),
+                         "yes" if mark else "", src])
+            if src:
+                sources.setdefault(label, {})[src] = True
             if entry and entry.get("note"):
-                pair_notes.append(f"{label} {pair}: published {entry['top1']:.2f} — {entry['note']}.")
+                entry_notes.append(f"{label} {pair}: published {pval:.2f} — {entry['note']}.")
         rows.append(row)
-    paired_students = {p.split("->", 1)[1] for p in by_pair}
-    for student, vals in alone.items():
-        if student not in paired_students:
-            rows.append([f"(alone) {student}", "-", *_ours_published_gap(vals, vanilla_pub.get(student)),
-                         *["-"] * (3 * (len(MAIN_METHODS) - 1))])
-    headers = ["teacher->student", "teacher (published)"]
-    for _, label in MAIN_METHODS:
-        headers += [f"{label} (ours)", f"{label} (published)", f"{label} gap"]
+    planned = len(study.spec.get("seeds") or [])
+    unpaired = sorted(s for s in alone if s not in students.values())
+    notes.append(f"Cells: ours as mean ± std (n) over seeds / the published number (ours - published); "
+                 f"ours = {epoch_label(epoch)}; {BEST} = the best of ours in the column (the student alone "
+                 f"excluded; ties marked each); '-' = no result. Planned seeds per cell: {planned}; a cell with "
+                 "fewer shows its n.")
+    notes.append("Groups: feature-based (features and their relations: FitNet, NST, PKT, KDSVD, OFD, RKD, VID, SP, "
+                 "CRD, ReviewKD), logit-based (KD, DKD), attention/CAM-based (AT's spatial attention maps, "
+                 "CAT-KD's class activation maps). A method's group is what its distiller declares.")
     for label, srcs in sources.items():
         notes.append(f"{label} published numbers: {'; '.join(srcs)}.")
-    notes += pair_notes
-    notes.append(f"Ours: {epoch_label(epoch)}, mean ± std (n) over seeds; gap = our mean - published; "
-                 f"published: {paper.get('dataset', '')}.")
-    main = Table("main_results", f"{study.name}: CIFAR-100 table ({stage})", headers, rows, notes)
-    # methods compared on the same pair: difference of means with its uncertainty over seeds
-    labels = dict(MAIN_METHODS)
+    notes += entry_notes
+    if unpaired:
+        notes.append(f"Students trained alone without a distillation pair in this study (not shown): {', '.join(unpaired)}.")
+    notes.append(f"Published: {paper.get('dataset', '')}.")
+    tables = [Table("main_results", f"{study.name}: CIFAR-100 top-1, every method x pair ({stage})",
+                    ["group", "method", *pairs], rows, notes),
+              Table("main_results_cells", f"{study.name}: the same cells, one per row",
+                    ["group", "method", "pair", "mean", "std", "n", "published", "gap", "best of ours", "source"],
+                    long, [f"Ours: {epoch_label(epoch)}."], formats=("csv",))]
     diff_rows = []
-    for pair in by_pair:
-        student = pair.split("->", 1)[1]
-        pub = pairs_pub.get(pair, {})
-
-        def vals(typ):
-            return alone.get(student, []) if typ is None else by_pair[pair].get(typ, [])
-
-        def pubval(typ):
-            e = vanilla_pub.get(student) if typ is None else pub.get(typ)
-            return published(e)[1]
-
-        for a, b in (("CAT_KD", "DKD"), ("CAT_KD", "KD"), ("CAT_KD", None), ("DKD", "KD"), ("KD", None)):
-            if not vals(a) or not vals(b):
+    for pair in pairs:
+        if not ours("CAT_KD", pair):
+            continue
+        others = {t: stats(ours(t, pair))[0] for t in types if t not in ("CAT_KD", ALONE)}
+        strongest = max((t for t, m in others.items() if m is not None), key=lambda t: others[t], default=None)
+        for other in dict.fromkeys([ALONE, "KD", "DKD", strongest]):
+            if other is None or not ours(other, pair):
                 continue
-            pa, pb = pubval(a), pubval(b)
-            diff_rows.append([pair] + difference_row(f"{labels[a]} - {labels[b]}", vals(a), vals(b),
+            pa, pb = published(pub_entry("CAT_KD", pair))[1], published(pub_entry(other, pair))[1]
+            label = f"CAT-KD - {method_info(other)[0]}" + (" (strongest other of ours)" if other == strongest else "")
+            diff_rows.append([pair] + difference_row(label, ours("CAT_KD", pair), ours(other, pair),
                                                      None if pa is None or pb is None else pa - pb))
-    tables = [main]
     if diff_rows:
         tables.append(Table("main_results_differences",
-                            f"{study.name}: differences between methods on the same pair, {epoch_label(epoch)}",
+                            f"{study.name}: CAT-KD minus other methods on the same pair, {epoch_label(epoch)}",
                             ["teacher->student"] + DIFF_HEADERS, diff_rows,
                             ["95 % confidence interval of the difference of means over seeds (Welch's t); "
                              "n = 1 on a side gives no interval. 'published inside our CI': does the "
-                             "difference of the published numbers fall inside it."]))
+                             "difference of the published numbers fall inside it. The strongest other method "
+                             "is the one with the highest mean of ours on that pair (picking the strongest "
+                             "rival can only make CAT-KD's difference smaller)."]))
     return tables
+
+
+def _num(v: Optional[float]) -> Any:
+    return "" if v is None else round(float(v), 4)

@@ -108,6 +108,7 @@ def paired_stage_layers(method: str, student: nn.Module, teacher: nn.Module, inp
 @DISTILLERS.register("AT")
 class AT(Distiller):
     """CE_WEIGHT * CE + FEAT_WEIGHT * at_loss(student feats[1:], teacher feats[1:], P)."""
+    label, family = "AT", "attention/CAM"
 
     needs_teacher = True
 

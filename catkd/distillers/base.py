@@ -28,6 +28,9 @@ class Distiller(nn.Module):
     and are never part of the exported student (student_best.pth, ckpt_epoch_*.pth), as in MDistiller."""
 
     needs_teacher: bool = False  # does the run need a trained teacher checkpoint
+    # how tables show the method, and the paper's group for it: "feature", "logit" or "attention/CAM"
+    label: str = ""
+    family: str = "feature"
     student_head_bias: bool = True  # CAT/CAT-KD students have a bias-free CAM head
     # False where the teacher's output is not a function of the image alone (OFD's teacher normalises
     # with batch statistics): the run then always uses the live teacher.

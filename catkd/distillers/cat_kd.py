@@ -95,6 +95,7 @@ def cat_loss(student_cams: Tensor, teacher_cams: Tensor, resolution: int, normal
 @DISTILLERS.register("CAT_KD", "CAT-KD")
 class CATKD(Distiller):
     """CAT-KD: CE_WEIGHT * CE + β * L_CAT; CAT (onlyCAT): β * L_CAT alone. No KL term, no warm-up."""
+    label, family = "CAT-KD", "attention/CAM"
 
     needs_teacher = True
     student_head_bias = False

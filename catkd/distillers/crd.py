@@ -124,6 +124,7 @@ def crd_loss(memory: ContrastMemory, v_s: Tensor, v_t: Tensor, rows: Tensor, con
 class CRD(Distiller):
     """CE_WEIGHT * CE + FEAT_WEIGHT * crd_loss. Needs the training data (`bind_data`): the memory
     has a row per training sample, and the negatives are drawn from the other classes' rows."""
+    label, family = "CRD", "feature"
 
     needs_teacher = True
 

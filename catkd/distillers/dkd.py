@@ -59,6 +59,7 @@ def dkd_loss(logits_student: Tensor, logits_teacher: Tensor, target: Tensor,
 @DISTILLERS.register("DKD")
 class DKD(Distiller):
     """CE_WEIGHT * CE + min(epoch / WARMUP, 1) * dkd_loss (epochs counted from 1)."""
+    label, family = "DKD", "logit"
 
     needs_teacher = True
 

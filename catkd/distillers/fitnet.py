@@ -66,6 +66,7 @@ def hint_regressor(student, teacher, hint_layer: int, input_size: tuple[int, int
 @DISTILLERS.register("FITNET")
 class FitNet(Distiller):
     """CE_WEIGHT * CE + FEAT_WEIGHT * hint_loss(ConvReg(student feats[h]), teacher feats[h])."""
+    label, family = "FitNet", "feature"
 
     needs_teacher = True
 

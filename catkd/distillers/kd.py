@@ -35,6 +35,7 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
 
 @DISTILLERS.register("KD")
 class KD(Distiller):
+    label, family = "KD", "logit"
     needs_teacher = True
 
     def __init__(self, student, teacher, temperature: float, ce_weight: float, kd_weight: float):

@@ -139,6 +139,7 @@ def check_pair(student, teacher, input_size: tuple[int, int], layout: Layout, na
 @DISTILLERS.register("KDSVD")
 class KDSVD(Distiller):
     """CE_WEIGHT * CE + FEAT_WEIGHT * kdsvd_loss(student feats[1:], teacher feats[1:], K)."""
+    label, family = "KDSVD", "feature"
 
     needs_teacher = True
 

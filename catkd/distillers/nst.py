@@ -59,6 +59,7 @@ def nst_loss(g_s: Sequence[Tensor], g_t: Sequence[Tensor]) -> Tensor:
 @DISTILLERS.register("NST")
 class NST(Distiller):
     """CE_WEIGHT * CE + FEAT_WEIGHT * nst_loss(student feats[1:], teacher feats[1:])."""
+    label, family = "NST", "feature"
 
     needs_teacher = True
 

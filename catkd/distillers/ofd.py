@@ -129,6 +129,7 @@ def connector(s_channels: int, t_channels: int, kernel_size: int = 1) -> nn.Sequ
 @DISTILLERS.register("OFD")
 class OFD(Distiller):
     """CE_WEIGHT * CE + FEAT_WEIGHT * ofd_loss(connectors(student preact), teacher preact, margins)."""
+    label, family = "OFD", "feature"
 
     needs_teacher = True
     cacheable = False  # the teacher runs in train mode: its outputs depend on the batch

@@ -50,6 +50,7 @@ def pkt_loss(f_s: Tensor, f_t: Tensor, eps: float = 1e-7) -> Tensor:
 @DISTILLERS.register("PKT")
 class PKT(Distiller):
     """CE_WEIGHT * CE + FEAT_WEIGHT * pkt_loss(student pooled_feat, teacher pooled_feat)."""
+    label, family = "PKT", "feature"
 
     needs_teacher = True
 

@@ -202,6 +202,7 @@ def resolve_lists(section: ReviewKDCfg, needed: dict[str, list[int]], names: tup
 @DISTILLERS.register("REVIEWKD")
 class ReviewKD(Distiller):
     """CE_WEIGHT * CE + REVIEWKD_WEIGHT * min(epoch / WARMUP_EPOCHS, 1) * hcl_loss(review(student), teacher)."""
+    label, family = "ReviewKD", "feature"
 
     needs_teacher = True
 

@@ -76,6 +76,7 @@ def rkd_loss(f_s: Tensor, f_t: Tensor, squared: bool = False, eps: float = 1e-12
 @DISTILLERS.register("RKD")
 class RKD(Distiller):
     """CE_WEIGHT * CE + FEAT_WEIGHT * rkd_loss(student pooled_feat, teacher pooled_feat, ...)."""
+    label, family = "RKD", "feature"
 
     needs_teacher = True
 

@@ -54,6 +54,7 @@ def sp_loss(g_s: Sequence[Tensor], g_t: Sequence[Tensor]) -> Tensor:
 @DISTILLERS.register("SP")
 class SP(Distiller):
     """CE_WEIGHT * CE + FEAT_WEIGHT * sp_loss([student feats[-1]], [teacher feats[-1]])."""
+    label, family = "SP", "feature"
 
     needs_teacher = True
 

@@ -9,6 +9,8 @@ from catkd.distillers.registry import DISTILLERS
 
 @DISTILLERS.register("NONE", "vanilla")
 class Vanilla(Distiller):
+    label, family = "student alone", "none"
+
     @classmethod
     def from_config(cls, cfg, student, teacher, num_classes):
         return cls(student)

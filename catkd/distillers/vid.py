@@ -144,6 +144,7 @@ def paired_channels(student, teacher, input_size: tuple[int, int], train_mode: b
 @DISTILLERS.register("VID")
 class VID(Distiller):
     """CE_WEIGHT * CE + FEAT_WEIGHT * sum over paired stages of vid_loss."""
+    label, family = "VID", "feature"
 
     needs_teacher = True
 

@@ -2,10 +2,13 @@
 config, plus the checks that need more than one key (CAM sizes, class counts, seeds)."""
 from __future__ import annotations
 
+import itertools
 from typing import Any, Optional
 
 from catkd.config import Config, ConfigError, read_yaml, resolve_preset
 from catkd.engine.validate import build_run_config
+from catkd.study.keys import ROLE_KEY, SELECT_KEYS
+from catkd.study.presets import chosen_preset
 from catkd.study.spec import PRESET_KEY, StudyError, StudySpec
 
 
@@ -23,7 +26,12 @@ def base_for(spec: StudySpec, preset: Optional[str], source: str, key: str = "ba
 def run_config(spec: StudySpec, params: dict[str, Any], source: str = "<study>", where: str = "") -> Config:
     """The run config of one trial: base (or the trial's preset) + fixed + the trial's parameters."""
     params = dict(params)
-    preset = params.pop(PRESET_KEY, None)
+    chosen = {k: params.pop(k) for k in SELECT_KEYS if k in params}
+    params.pop(ROLE_KEY, None)
+    try:
+        preset = chosen_preset(spec.base, chosen)
+    except ConfigError as e:
+        raise StudyError(f"{source}: {where}{'/'.join(k for k in chosen if k != PRESET_KEY)}: {e}") from None
     raw, _ = base_for(spec, preset, source, f"{where}{PRESET_KEY}" if preset else "base")
     overrides = {**spec.fixed, **params}
     if "EXPERIMENT.SEED" not in overrides:
@@ -56,15 +64,15 @@ def study_errors(spec: StudySpec, source: str) -> list[str]:
                 "bit, so it is not an independent repeat. Use new seeds, e.g. "
                 f"{[max(spec.seeds) + 1 + i for i in range(len(spec.confirm.seeds))]}"
             )
-    if isinstance(spec.space, list) and algo != "grid":
-        errors.append(f"{source}: space: a list of sub-grids needs search.algorithm: grid")
     for gloc, g in _located(spec):
+        if algo != "grid" and g and all(d.grid is not None for d in g.values()):
+            errors.append(f"{source}: {gloc.rstrip('.')}: nothing to search: with the {algo} searcher each "
+                          "combination of grid values is one search of search.num_samples trials over the "
+                          "other dimensions, and this space has none (give one a choice or a range, or use "
+                          "search.algorithm: grid)")
         for name, dim in g.items():
             if algo == "grid" and dim.values is None:
                 errors.append(f"{source}: {gloc}{w(name)}: grid search needs a finite list (choice/grid), got {dim.kind}")
-            if algo != "grid" and dim.grid is not None:
-                errors.append(f"{source}: {gloc}{w(name)}.grid: a grid dimension cannot go to the {algo} searcher "
-                              "(use choice, or search.algorithm: grid)")
             for cond in (dim.when or {}):
                 if cond not in g:
                     errors.append(f"{source}: {gloc}{w(name)}.when.{w(cond)}: no such dimension in this space")
@@ -82,12 +90,31 @@ def study_errors(spec: StudySpec, source: str) -> list[str]:
     if spec.scheduler.type == "asha" and spec.scheduler.grace_period > base_cfg.SOLVER.EPOCHS:
         errors.append(f"{source}: scheduler.grace_period: {spec.scheduler.grace_period} is more than the "
                       f"{base_cfg.SOLVER.EPOCHS} epochs of a trial")
-    # every listed value (or range end) of every dimension, each on its own over the fixed config
+    # every combination of the dimensions that pick the base config (a method without a preset for a
+    # pair is found here), then every listed value (or range end) of every other dimension, each on
+    # its own over the fixed config and the sub-grid's first base
     for gloc, g in _located(spec):
+        select = {n: d for n, d in g.items() if n in SELECT_KEYS and d.values is not None}
+        # the last dimension outermost: a method grid x a pair grid checks every method of a pair in turn,
+        # so the untrained models check_config builds are reused (it keeps the last few)
+        names = list(select)[::-1]
+        combos = [dict(zip(names, c)) for c in itertools.product(*(select[n].values for n in names))] or [{}]
+        for combo in combos if select else []:
+            try:
+                cfg = run_config(spec, combo, source, f"{gloc}")
+            except StudyError as e:
+                errors += str(e).splitlines()
+                continue
+            where = f"{gloc}{', '.join(f'{w(k)}={v}' for k, v in combo.items())}"
+            errors += [line for line in _semantics(cfg, source, where)
+                       if line.split(f"{where}: ", 1)[-1] not in of_fixed]
         for name, dim in g.items():
+            if name in select:
+                continue
             for v in dim.probe_values():
                 try:
-                    cfg = run_config(spec, {**(dim.when or {}), name: v}, source, f"{gloc}{w(name)}.{dim.kind}: ")
+                    cfg = run_config(spec, {**combos[0], **(dim.when or {}), name: v}, source,
+                                     f"{gloc}{w(name)}.{dim.kind}: ")
                 except StudyError as e:
                     errors += str(e).splitlines()
                     continue

@@ -131,31 +131,50 @@ def plan(spec: StudySpec) -> list[Group]:
     from catkd.study.checks import run_config
     from catkd.study.preflight import probe_configs
 
-    groups: list[Group] = []
     if spec.search.algorithm == "grid":
-        cfgs = [run_config(spec, p) for p in expand_grid(spec)]
-    else:  # the sampled values are not known yet: spread num_samples over the finite model choices
-        probes = probe_configs(spec)
-        cfgs = [probes[i % len(probes)] for i in range(spec.search.num_samples)]
-    n = len(cfgs)
-    epochs = max(c.SOLVER.EPOCHS for c in cfgs)
-    if spec.scheduler.type == "asha":
-        expected_share = sum(asha_trial_epochs(n, spec.scheduler.grace_period, spec.scheduler.reduction_factor,
-                                               epochs)) / (n * epochs)
-    else:
-        expected_share = 1.0
-    by_key: dict[tuple, list[Config]] = {}
-    for c in cfgs:
-        by_key.setdefault(_cost_key(c), []).append(c)
+        searches = [[run_config(spec, p) for p in expand_grid(spec)]]
+    else:  # each arm: the sampled values are not known yet, so spread num_samples over its finite model choices
+        from catkd.study.spec import arms
+
+        searches = []
+        for arm in arms(spec):
+            probes = probe_configs(spec.model_copy(update={"space": {**arm.space, **_grid(arm.constants)}}))
+            searches.append([probes[i % len(probes)] for i in range(spec.search.num_samples)])
+    by_key: dict[tuple, list[tuple[Config, float]]] = {}
+    for cfgs in searches:  # each search has its own scheduler
+        n, epochs = len(cfgs), max(c.SOLVER.EPOCHS for c in cfgs)
+        share = 1.0
+        if spec.scheduler.type == "asha":
+            share = sum(asha_trial_epochs(n, spec.scheduler.grace_period, spec.scheduler.reduction_factor,
+                                          epochs)) / (n * epochs)
+        for c in cfgs:
+            by_key.setdefault(_cost_key(c), []).append((c, share))
+    groups: list[Group] = []
     for cs in by_key.values():
-        total = sum(c.SOLVER.EPOCHS for c in cs)
-        groups.append(Group("search", cs[0], len(cs), total, total * expected_share,
-                            tuple(sorted({c.EXPERIMENT.SEED for c in cs}))))
-    if spec.confirm is not None:
-        c = cfgs[0]
-        k = spec.confirm.top_k * len(spec.confirm.seeds)
-        groups.append(Group("confirm", c, k, k * c.SOLVER.EPOCHS, k * c.SOLVER.EPOCHS, tuple(spec.confirm.seeds)))
+        total = sum(c.SOLVER.EPOCHS for c, _ in cs)
+        groups.append(Group("search", cs[0][0], len(cs), total, sum(c.SOLVER.EPOCHS * f for c, f in cs),
+                            tuple(sorted({c.EXPERIMENT.SEED for c, _ in cs}))))
+    if spec.confirm is not None:  # per search: its top k (and the preset) x the confirm seeds
+        per = (spec.confirm.top_k + int(spec.confirm.preset)) * len(spec.confirm.seeds)
+        for cfgs in searches:
+            c = cfgs[0]
+            groups.append(Group("confirm", c, per, per * c.SOLVER.EPOCHS, per * c.SOLVER.EPOCHS,
+                                tuple(spec.confirm.seeds)))
     return groups
+
+
+def _searches(spec: StudySpec) -> int:
+    """How many independent searches (arms) the search stage runs."""
+    from catkd.study.spec import arms
+
+    return 1 if spec.search.algorithm == "grid" else len(arms(spec))
+
+
+def _grid(constants: dict[str, Any]) -> dict[str, Any]:
+    """An arm's constants as one-value grid dimensions (a space probe_configs can read)."""
+    from catkd.study.spec import Dim
+
+    return {k: Dim(grid=[v]) for k, v in constants.items()}
 
 
 # ---- measurement ------------------------------------------------------------------------------
@@ -246,8 +265,12 @@ def estimate(spec: StudySpec, say=print) -> dict[str, Any]:
         if not gs:
             continue
         n = sum(g.trials for g in gs)
-        how = (f"grid of {n}" if spec.search.algorithm == "grid" else f"{n} samples ({spec.search.algorithm})") \
-            if stage == "search" else f"top {spec.confirm.top_k} x seeds {list(spec.confirm.seeds)}"
+        k = _searches(spec)
+        each = f" of each of {k} searches" if k > 1 else ""
+        how = (f"grid of {n}" if spec.search.algorithm == "grid" else
+               f"{k} searches x {spec.search.num_samples} samples ({spec.search.algorithm})" if k > 1 else
+               f"{n} samples ({spec.search.algorithm})") if stage == "search" else \
+            f"top {spec.confirm.top_k}{each}{' + the preset' if spec.confirm.preset else ''} x seeds {list(spec.confirm.seeds)}"
         mx, ex = sum(g.max_epochs for g in gs), sum(g.expected_epochs for g in gs)
         sched = (f"; expected under ASHA (grace {spec.scheduler.grace_period}, reduction factor "
                  f"{spec.scheduler.reduction_factor:g}): {ex:,.0f}" if stage == "search" and spec.scheduler.type == "asha" else "")
@@ -321,7 +344,8 @@ def estimate(spec: StudySpec, say=print) -> dict[str, Any]:
     say("  model: device time = trial-epochs x (train images / train img/s + eval images / eval img/s), "
         "expected ASHA epochs; wall = each stage's trials started in order on the concurrent slots as they "
         "free (a stage's end, where slots wait for its last trials, counted; trials sharing a GPU assumed not to "
-        "slow each other); Ray start-up, checkpoints and the barrier between stages not counted")
+        "slow each other); Ray start-up, checkpoints and the barriers between stages and between searches "
+        "not counted")
     return out
 
 
@@ -329,10 +353,11 @@ def stage_lengths(spec: StudySpec, groups: list[Group], stage: str) -> list[floa
     """The epoch counts of a stage's trials: under ASHA its whole-trial rung model, else the budgets."""
     gs = [g for g in groups if g.stage == stage]
     if stage == "search" and spec.scheduler.type == "asha":
-        n = sum(g.trials for g in gs)
+        k = _searches(spec)  # each search has its own ASHA
+        n = sum(g.trials for g in gs) // k
         max_t = max(round(g.max_epochs / g.trials) for g in gs)
         return [float(x) for x in asha_trial_lengths(n, spec.scheduler.grace_period, spec.scheduler.reduction_factor,
-                                                     max_t)]
+                                                     max_t)] * k
     return [g.max_epochs / g.trials for g in gs for _ in range(g.trials)]
 
 

@@ -11,6 +11,14 @@ from typing import Any, Optional
 
 SEED_KEY = "EXPERIMENT.SEED"
 PRESET_KEY = "preset"  # a dimension that swaps the whole base config (e.g. the pairs of main_results)
+# a packaged preset is <dataset>/<method>/<pair>: these two dimensions choose the method's preset for
+# the base's pair, the pair's preset of the base's method, or both (catkd.study.presets)
+METHOD_KEY = "method"
+PAIR_KEY = "pair"
+# what a confirm run re-runs: "tuned" (a configuration the search found) or "preset" (the arm's
+# preset settings, the reference a tuned configuration is measured against)
+ROLE_KEY = "role"
+SELECT_KEYS = (PRESET_KEY, METHOD_KEY, PAIR_KEY)  # study keys that pick the base config, not config keys
 
 # Each friendly name maps to the reference's dotted key.
 ALIASES: dict[str, str] = {
@@ -50,7 +58,7 @@ def subgrids(space: Any) -> list[dict[str, Any]]:
 
 
 def _resolve(name: Any, where: str, errors: list[str], strict: bool, written: Optional[dict] = None) -> Any:
-    if not isinstance(name, str) or name == PRESET_KEY or "." in name:
+    if not isinstance(name, str) or name in SELECT_KEYS or "." in name:
         return name
     if name in ALIASES:
         if written is not None:
@@ -58,7 +66,7 @@ def _resolve(name: Any, where: str, errors: list[str], strict: bool, written: Op
         return ALIASES[name]
     if strict:
         errors.append(f"{where}{name}: unknown setting; use a dotted config key (e.g. CAT_KD.LOSS.CAT_loss_weight) "
-                      f"or one of {', '.join(sorted([*ALIASES, PRESET_KEY]))}")
+                      f"or one of {', '.join(sorted([*ALIASES, *SELECT_KEYS]))}")
     return name
 
 

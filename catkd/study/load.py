@@ -11,9 +11,9 @@ from typing import Any, Optional
 import yaml
 from pydantic import ValidationError
 
-from catkd.config import ConfigError, read_yaml
-from catkd.study.checks import check_study, study_errors
-from catkd.study.keys import PRESET_KEY, resolve_keys
+from catkd.config import ConfigError, notices_once, read_yaml
+from catkd.study.checks import check_study, run_config, study_errors
+from catkd.study.keys import SELECT_KEYS, resolve_keys
 from catkd.study.smoke import apply_smoke
 from catkd.study.spec import Dim, StudyError, StudySpec
 
@@ -70,6 +70,11 @@ def _apply_set(raw: dict, sets: dict[str, Any]) -> None:
 
 def load_study(path: str | Path, smoke: bool = False, sets: Optional[dict[str, Any]] = None) -> StudySpec:
     """Read, schema-check, apply --set and --smoke, then check every value against the run config."""
+    with notices_once():  # the checks build each preset's config many times: its notes are said once
+        return _load_study(path, smoke, sets)
+
+
+def _load_study(path: str | Path, smoke: bool, sets: Optional[dict[str, Any]]) -> StudySpec:
     path = Path(path)
     source = str(path)
     try:
@@ -100,6 +105,7 @@ def load_study(path: str | Path, smoke: bool = False, sets: Optional[dict[str, A
             errors += [e for e in study_errors(valid, source) if e not in errors]
         raise StudyError("\n".join(dict.fromkeys(errors)))
     spec.written_names = written
+    _around(spec, source)
     if smoke:
         # a green smoke must mean the real study will start: check the real one first
         try:
@@ -111,15 +117,45 @@ def load_study(path: str | Path, smoke: bool = False, sets: Optional[dict[str, A
         except ValueError as e:
             raise StudyError(f"{source}: {e}") from None
         spec.written_names = written
+        _around(spec, source)
     check_study(spec, source)
     return spec
+
+
+def _around(spec: StudySpec, source: str) -> None:
+    """Each `around: [low, high]` dimension becomes `loguniform` over [its preset value x low, x high]:
+    the preset its sub-grid chooses (one preset per sub-grid), or the base."""
+    errors = []
+    for i, g in enumerate(spec.subgrids):
+        where = f"space[{i}]." if isinstance(spec.space, list) else "space."
+        select = {k: d for k, d in g.items() if k in SELECT_KEYS}
+        for name, dim in g.items():
+            if dim.around is None:
+                continue
+            loc = f"{source}: {where}{spec.written(name)}.around"
+            if any(len(d.values or ()) != 1 for d in select.values()):
+                errors.append(f"{loc}: needs one preset in its sub-grid ({', '.join(select)} with one value); "
+                              "give each method its own sub-grid")
+                continue
+            try:
+                value = run_config(spec, {k: d.values[0] for k, d in select.items()}, source).get(name)
+            except (StudyError, AttributeError, KeyError) as e:
+                errors.append(f"{loc}: cannot read the preset's value ({e})")
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                errors.append(f"{loc}: the preset's value is {value!r}; around needs a positive number")
+                continue
+            lo, hi = dim.around
+            g[name] = Dim(loguniform=(value * lo, value * hi), when=dim.when)
+    if errors:
+        raise StudyError("\n".join(errors))
 
 
 def _valid_part(resolved: dict[str, Any]) -> Optional[StudySpec]:
     """The well-formed part of a study that has errors: its known settings, its valid dimensions
     (and those whose conditions they name), defaults where a section is wrong. None without a base."""
     def known(k: Any) -> bool:
-        return isinstance(k, str) and ("." in k or k == PRESET_KEY)
+        return isinstance(k, str) and ("." in k or k in SELECT_KEYS)
 
     def dims(g: Any) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -12,7 +12,8 @@ from typing import Optional
 from catkd.config import Config, data_root, teacher_path
 from catkd.study.checks import run_config
 from catkd.study.progress import say
-from catkd.study.spec import PRESET_KEY, StudyError, StudySpec, expand_grid
+from catkd.study.keys import SELECT_KEYS
+from catkd.study.spec import StudyError, StudySpec, arms, expand_grid
 
 
 # ---- pre-flight (no Ray yet) --------------------------------------------------------------------
@@ -20,11 +21,14 @@ def probe_configs(spec: StudySpec) -> list[Config]:
     """Run configs that cover every finite choice (teachers, presets, datasets) of the study."""
     if spec.search.algorithm == "grid":
         params = expand_grid(spec)
-    else:
-        params = [{}]
-        for name, dim in spec.subgrids[0].items():
-            if dim.values is not None and name in (PRESET_KEY, "DISTILLER.TEACHER", "DISTILLER.TYPE", "DATASET.TYPE"):
-                params = [{**p, name: v} for p in params for v in dim.values]
+    else:  # each arm, with every finite choice of the models, distiller and data it searches
+        params = []
+        for arm in arms(spec):
+            ps = [dict(arm.constants)]
+            for name, dim in arm.space.items():
+                if dim.values is not None and name in (*SELECT_KEYS, "DISTILLER.TEACHER", "DISTILLER.TYPE", "DATASET.TYPE"):
+                    ps = [{**p, name: v} for p in ps for v in dim.values]
+            params += ps
     return [run_config(spec, p) for p in params]
 
 
@@ -37,9 +41,10 @@ def target_variant_configs(spec: StudySpec) -> list[Config]:
     binarize, the distiller): with the probe configs, every teacher cache store the study can use."""
     out = []
     for g in spec.subgrids:
+        base = {k: d.values[0] for k, d in g.items() if k in SELECT_KEYS and d.values}  # the sub-grid's method
         for name, dim in g.items():
             if name in TARGET_KEYS and dim.values is not None:
-                out += [run_config(spec, {**(dim.when or {}), name: v}) for v in dim.values]
+                out += [run_config(spec, {**base, **(dim.when or {}), name: v}) for v in dim.values]
     return out
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from catkd.fsutil import atomic_write_bytes, atomic_write_json
-from catkd.study.keys import PRESET_KEY, SEED_KEY, resolve_names, subgrids
+from catkd.study.keys import PRESET_KEY, ROLE_KEY, SEED_KEY, SELECT_KEYS, resolve_names, subgrids
 
 # Columns every epoch row carries, in this order, before the loss terms and settings.
 EPOCH_COLUMNS = [
@@ -42,6 +42,7 @@ SETTING_KEYS = [
     "DATASET.RESERVED_RATE", "DATASET.VAL_SIZE", SEED_KEY,
 ]
 SETTINGS_FILE = "settings.json"  # in <trial dir>/run/, written by the trial
+ARMS_DIR = "arms"  # <study>/arms/<arm>: one Tune experiment per arm of a study with several searches
 
 
 def setting_keys(spec: dict[str, Any]) -> list[str]:
@@ -55,11 +56,9 @@ def setting_keys(spec: dict[str, Any]) -> list[str]:
 
 def settings_of(cfg: Any, spec: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """{dotted key: value} of the run config a trial trains with (the trial's one record)."""
-    row: dict[str, Any] = {}
-    if PRESET_KEY in params:
-        row[PRESET_KEY] = params[PRESET_KEY]
+    row: dict[str, Any] = {k: params[k] for k in (*SELECT_KEYS, ROLE_KEY) if k in params}
     for k in setting_keys(spec):
-        if k == PRESET_KEY:
+        if k in SELECT_KEYS:
             continue
         try:
             v = cfg.get(k)
@@ -74,9 +73,11 @@ def write_settings(run_dir: Path, settings: dict[str, Any]) -> None:
 
 
 def trial_dirs(exp_dir: Path) -> list[Path]:
-    """Trial directories of a study: the search stage and, if present, the confirm stage."""
+    """Trial directories of a study: the search stage (one experiment, or one per arm under
+    <study>/arms) and, if present, the confirm stage."""
     out = []
-    for stage_dir in (exp_dir, exp_dir / "confirm"):
+    arm_dirs = sorted(p for p in (exp_dir / ARMS_DIR).glob("*") if p.is_dir())
+    for stage_dir in (exp_dir, *arm_dirs, exp_dir / "confirm"):
         if stage_dir.is_dir():
             out += sorted(p.parent for p in stage_dir.glob("*/params.json"))
     return out

@@ -24,7 +24,8 @@ from catkd.study import prefetch as prefetch_mod
 from catkd.study import results as res
 from catkd.study.preflight import absolutise, ensure_smoke_teacher, preflight
 from catkd.study.progress import say, summary_table
-from catkd.study.spec import StudyError, StudySpec, dump_study
+from catkd.study.keys import short_name
+from catkd.study.spec import StudyError, StudySpec, arms, dump_study
 from catkd.study.stages import confirm_params, run_stage, start_ray, teacher_cache_env
 from catkd.teacher_cache.provider import ENV_DIR
 
@@ -154,6 +155,26 @@ def _start_prefetch(spec: StudySpec, env: dict[str, str], exp_dir: Path, address
     return prefetch_mod.start(spec, env, exp_dir)
 
 
+def _run_arms(spec, study_arms, resume, env, writer, trackers, state, state_path, exp_dir) -> None:
+    """One search per arm, one after another, each its own Tune experiment (<study>/arms/<arm>),
+    Optuna study and scheduler: every arm gets the same budget, and ASHA never stops one arm's
+    trial for being behind another arm's (a method's trials compete only with that method's)."""
+    base = exp_dir / res.ARMS_DIR
+    for i, arm in enumerate(study_arms, 1):
+        key = f"search:{arm.label}"
+        if state.get(key) == "done":
+            continue
+        shown = ", ".join(f"{short_name(k)}={v}" for k, v in arm.constants.items())
+        say(f"[search {i}/{len(study_arms)}] {shown}: {spec.search.num_samples} trials over "
+            f"{', '.join(short_name(k) for k in arm.space)}")
+        state[key] = "running"
+        atomic_write_json(state_path, state)
+        run_stage(spec, "search", base, arm.label, resume and (base / arm.label).exists(), env, writer,
+                  trackers=trackers, study_dir=exp_dir, arm=arm)
+        state[key] = "done"
+        atomic_write_json(state_path, state)
+
+
 def _run_stages(spec, storage, name, resume, address, dashboard, env, writer, trackers, state, state_path,
                 exp_dir, prefetcher) -> None:
     start_ray(address, dashboard)
@@ -162,14 +183,20 @@ def _run_stages(spec, storage, name, resume, address, dashboard, env, writer, tr
         prefetch_mod.stop(prefetcher)
     if state.get("search") != "done":
         atomic_write_json(state_path, {**state, "search": "running"})
-        run_stage(spec, "search", storage, name, resume, env, writer, trackers=trackers)
+        study_arms = arms(spec) if spec.search.algorithm != "grid" else []
+        if len(study_arms) > 1:
+            _run_arms(spec, study_arms, resume, env, writer, trackers, state, state_path, exp_dir)
+        else:
+            run_stage(spec, "search", storage, name, resume, env, writer, trackers=trackers)
         state["search"] = "done"
         atomic_write_json(state_path, state)
     if spec.confirm is not None and state.get("confirm") != "done":
         trials = writer.write(study_done=False)
         params = confirm_params(spec, trials)
         if params:
-            say(f"[confirm] re-running the top {spec.confirm.top_k} configurations x seeds "
+            each = " of each search" if spec.search.algorithm != "grid" and len(arms(spec)) > 1 else ""
+            ref = " and the preset settings" if spec.confirm.preset else ""
+            say(f"[confirm] re-running the top {spec.confirm.top_k} configuration(s){each}{ref} x seeds "
                 f"{spec.confirm.seeds} at full budget ({len(params)} trials), reporting test accuracy")
             state["confirm"] = "running"
             atomic_write_json(state_path, state)

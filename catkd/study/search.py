@@ -9,7 +9,7 @@ import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 from catkd.study.space import DefineByRun
-from catkd.study.spec import StudySpec
+from catkd.study.spec import Arm, StudySpec
 
 
 class HonestOptunaSearch(OptunaSearch):
@@ -61,11 +61,13 @@ class HonestOptunaSearch(OptunaSearch):
         return super().on_trial_complete(trial_id, result, error)
 
 
-def make_searcher(spec: StudySpec, metric: str, mode: str, db: Optional[Path] = None) -> Optional[OptunaSearch]:
-    """Searcher for the study's search.algorithm (None for grid: Tune's grid_search does it).
+def make_searcher(spec: StudySpec, metric: str, mode: str, db: Optional[Path] = None,
+                  arm: Optional[Arm] = None) -> Optional[OptunaSearch]:
+    """Searcher for the study's search.algorithm (None for grid: Tune's grid_search does it), over
+    one arm's space (the study's only arm by default).
 
     The Optuna study lives in `db` (SQLite, `<experiment>/optuna.db`), written as the study runs:
-    `optuna-dashboard sqlite:///<experiment>/optuna.db` shows it live."""
+    `optuna-dashboard sqlite:///<experiment>/optuna.db` shows it live, one Optuna study per arm."""
     algo = spec.search.algorithm
     if algo == "grid":
         return None
@@ -77,5 +79,6 @@ def make_searcher(spec: StudySpec, metric: str, mode: str, db: Optional[Path] = 
     storage = None
     if db is not None:
         storage = optuna.storages.RDBStorage(f"sqlite:///{Path(db).resolve()}")
-    return HonestOptunaSearch(space=DefineByRun(spec), metric=metric, mode=mode, sampler=sampler,
-                              storage=storage, study_name=spec.name if storage is not None else None)
+    name = f"{spec.name}:{arm.label}" if arm is not None and arm.label else spec.name
+    return HonestOptunaSearch(space=DefineByRun(spec, arm), metric=metric, mode=mode, sampler=sampler,
+                              storage=storage, study_name=name if storage is not None else None)

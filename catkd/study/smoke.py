@@ -50,7 +50,8 @@ def apply_smoke(spec: StudySpec) -> StudySpec:
     d["resources"] = sm.resources.model_dump()
     if spec.confirm is not None:
         # new seeds, disjoint from the smoke search seeds
-        default = ConfirmSpec(top_k=1, seeds=[s for s in range(max(d["seeds"]) + 1, max(d["seeds"]) + 3)])
+        default = ConfirmSpec(top_k=1, seeds=[s for s in range(max(d["seeds"]) + 1, max(d["seeds"]) + 3)],
+                              preset=spec.confirm.preset)
         d["confirm"] = (sm.confirm or default).model_dump()
     d["smoke_mode"] = True
     return StudySpec.model_validate(d)

@@ -7,10 +7,10 @@ sub-grid, conditions honoured, crossed with the seeds) and handed to `tune.grid_
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from catkd.study.results import SEED_KEY
-from catkd.study.spec import Dim, StudySpec, active, expand_grid
+from catkd.study.spec import Arm, Dim, StudySpec, active, arms, expand_grid
 
 
 def _ordered(space: dict[str, Dim]) -> list[str]:
@@ -44,17 +44,19 @@ def suggest(trial, name: str, dim: Dim) -> Any:
 class DefineByRun:
     """Optuna define-by-run space of a study (a picklable object: Tune saves the searcher)."""
 
-    def __init__(self, spec: StudySpec):
-        self.space = spec.subgrids[0]
+    def __init__(self, spec: StudySpec, arm: Optional[Arm] = None):
+        arm = arm or arms(spec)[0]
+        self.space, self.constants = arm.space, dict(arm.constants)
         self.order = _ordered(self.space)
         self.seed = spec.seeds[0]
 
     def __call__(self, trial) -> dict:
-        params: dict[str, Any] = {}
+        params: dict[str, Any] = dict(self.constants)
         for name in self.order:
             if active(self.space[name], params):
                 params[name] = suggest(trial, name, self.space[name])
-        return {SEED_KEY: self.seed}  # constants: OptunaSearch adds them to the trial's config
+        # constants: OptunaSearch adds them to the trial's config
+        return {**self.constants, SEED_KEY: self.seed}
 
 
 def param_space(spec: StudySpec) -> dict:

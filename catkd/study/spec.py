@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from dataclasses import dataclass
 from typing import Any, Literal, Optional, Union
 
 import yaml
@@ -18,43 +19,50 @@ class StudyError(ValueError):
     """The study file is wrong; the message names the file, the key and what was expected."""
 
 
-from catkd.study.keys import PRESET_KEY, SEED_KEY, subgrids  # noqa: E402,F401
+from catkd.study.keys import PRESET_KEY, SEED_KEY, SELECT_KEYS, subgrids  # noqa: E402,F401
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+KINDS = ("choice", "grid", "uniform", "loguniform", "randint", "around")
+
+
 class Dim(_Strict):
-    """One searched dimension: exactly one of choice / grid / uniform / loguniform / randint."""
+    """One searched dimension: exactly one of choice / grid / uniform / loguniform / randint / around."""
 
     choice: Optional[list[Any]] = None
     grid: Optional[list[Any]] = None
     uniform: Optional[tuple[float, float]] = None
     loguniform: Optional[tuple[float, float]] = None
     randint: Optional[tuple[int, int]] = None  # inclusive bounds
+    # log-uniform between the preset's own value x low and x high: a range that follows the preset
+    # (CAT-KD's beta is 0.7 on one pair, 600 on another); the loader turns it into `loguniform`
+    around: Optional[tuple[float, float]] = None
     when: Optional[dict[str, Any]] = None  # conditional: only sampled when these dims take these values
 
     @model_validator(mode="after")
     def _one_kind(self) -> "Dim":
-        kinds = [k for k in ("choice", "grid", "uniform", "loguniform", "randint") if getattr(self, k) is not None]
+        kinds = [k for k in KINDS if getattr(self, k) is not None]
         if len(kinds) != 1:
-            raise ValueError("give exactly one of choice, grid, uniform, loguniform, randint")
+            raise ValueError(f"give exactly one of {', '.join(KINDS)}")
         for k in ("choice", "grid"):
             v = getattr(self, k)
             if v is not None and not v:
                 raise ValueError(f"{k} must list at least one value")
-        for k in ("uniform", "loguniform", "randint"):
+        for k in ("uniform", "loguniform", "randint", "around"):
             v = getattr(self, k)
             if v is not None and not v[0] < v[1]:
                 raise ValueError(f"{k} needs [low, high] with low < high")
-        if self.loguniform is not None and self.loguniform[0] <= 0:
-            raise ValueError("loguniform needs a positive low bound")
+        for k in ("loguniform", "around"):
+            if getattr(self, k) is not None and getattr(self, k)[0] <= 0:
+                raise ValueError(f"{k} needs a positive low bound")
         return self
 
     @property
     def kind(self) -> str:
-        return next(k for k in ("choice", "grid", "uniform", "loguniform", "randint") if getattr(self, k) is not None)
+        return next(k for k in KINDS if getattr(self, k) is not None)
 
     @property
     def values(self) -> Optional[list[Any]]:
@@ -65,6 +73,8 @@ class Dim(_Strict):
         """Values that validation puts through the run config: every listed value or both bounds."""
         if self.values is not None:
             return list(self.values)
+        if self.around is not None:  # factors of a preset value, not values: resolved when loading
+            return []
         lo, hi = getattr(self, self.kind)
         return [lo, hi]
 
@@ -87,6 +97,9 @@ class ConfirmSpec(_Strict):
     # disjoint from the search seeds (checked): a search seed would replay its search trial bit for bit
     seeds: list[int] = Field([1, 2, 3], min_length=1)
     metric: Literal["test_acc"] = "test_acc"  # what the confirmed runs report
+    # also re-run each arm's preset settings (its grid values, nothing searched) with the same seeds:
+    # the reference a tuned configuration is measured against, trained on the same split
+    preset: bool = False
 
 
 class Resources(_Strict):
@@ -176,6 +189,7 @@ class StudySpec(_Strict):
 def expand_grid(spec: StudySpec) -> list[dict[str, Any]]:
     """Grid: every combination of every sub-grid, crossed with the seeds (conditional dims honoured)."""
     out: list[dict[str, Any]] = []
+    seen: set = set()
     for g in spec.subgrids:
         names = list(g)
         for combo in itertools.product(*(g[n].values for n in names)):
@@ -183,9 +197,58 @@ def expand_grid(spec: StudySpec) -> list[dict[str, Any]]:
             params = {n: v for n, v in params.items() if active(g[n], params)}
             for seed in spec.seeds:
                 p = {**params, SEED_KEY: seed}
-                if p not in out:
+                key = _same_run(spec.base, p)
+                if key not in seen:  # once per run: `method: vanilla` of two pairs with one student is one run
+                    seen.add(key)
                     out.append(p)
     return out
+
+
+def _same_run(base: str, params: dict[str, Any]) -> str:
+    """What makes two grid points one run: the preset they choose and the other parameters."""
+    from catkd.config import ConfigError
+    from catkd.study.presets import chosen_preset
+
+    rest = {k: v for k, v in params.items() if k not in SELECT_KEYS}
+    try:
+        chosen = chosen_preset(base, params) if any(k in params for k in SELECT_KEYS) else None
+    except ConfigError:  # the checks name it
+        chosen = repr({k: params[k] for k in SELECT_KEYS if k in params})
+    return repr((chosen, sorted(rest.items(), key=lambda kv: kv[0])))
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One independent search of a searcher-driven study: its constants (the values of the study's
+    grid dimensions) and the dimensions it searches. Every arm gets the study's whole budget
+    (search.num_samples under its own scheduler), so arms compared with each other, such as methods,
+    were tuned alike. A study without grid dimensions is one arm, labelled ""."""
+
+    label: str
+    constants: dict[str, Any]
+    space: dict[str, Dim]
+
+
+def arms(spec: StudySpec) -> list[Arm]:
+    """The arms of a searcher-driven study: each sub-grid x each combination of its grid dimensions."""
+    out: list[Arm] = []
+    for g in spec.subgrids:
+        fixed = {n: d for n, d in g.items() if d.grid is not None}
+        searched = {n: d for n, d in g.items() if d.grid is None}
+        for combo in itertools.product(*(d.grid for d in fixed.values())):
+            constants = dict(zip(fixed, combo))
+            constants = {n: v for n, v in constants.items() if active(fixed[n], constants)}
+            out.append(Arm("", constants, searched))
+    if len(out) == 1 and not out[0].constants:
+        return out
+    width = len(str(len(out) - 1))
+    return [Arm(f"{i:0{width}d}-{_label(a.constants)}", a.constants, a.space) for i, a in enumerate(out)]
+
+
+def _label(constants: dict[str, Any]) -> str:
+    """A directory-safe name for an arm's constants (a preset path by its last two parts)."""
+    words = ["-".join(str(v).split("/")[-2:]) if isinstance(v, str) else str(v) for v in constants.values()]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "_".join(words))[:60] or "arm"
 
 
 def active(dim: Dim, params: dict[str, Any]) -> bool:

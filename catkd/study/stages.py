@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from catkd.study.checks import run_config
 from catkd.study.progress import make_callback, say
-from catkd.study.results import SEED_KEY
-from catkd.study.spec import StudySpec
+from catkd.study.keys import ROLE_KEY
+from catkd.study.results import ARMS_DIR, SEED_KEY
+from catkd.study.spec import Arm, StudySpec, arms
 
 if TYPE_CHECKING:
     from catkd.study.results import ResultsWriter
@@ -98,6 +99,7 @@ def run_stage(
     params_list: Optional[list[dict[str, Any]]] = None,
     trackers: tuple[str, ...] = (),
     study_dir: Optional[Path] = None,
+    arm: Optional[Arm] = None,
 ) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -127,7 +129,7 @@ def run_stage(
         tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True)
     else:
         if stage == "search":
-            searcher = make_searcher(spec, metric, spec.mode, study_dir / "optuna.db")
+            searcher = make_searcher(spec, metric, spec.mode, study_dir / "optuna.db", arm)
             space = param_space(spec)
             num_samples = spec.search.num_samples if searcher is not None else 1
             if spec.scheduler.type == "asha":
@@ -170,13 +172,29 @@ def run_stage(
 
 
 def confirm_params(spec: StudySpec, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Top-k search configurations (by the study metric at their best epoch) x the confirm seeds."""
+    """Each arm's top-k search configurations (by the study metric at their best epoch), and with
+    `confirm.preset` the arm's preset settings, x the confirm seeds."""
     assert spec.confirm is not None
     key = "best_val_acc" if spec.metric == "val_acc" else "best_test_acc"
-    pool = [t for t in trials if t["stage"] == "search" and t.get(key) is not None]
+    study_arms = arms(spec) if spec.search.algorithm != "grid" else []
+    by_arm: dict[str, list[dict[str, Any]]] = {}
+    for t in trials:
+        if t["stage"] == "search" and t.get(key) is not None:
+            by_arm.setdefault(arm_of(Path(t["trial_dir"])), []).append(t)
+    out: list[dict[str, Any]] = []
+    for label in [a.label for a in study_arms] or [""]:
+        out += _top_k(spec, by_arm.get(label, []), key)
+    if spec.confirm.preset:
+        for a in study_arms or [Arm("", {}, {})]:
+            out += [{**a.constants, ROLE_KEY: "preset", SEED_KEY: s} for s in spec.confirm.seeds]
+    return out
+
+
+def _top_k(spec: StudySpec, pool: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    assert spec.confirm is not None
     finished = [t for t in pool if t["status"] == "finished"]
     pool = finished if len(finished) >= spec.confirm.top_k else pool
-    pool.sort(key=lambda t: t[key], reverse=spec.mode == "max")
+    pool = sorted(pool, key=lambda t: t[key], reverse=spec.mode == "max")
     out: list[dict[str, Any]] = []
     seen: list[dict[str, Any]] = []
     for t in pool:
@@ -185,11 +203,16 @@ def confirm_params(spec: StudySpec, trials: list[dict[str, Any]]) -> list[dict[s
         if params in seen:
             continue
         seen.append(params)
-        for s in spec.confirm.seeds:
-            out.append({**params, SEED_KEY: s})
+        role = {ROLE_KEY: "tuned"} if spec.confirm.preset else {}
+        out += [{**params, **role, SEED_KEY: s} for s in spec.confirm.seeds]
         if len(seen) == spec.confirm.top_k:
             break
     return out
+
+
+def arm_of(trial_dir: Path) -> str:
+    """The arm a search trial belongs to: its experiment's folder under <study>/arms, else ""."""
+    return trial_dir.parent.name if trial_dir.parent.parent.name == ARMS_DIR else ""
 
 
 def _params_of(trial_dir: Path) -> dict[str, Any]:
