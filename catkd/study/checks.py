@@ -125,8 +125,7 @@ def study_errors(spec: StudySpec, source: str) -> list[str]:
 
 def _located(spec: StudySpec) -> list[tuple[str, dict]]:
     """(where in the file, sub-grid) for each sub-grid of the space."""
-    many = isinstance(spec.space, list)
-    return [(f"space[{i}]." if many else "space.", g) for i, g in enumerate(spec.subgrids)]
+    return [(spec.where(i), g) for i, g in enumerate(spec.subgrids)]
 
 
 def _semantics(cfg: Config, source: str, where: str) -> list[str]:

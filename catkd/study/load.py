@@ -5,6 +5,8 @@ check (catkd.study.checks): all of a file's problems in one StudyError, naming f
 from __future__ import annotations
 
 import copy
+import itertools
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -14,6 +16,7 @@ from pydantic import ValidationError
 from catkd.config import ConfigError, notices_once, read_yaml
 from catkd.study.checks import check_study, run_config, study_errors
 from catkd.study.keys import SELECT_KEYS, resolve_keys
+from catkd.study.presets import chosen_preset
 from catkd.study.smoke import apply_smoke
 from catkd.study.spec import Dim, StudyError, StudySpec
 
@@ -59,13 +62,19 @@ def _apply_set(raw: dict, sets: dict[str, Any]) -> None:
         if key.startswith("fixed."):
             raw.setdefault("fixed", {})[key[len("fixed."):]] = value
             continue
-        node = raw
+        node: Any = raw
         parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise StudyError(f"--set {key}: {p!r} is not a section")
-        node[parts[-1]] = value
+        for i, p in enumerate(parts):
+            if isinstance(node, list):  # a sub-grid of a list space by its index: space.13.cam_resolution
+                if not p.isdigit() or int(p) >= len(node):
+                    raise StudyError(f"--set {key}: {p!r} is not an index of that list (0..{len(node) - 1})")
+                p = int(p)
+            elif not isinstance(node, dict):
+                raise StudyError(f"--set {key}: {parts[i - 1]!r} is not a section")
+            if i == len(parts) - 1:
+                node[p] = value
+            else:
+                node = node[p] if isinstance(node, list) else node.setdefault(p, {})
 
 
 def load_study(path: str | Path, smoke: bool = False, sets: Optional[dict[str, Any]] = None) -> StudySpec:
@@ -105,6 +114,7 @@ def _load_study(path: str | Path, smoke: bool, sets: Optional[dict[str, Any]]) -
             errors += [e for e in study_errors(valid, source) if e not in errors]
         raise StudyError("\n".join(dict.fromkeys(errors)))
     spec.written_names = written
+    _skip_missing(spec, source)
     _around(spec, source)
     if smoke:
         # a green smoke must mean the real study will start: check the real one first
@@ -112,14 +122,38 @@ def _load_study(path: str | Path, smoke: bool, sets: Optional[dict[str, Any]]) -
             check_study(spec, source)
         except StudyError as e:
             raise StudyError(f"{e}\n(--smoke checks the real study before its smoke version)") from None
+        origin = spec._origin
         try:
             spec = apply_smoke(spec)
         except ValueError as e:
             raise StudyError(f"{source}: {e}") from None
         spec.written_names = written
+        spec._origin = origin
         _around(spec, source)
     check_study(spec, source)
     return spec
+
+
+def _skip_missing(spec: StudySpec, source: str) -> None:
+    """missing_presets: skip: leave out each sub-grid none of whose method/pair values has a preset."""
+    if spec.missing_presets != "skip" or not isinstance(spec.space, list):
+        return
+    kept = []
+    for i, g in enumerate(spec.space):
+        select = {k: d.values for k, d in g.items() if k in SELECT_KEYS and d.values}
+        combos = [dict(zip(select, c)) for c in itertools.product(*select.values())]
+        missing = []
+        for c in combos:
+            try:
+                chosen_preset(spec.base, c)
+            except ConfigError as e:
+                missing.append(str(e))
+        if combos and len(missing) == len(combos):
+            print(f"catkd.study: note: {source}: {', '.join(f'{k}={v}' for k, v in combos[0].items())} left out "
+                  f"(missing_presets: skip): {missing[0]}", file=sys.stderr)
+            continue
+        kept.append(i)
+    spec.keep_subgrids(kept)
 
 
 def _around(spec: StudySpec, source: str) -> None:
@@ -127,7 +161,7 @@ def _around(spec: StudySpec, source: str) -> None:
     the preset its sub-grid chooses (one preset per sub-grid), or the base."""
     errors = []
     for i, g in enumerate(spec.subgrids):
-        where = f"space[{i}]." if isinstance(spec.space, list) else "space."
+        where = spec.where(i)
         select = {k: d for k, d in g.items() if k in SELECT_KEYS}
         for name, dim in g.items():
             if dim.around is None:

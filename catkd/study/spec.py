@@ -152,8 +152,12 @@ class StudySpec(_Strict):
     # the report's table layout: a layout registered in analysis/layouts/ (default: the layout named like
     # the study, else a generic table; an unknown name gets the generic table and a note in the report)
     report: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_]+$")
+    # a sub-grid whose method has no preset for the pair (KDSVD across architecture families): an error,
+    # or left out with a note (a study of every method that `--set base=` moves to any pair)
+    missing_presets: Literal["error", "skip"] = "error"
     smoke_mode: bool = False  # set by --smoke (recorded in study.yaml)
     _written: dict[str, str] = PrivateAttr(default_factory=dict)
+    _origin: list[int] = PrivateAttr(default_factory=list)  # each sub-grid's index in the file (some left out)
 
     @property
     def written_names(self) -> dict[str, str]:
@@ -166,6 +170,19 @@ class StudySpec(_Strict):
 
     def written(self, key: str) -> str:
         return self._written.get(key, key)
+
+    def where(self, i: int) -> str:
+        """Where the i-th sub-grid is in the study file: `space[k].` (k as the file counts) or `space.`."""
+        if not isinstance(self.space, list):
+            return "space."
+        return f"space[{self._origin[i] if i < len(self._origin) else i}]."
+
+    def keep_subgrids(self, indices: list[int]) -> None:
+        """Keep only these sub-grids of a list space; messages still use the file's indices."""
+        assert isinstance(self.space, list)
+        origin = self._origin or list(range(len(self.space)))
+        self.space = [self.space[i] for i in indices]
+        self._origin = [origin[i] for i in indices]
 
     @field_validator("name")
     @classmethod
