@@ -553,3 +553,15 @@ def test_a_trial_is_labelled_by_the_settings_its_sub_grid_samples_in_display_nam
     assert plots._settings_label(study, row) == "β=12.5 partial CAMs=False"  # n is not a setting of this trial
     row.update({"CAT_KD.IF_OnlyTransferPartialCAMs": True, "CAT_KD.CAMs_Nums": 2})
     assert plots._settings_label(study, row) == "β=12.5 partial CAMs=True n=2"
+
+
+@pytest.mark.parametrize("layout", ["cam_resolution", "binarization", "partial_cams", "data_reduction"])
+def test_each_ablation_says_why_no_published_number_stands_beside_ours(tmp_path, layout):
+    paper = load_paper()
+    trials = [_trial("a0", 0, 70.0), _trial("a1", 1, 71.0)]
+    t = tables.build(load(make_study(tmp_path / layout, grid_spec(layout), trials)), paper=paper)[0]
+    note = next(n for n in t.notes if n.startswith("Published"))
+    assert "unknown here" in note and paper["ablations"][layout]["finding"] in note and "CVPR 2023" in note
+    smoke = {**grid_spec(layout), "smoke_mode": True}
+    t = tables.build(load(make_study(tmp_path / f"{layout}-smoke", smoke, trials)), paper=paper)[0]
+    assert any("not compared" in n for n in t.notes) and not any("unknown here" in n for n in t.notes)

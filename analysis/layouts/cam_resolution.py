@@ -5,7 +5,7 @@ from typing import Any, Optional
 
 from analysis.cells import Table
 from analysis.layouts.registry import layout
-from analysis.layouts.common import R, pivot
+from analysis.layouts.common import R, ablation_note, pivot
 from analysis.load import Study
 from analysis.names import RES
 from analysis.selection import epoch_label, groups, rows_to_report, value_column
@@ -18,5 +18,5 @@ def cam_resolution(study: Study, epoch: str, paper: Optional[dict[str, Any]] = N
     t = pivot(groups(trials), value, lambda g: (), lambda g: g.get(RES), [],
               "cam_resolution", f"{study.name}: CAM resolution R vs {epoch_label(epoch)}")
     t.headers = [f"{R} = {h}" for h in t.headers]
-    t.notes = notes
+    t.notes = notes + [ablation_note(paper or {}, "cam_resolution", study.smoke)]
     return [t]

@@ -62,3 +62,14 @@ def published(entry: Optional[dict]) -> tuple[str, Optional[float], str]:
     if not entry or "top1" not in entry:
         return "-", None, ""
     return f"{entry['top1']:.2f}", float(entry["top1"]), entry.get("source", "")
+
+
+def ablation_note(paper: dict[str, Any], name: str, smoke: bool = False) -> str:
+    """What the paper says of an ablation, and why no published number stands beside ours."""
+    entry = (paper.get("ablations") or {}).get(name) or {}
+    if smoke:
+        return "SYNTHETIC/SMOKE: the paper's CIFAR-100 ablation is not compared."
+    if not entry:
+        return "Published: analysis/paper.yaml has no entry for this ablation."
+    return (f"Published: the paper's numbers for this ablation are unknown here (they could not be read), so no "
+            f"published column; its finding: {entry.get('finding', '-')} ({entry.get('source', '')}).")

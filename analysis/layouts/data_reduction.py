@@ -7,7 +7,7 @@ import pandas as pd
 
 from analysis.cells import DIFF_HEADERS, Table, cell, difference_row, fmt, sortkey
 from analysis.layouts.registry import layout
-from analysis.layouts.common import method_of, pivot
+from analysis.layouts.common import ablation_note, method_of, pivot
 from analysis.load import Study, classes_of
 from analysis.names import CLASSES, RATE
 from analysis.selection import epoch_label, groups, rows_to_report, value_column
@@ -26,7 +26,7 @@ def data_reduction(study: Study, epoch: str, paper: Optional[dict[str, Any]] = N
     t = pivot(full, value, lambda g: (g.get(RATE),), method_of, ["kept rate"], "data_reduction",
               f"{study.name}: kept fraction of training images x method, {epoch_label(epoch)}",
               col_sort=lambda m: (order.get(m, 9), m))
-    t.notes = notes
+    t.notes = notes + [ablation_note(paper or {}, "data_reduction", study.smoke)]
     tables = [t]
     by: dict[tuple, list] = {}
     for g in full:
@@ -40,7 +40,7 @@ def data_reduction(study: Study, epoch: str, paper: Optional[dict[str, Any]] = N
         tables.append(Table("data_reduction_differences",
                             f"{study.name}: differences between methods at each kept rate, {epoch_label(epoch)}",
                             ["kept rate"] + DIFF_HEADERS, rows,
-                            ["95 % Welch interval over seeds; the paper gives no numbers for these differences."]))
+                            ["95 % Welch interval over seeds (the paper's numbers for this ablation are unknown here)."]))
     if fewer:
         rows = []
         for g in fewer:

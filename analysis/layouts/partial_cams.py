@@ -5,7 +5,7 @@ from typing import Any, Optional
 
 from analysis.cells import Table
 from analysis.layouts.registry import layout
-from analysis.layouts.common import pivot
+from analysis.layouts.common import ablation_note, pivot
 from analysis.load import Study, classes_of
 from analysis.names import DISPLAY, NUMS, PARTIAL, STRATEGY
 from analysis.selection import Group, epoch_label, groups, rows_to_report, value_column
@@ -29,5 +29,5 @@ def partial_cams(study: Study, epoch: str, paper: Optional[dict[str, Any]] = Non
     t = pivot(groups(trials), value, row, col, ["CAMs transferred"], "partial_cams",
               f"{study.name}: strategy x n (CAMs transferred), {epoch_label(epoch)}")
     t.headers = t.headers[:1] + [h if h.startswith("all") else f"{DISPLAY[NUMS]} = {h}" for h in t.headers[1:]]
-    t.notes = notes
+    t.notes = notes + [ablation_note(paper or {}, "partial_cams", study.smoke)]
     return [t]
