@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from analysis.cells import Table
 from analysis.load import Study
-from analysis.names import display
+from analysis.names import display_in_search
 from analysis.selection import marker
 
 MIN_TRIALS = 3
@@ -56,27 +56,61 @@ def _cast(dist, v: Any) -> Any:
 
 
 def importances(study: Study) -> tuple[dict[str, float], list[str]]:
-    """({dotted key: importance}, notes). Empty when not searched or fewer than MIN_TRIALS values."""
+    """({dotted key: importance}, notes). Empty when not searched or fewer than MIN_TRIALS values.
+    A study of several searches (one per method) is read search by search: {"<arm> / <key>": ...}."""
     algo = (study.spec.get("search") or {}).get("algorithm")
     if algo not in ("optuna", "random"):
         return {}, [f"no parameter importance: search algorithm is {algo!r}, not optuna/random"]
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    dists = distributions(study.spec)
     metric = "val_acc" if study.spec.get("metric") == "val_acc" else "test_acc"
     t = study.trials
     if "stage" in t:
         t = t[t["stage"] != "confirm"]
     t = t[t["epochs_done"] > 0] if "epochs_done" in t else t
-    # every search trial at one budget: the last epoch all of them reached (ASHA: its first rung), so
-    # stopped trials count with the value they had, not only the few that finished
     e = study.epochs
     if t.empty or e.empty or metric not in e:
         return {}, [f"no parameter importance: no per-epoch {metric} rows"]
+    e = e[e["stage"] != "confirm"] if "stage" in e else e
+    searches = _searches(study.spec)
+    if len(searches) <= 1:
+        return _fanova(study, t, e, distributions(study.spec), metric)
+    out: dict[str, float] = {}
+    notes = ["one importance table row per search (each method's own search; a search over one "
+             "dimension has importance 1 by definition and is not listed)"]
+    for label, constants, space in searches:
+        if len(space) < 2:
+            continue
+        mine = t
+        for k, v in constants.items():
+            mine = mine[mine[k].astype(str) == str(v)] if k in mine else mine.iloc[0:0]
+        imp, why = _fanova(study, mine, e, distributions({"space": space}), metric)
+        out.update({f"{label} / {k}": v for k, v in imp.items()})
+        notes += [f"{label}: {n}" for n in why]
+    return out, notes
+
+
+def _searches(spec: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(label, constants, space as study.yaml writes it) of each search of the study."""
+    from catkd.study.spec import StudySpec, arms
+
+    try:
+        found = arms(StudySpec.model_validate(spec))
+    except Exception:  # noqa: BLE001 - a study.yaml of another version: read it as one search
+        return []
+    return [(a.label, a.constants, {k: d.model_dump(exclude_none=True) for k, d in a.space.items()}) for a in found]
+
+
+def _fanova(study: Study, t, e, dists: dict[str, Any], metric: str) -> tuple[dict[str, float], list[str]]:
+    import optuna
+
+    if t.empty:
+        return {}, ["no parameter importance: no search trials"]
+    # every search trial at one budget: the last epoch all of them reached (ASHA: its first rung), so
+    # stopped trials count with the value they had, not only the few that finished
     at = int(t["epochs_done"].min())
-    e = e[(e["epoch"] == at) & (e["stage"] != "confirm")] if "stage" in e else e[e["epoch"] == at]
-    value_at = dict(zip(e["trial_id"], e[metric]))
+    value_at = dict(zip(e.loc[e["epoch"] == at, "trial_id"], e.loc[e["epoch"] == at, metric]))
     direction = "minimize" if study.spec.get("mode") == "min" else "maximize"
     ostudy = optuna.create_study(direction=direction)
     used = 0
@@ -112,8 +146,8 @@ def importances(study: Study) -> tuple[dict[str, float], list[str]]:
 def table(study: Study, imp: dict[str, float], notes: list[str]) -> Optional[Table]:
     if not imp and not notes:
         return None
-    rows = [[f"{display(k)} ({k})", f"{v:.3f}"] for k, v in imp.items()]
-    at = next((n.split(" at epoch ")[1].split(" ")[0] for n in notes if " at epoch " in n), None)
+    rows = [[f"{display_in_search(k)} ({k.rpartition(' / ')[2]})", f"{v:.3f}"] for k, v in imp.items()]
+    at = next((n.split(" at epoch ")[1].split(" ")[0] for n in notes if n.startswith("from all ")), None)
     when = f", at epoch {at}" if at else ""
     return Table("importance", f"{study.name}: parameter importance (optuna fANOVA{when}){marker(study)}",
                  ["parameter", "importance"], rows, notes)

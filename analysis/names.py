@@ -40,3 +40,9 @@ def display(key: str) -> str:
         return DISPLAY[key]
     word = short_name(key)
     return word if word != key else key.split(".")[-1]
+
+
+def display_in_search(key: str) -> str:
+    """`<search> / <key>` (a study of several searches) shown as `<search> / <display name>`."""
+    search, _, k = key.rpartition(" / ")
+    return f"{search} / {display(k)}" if search else display(k)

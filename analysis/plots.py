@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 
 from analysis.load import Study  # noqa: E402
 from analysis.cells import stats  # noqa: E402
-from analysis.names import AXIS, BETA, RES, display  # noqa: E402
+from analysis.names import AXIS, BETA, RES, display, display_in_search  # noqa: E402
 from analysis.selection import epoch_label, groups, marker, resolve_epoch, value_column  # noqa: E402
 
 
@@ -175,7 +175,7 @@ def importance_bar(importances: dict[str, float], study: Study, out: Path) -> Op
         return None
     names = list(importances)
     fig, ax = plt.subplots(figsize=(6, 1 + 0.5 * len(names)))
-    ax.barh([display(n) for n in names][::-1], [importances[n] for n in names][::-1])
+    ax.barh([display_in_search(n) for n in names][::-1], [importances[n] for n in names][::-1])
     ax.set_xlabel("importance (fANOVA, optuna)")
     ax.set_title(_title(study, "parameter importance"), fontsize=9)
     return _save(fig, out)

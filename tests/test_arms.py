@@ -27,6 +27,17 @@ FIFTEEN = {"vanilla", "FITNET", "AT", "NST", "PKT", "OFD", "RKD", "VID", "SP", "
            "CAT_KD", "KDSVD"}
 
 
+@pytest.fixture(scope="module")
+def main_results():
+    return load_study(REPO / "studies/main_results.yaml")
+
+
+@pytest.fixture(scope="module")
+def tuned():
+    """The shipped tuned_baselines study, loaded once (its checks build every method's models)."""
+    return load_study(REPO / "studies/tuned_baselines.yaml")
+
+
 # ---- method and pair choose the preset ----------------------------------------------------------
 def test_method_swaps_the_method_and_keeps_the_pair_pair_swaps_the_pair():
     assert chosen_preset(BASE, {}) is None  # the base itself
@@ -60,8 +71,8 @@ def test_a_missing_preset_names_the_method_its_pairs_or_the_methods():
         chosen_preset("cifar100/vanilla/resnet8x4", {"method": "KD"})
 
 
-def test_a_trial_trains_the_preset_its_method_and_pair_choose_and_records_them(tmp_path):
-    spec = load_study(REPO / "studies/main_results.yaml")
+def test_a_trial_trains_the_preset_its_method_and_pair_choose_and_records_them(main_results):
+    spec = main_results
     params = {"method": "DKD", "pair": "vgg13_vgg8", "EXPERIMENT.SEED": 2}
     cfg = run_config(spec, params)
     assert (cfg.DISTILLER.TYPE, cfg.DISTILLER.TEACHER, cfg.DISTILLER.STUDENT) == ("DKD", "vgg13", "vgg8")
@@ -70,8 +81,8 @@ def test_a_trial_trains_the_preset_its_method_and_pair_choose_and_records_them(t
     assert (row["method"], row["pair"], row["role"], row["DISTILLER.TYPE"]) == ("DKD", "vgg13_vgg8", "tuned", "DKD")
 
 
-def test_main_results_runs_every_method_on_every_pair_with_a_preset_once_per_seed():
-    spec = load_study(REPO / "studies/main_results.yaml")
+def test_main_results_runs_every_method_on_every_pair_with_a_preset_once_per_seed(main_results):
+    spec = main_results
     grid = expand_grid(spec)
     presets = {chosen_preset(spec.base, p) for p in grid}
     assert {p["method"] for p in grid} == FIFTEEN
@@ -95,8 +106,8 @@ def test_a_method_without_a_preset_for_a_listed_pair_is_refused_before_anything_
 
 
 # ---- arms: one search per grid value, the same budget each ---------------------------------------
-def test_tuned_baselines_is_one_search_per_method_with_ranges_around_each_preset(capsys):
-    spec = load_study(REPO / "studies/tuned_baselines.yaml")
+def test_tuned_baselines_is_one_search_per_method_with_ranges_around_each_preset(tuned, capsys):
+    spec = tuned
     a = arms(spec)
     assert [x.constants["method"] for x in a] == ["FITNET", "AT", "NST", "PKT", "KDSVD", "OFD", "RKD", "VID",
                                                   "SP", "CRD", "REVIEWKD", "KD", "DKD", "CAT_KD"]
@@ -126,8 +137,8 @@ def test_tuned_baselines_is_one_search_per_method_with_ranges_around_each_preset
     assert arms(mv2)[-1].space["CAT_KD.LOSS.CAM_RESOLUTION"].choice == [1, 2]
 
 
-def test_an_arm_suggests_only_its_own_dimensions_and_carries_its_method():
-    spec = load_study(REPO / "studies/tuned_baselines.yaml")
+def test_an_arm_suggests_only_its_own_dimensions_and_carries_its_method(tuned):
+    spec = tuned
     kd = next(x for x in arms(spec) if x.constants["method"] == "KD")
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
     constants = DefineByRun(spec, kd)(trial)
@@ -142,8 +153,8 @@ def test_a_study_without_grid_dimensions_is_one_arm_as_before():
     assert only.label == "" and only.constants == {} and set(only.space) == set(spec.space)
 
 
-def test_the_plan_gives_every_arm_the_whole_budget_and_confirms_its_best_and_its_preset():
-    spec = load_study(REPO / "studies/tuned_baselines.yaml")
+def test_the_plan_gives_every_arm_the_whole_budget_and_confirms_its_best_and_its_preset(tuned):
+    spec = tuned
     groups = plan(spec)
     search = [g for g in groups if g.stage == "search"]
     confirm = [g for g in groups if g.stage == "confirm"]
@@ -161,8 +172,8 @@ def _search_trial(tmp: Path, arm: str, i: int, val: float, params: dict) -> dict
     return {"stage": "search", "status": "finished", "best_val_acc": val, "trial_dir": str(d)}
 
 
-def test_confirm_reruns_each_arms_best_by_validation_and_each_arms_preset(tmp_path):
-    spec = load_study(REPO / "studies/tuned_baselines.yaml")
+def test_confirm_reruns_each_arms_best_by_validation_and_each_arms_preset(tuned, tmp_path):
+    spec = tuned
     kd, dkd = [x for x in arms(spec) if x.constants["method"] in ("KD", "DKD")]
     trials = [_search_trial(tmp_path, kd.label, 0, 60.0, {"method": "KD", "KD.TEMPERATURE": 2.0}),
               _search_trial(tmp_path, kd.label, 1, 70.0, {"method": "KD", "KD.TEMPERATURE": 6.0}),

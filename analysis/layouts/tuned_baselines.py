@@ -113,6 +113,6 @@ def _search_table(study: Study, search: pd.DataFrame, select: str) -> Table:
         rows.append([method_info(typ)[0], len(s), int((s["status"] == "finished").sum()),
                      f"{vals.max():.2f}" if len(vals) else "-", f"{vals.median():.2f}" if len(vals) else "-"])
     return Table("tuned_baselines_search", f"{study.name}: the searches",
-                 ["method", "trials", "run to the end", f"best {select}", f"median {select}"], rows,
+                 ["method", "trials", "run to the end", f"best ({select})", f"median ({select})"], rows,
                  ["Each method's own search (its own Optuna study and early stopping): trials stopped early "
                   "by the scheduler count in the budget."])

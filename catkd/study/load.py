@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import copy
 import itertools
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 from pydantic import ValidationError
 
-from catkd.config import ConfigError, notices_once, read_yaml
+from catkd.config import ConfigError, notice, notices_once, read_yaml
 from catkd.study.checks import check_study, run_config, study_errors
 from catkd.study.keys import SELECT_KEYS, resolve_keys
 from catkd.study.presets import chosen_preset
@@ -114,6 +113,7 @@ def _load_study(path: str | Path, smoke: bool, sets: Optional[dict[str, Any]]) -
             errors += [e for e in study_errors(valid, source) if e not in errors]
         raise StudyError("\n".join(dict.fromkeys(errors)))
     spec.written_names = written
+    unresolved = spec.model_copy(deep=True)  # before the ranges that follow a preset are resolved
     _skip_missing(spec, source)
     _around(spec, source)
     if smoke:
@@ -122,13 +122,12 @@ def _load_study(path: str | Path, smoke: bool, sets: Optional[dict[str, Any]]) -
             check_study(spec, source)
         except StudyError as e:
             raise StudyError(f"{e}\n(--smoke checks the real study before its smoke version)") from None
-        origin = spec._origin
-        try:
-            spec = apply_smoke(spec)
+        try:  # from the file's own space: smoke.base may choose other presets, so other ranges
+            spec = apply_smoke(unresolved)
         except ValueError as e:
             raise StudyError(f"{source}: {e}") from None
         spec.written_names = written
-        spec._origin = origin
+        _skip_missing(spec, source)
         _around(spec, source)
     check_study(spec, source)
     return spec
@@ -149,8 +148,8 @@ def _skip_missing(spec: StudySpec, source: str) -> None:
             except ConfigError as e:
                 missing.append(str(e))
         if combos and len(missing) == len(combos):
-            print(f"catkd.study: note: {source}: {', '.join(f'{k}={v}' for k, v in combos[0].items())} left out "
-                  f"(missing_presets: skip): {missing[0]}", file=sys.stderr)
+            notice(f"{source}: {', '.join(f'{k}={v}' for k, v in combos[0].items())} left out "
+                   f"(missing_presets: skip): {missing[0]}")
             continue
         kept.append(i)
     spec.keep_subgrids(kept)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from catkd.fsutil import atomic_write_bytes, atomic_write_json
-from catkd.study.keys import PRESET_KEY, ROLE_KEY, SEED_KEY, SELECT_KEYS, resolve_names, subgrids
+from catkd.study.keys import PRESET_KEY, ROLE_KEY, SEED_KEY, SELECT_KEYS, resolve_names, subgrids  # noqa: F401 (PRESET_KEY: re-exported)
 
 # Columns every epoch row carries, in this order, before the loss terms and settings.
 EPOCH_COLUMNS = [

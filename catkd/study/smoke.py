@@ -53,5 +53,7 @@ def apply_smoke(spec: StudySpec) -> StudySpec:
         default = ConfirmSpec(top_k=1, seeds=[s for s in range(max(d["seeds"]) + 1, max(d["seeds"]) + 3)],
                               preset=spec.confirm.preset)
         d["confirm"] = (sm.confirm or default).model_dump()
+    if sm.base:
+        d["base"] = sm.base
     d["smoke_mode"] = True
     return StudySpec.model_validate(d)

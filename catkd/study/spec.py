@@ -131,6 +131,9 @@ class SmokeSpec(_Strict):
     confirm: Optional[ConfirmSpec] = None
     dataset: dict[str, Any] = {"NUM_CLASSES": 10, "TRAIN_PER_CLASS": 250, "TEST_PER_CLASS": 60}
     val_size: int = Field(300, ge=0)
+    # the base under --smoke: a pair whose presets suit the small smoke models (a preset's loss weight is
+    # tuned to its own pair's feature and CAM magnitudes)
+    base: Optional[str] = None
 
 
 class StudySpec(_Strict):
