@@ -134,7 +134,8 @@ def asha_picture(study: Study, out: Path) -> Optional[Path]:
         if "status" in t and (t["status"] == s).any():
             ax.bar([0], [0], color=c, label=s)
     ax.legend(fontsize=7)
-    ax.set_title(_title(study, "epochs each trial ran (ASHA)"), fontsize=9)
+    asha = (study.spec.get("scheduler") or {}).get("type") == "asha"
+    ax.set_title(_title(study, "epochs each trial ran" + (" (ASHA)" if asha else "")), fontsize=9)
     return _save(fig, out)
 
 

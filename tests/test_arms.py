@@ -189,10 +189,16 @@ def test_confirm_reruns_each_arms_best_by_validation_and_each_arms_preset(tuned,
     assert cfg.DISTILLER.TYPE == "FITNET" and cfg.FITNET.LOSS.FEAT_WEIGHT == 100.0
 
 
-def test_every_shipped_study_keeps_its_smoke_small():
+def test_the_tuned_smoke_runs_every_search_small_on_a_pair_whose_presets_suit_its_models():
     tb = load_study(REPO / "studies/tuned_baselines.yaml", smoke=True)
     assert len(arms(tb)) == 14 and tb.search.num_samples == 2 and tb.confirm.preset
     assert sum(g.trials for g in plan(tb)) == 14 * 2 + 14 * 2 * 2
+    # smoke.base: the ranges follow that pair's presets (CAT-KD's beta 0.7 there, not 15)
+    assert tb.base == "cifar100/CAT_KD/res56_res20"
+    cat = arms(tb)[-1].space
+    assert cat["CAT_KD.LOSS.CAT_loss_weight"].loguniform == pytest.approx((0.07, 7.0))
+    assert cat["CAT_KD.LOSS.CAM_RESOLUTION"].choice == [1, 2]
+    assert run_config(tb, {"method": "CAT_KD"}).CAT_KD.LOSS.CAT_loss_weight == 0.7
 
 
 # ---- end to end: two arms, their confirm runs, the table ----------------------------------------

@@ -182,7 +182,8 @@ def _run_stages(spec, storage, name, resume, address, dashboard, env, writer, tr
         say("teacher prefetch: stopped (a cluster of several nodes: trials may run elsewhere)")
         prefetch_mod.stop(prefetcher)
     if state.get("search") != "done":
-        atomic_write_json(state_path, {**state, "search": "running"})
+        state["search"] = "running"
+        atomic_write_json(state_path, state)
         study_arms = arms(spec) if spec.search.algorithm != "grid" else []
         if len(study_arms) > 1:
             _run_arms(spec, study_arms, resume, env, writer, trackers, state, state_path, exp_dir)
