@@ -3,6 +3,7 @@ interval of a difference of means beside the published difference, settings form
 from __future__ import annotations
 
 import statistics
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
@@ -54,7 +55,9 @@ def welch(a: Iterable[Any], b: Iterable[Any]) -> tuple[Optional[float], Optional
     diff = statistics.fmean(xa) - statistics.fmean(xb)
     if len(xa) < 2 or len(xb) < 2 or (statistics.stdev(xa) == 0 and statistics.stdev(xb) == 0):
         return diff, None, len(xa), len(xb)
-    ci = st.ttest_ind(xa, xb, equal_var=False).confidence_interval(0.95)
+    with warnings.catch_warnings():  # near-identical values: scipy warns of precision loss, the interval stands
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ci = st.ttest_ind(xa, xb, equal_var=False).confidence_interval(0.95)
     return diff, (float(ci.low), float(ci.high)), len(xa), len(xb)
 
 

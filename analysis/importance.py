@@ -73,7 +73,7 @@ def importances(study: Study) -> tuple[dict[str, float], list[str]]:
     if t.empty or e.empty or metric not in e:
         return {}, [f"no parameter importance: no per-epoch {metric} rows"]
     e = e[e["stage"] != "confirm"] if "stage" in e else e
-    searches = _searches(study.spec)
+    searches = study.searches()
     if len(searches) <= 1:
         return _fanova(study, t, e, distributions(study.spec), metric)
     out: dict[str, float] = {}
@@ -89,17 +89,6 @@ def importances(study: Study) -> tuple[dict[str, float], list[str]]:
         out.update({f"{label} / {k}": v for k, v in imp.items()})
         notes += [f"{label}: {n}" for n in why]
     return out, notes
-
-
-def _searches(spec: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """(label, constants, space as study.yaml writes it) of each search of the study."""
-    from catkd.study.spec import StudySpec, arms
-
-    try:
-        found = arms(StudySpec.model_validate(spec))
-    except Exception:  # noqa: BLE001 - a study.yaml of another version: read it as one search
-        return []
-    return [(a.label, a.constants, {k: d.model_dump(exclude_none=True) for k, d in a.space.items()}) for a in found]
 
 
 def _fanova(study: Study, t, e, dists: dict[str, Any], metric: str) -> tuple[dict[str, float], list[str]]:

@@ -55,6 +55,20 @@ class Study:
     def partial(self) -> bool:
         return "status" in self.trials and bool((self.trials["status"] == "running").any())
 
+    def searches(self) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+        """(label, constants, space as study.yaml writes it) of each search of a searcher-driven
+        study: one per method in tuned_baselines, one for beta_sweep; [] for grids and old files."""
+        if (self.spec.get("search") or {}).get("algorithm") not in ("optuna", "random"):
+            return []
+        from catkd.study.spec import StudySpec, arms
+
+        try:
+            found = arms(StudySpec.model_validate(self.spec))
+        except Exception:  # noqa: BLE001 - a study.yaml of another version: read it as one search
+            return []
+        return [(a.label, a.constants, {k: d.model_dump(exclude_none=True) for k, d in a.space.items()})
+                for a in found]
+
     def space_keys(self) -> list[str]:
         """Dotted keys of the searched dimensions (sub-grids merged), in file order."""
         out: list[str] = []

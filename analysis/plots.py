@@ -104,9 +104,17 @@ def _active(study: Study, key: str, row) -> bool:
 
 
 def _settings_label(study: Study, row) -> str:
-    """A trial named by its searched settings (β=12.5 R=2), not by its id."""
-    parts = []
-    for key in study.space_keys():
+    """A trial named by its searched settings (β=12.5 R=2), not by its id; in a study of several
+    searches, by its search's constants (the method) and that search's settings."""
+    parts, keys = [], study.space_keys()
+    searches = study.searches()
+    if len(searches) > 1:
+        for _, constants, space in searches:
+            if all(str(row.get(k)) == str(v) for k, v in constants.items()):
+                parts = [str(v) for v in constants.values()]
+                keys = list(space)
+                break
+    for key in keys:
         v = row.get(key)
         if v is None or (isinstance(v, float) and np.isnan(v)) or not _active(study, key, row):
             continue
@@ -195,6 +203,41 @@ def all_plots(study: Study, out_dir: Path, epoch: str = "auto") -> list[Path]:
         made.append(accuracy_vs(study, RES, AXIS[RES], out_dir / "accuracy_vs_R.png", epoch, False))
     made.append(learning_curves(study, out_dir / "learning_curves.png", epoch))
     made.append(asha_picture(study, out_dir / "epochs_per_trial.png"))
-    if (study.spec.get("search") or {}).get("algorithm") in ("optuna", "random"):
+    # one picture of every searched dimension: for one search (a study of several searches, one per
+    # method, searches different settings in each: their axes would mix)
+    if (study.spec.get("search") or {}).get("algorithm") in ("optuna", "random") and len(study.searches()) <= 1:
         made.append(parallel_coordinates(study, out_dir / "parallel_coordinates.png", study.space_keys(), epoch))
+    if layout_of(study) == "tuned_baselines":
+        made.append(preset_vs_tuned(study, out_dir / "preset_vs_tuned.png", epoch))
     return [p for p in made if p is not None]
+
+
+def preset_vs_tuned(study: Study, out: Path, epoch: str) -> Optional[Path]:
+    """Per method: the preset's and the tuned configuration's test top-1 over the confirm seeds
+    (mean, with each seed as a dot), side by side."""
+    from analysis.layouts.common import method_info
+
+    value = value_column(epoch)
+    t = study.trials
+    if "stage" not in t or "role" not in t:
+        return None
+    c = t[t["stage"] == "confirm"]
+    if c.empty:
+        return None
+    types = list(dict.fromkeys(c["DISTILLER.TYPE"].astype(str)))
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(types) + 2), 4))
+    for j, (role, colour, dx) in enumerate((("preset", "tab:grey", -0.15), ("tuned", "tab:blue", 0.15))):
+        for i, typ in enumerate(types):
+            vals = pd.to_numeric(c[(c["DISTILLER.TYPE"].astype(str) == typ) & (c["role"] == role)][value],
+                                 errors="coerce").dropna()
+            if vals.empty:
+                continue
+            ax.scatter([i + dx] * len(vals), vals, s=12, color=colour, alpha=0.5)
+            ax.plot([i + dx - 0.1, i + dx + 0.1], [vals.mean()] * 2, color=colour, lw=2,
+                    label=role if i == 0 else None)
+    ax.set_xticks(range(len(types)))
+    ax.set_xticklabels([method_info(x)[0] for x in types], rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(epoch_label(epoch), fontsize=8)
+    ax.legend(fontsize=8)
+    ax.set_title(_title(study, "preset vs tuned at the same budget (confirm seeds; line = mean)"), fontsize=9)
+    return _save(fig, out)
