@@ -96,6 +96,10 @@ def _tables_for(study: Study, epoch: str, paper: dict[str, Any]) -> list[Table]:
 
 # ----------------------------------------------------------------------------- rendering
 
+# symbols the cells use that pdfLaTeX's default fonts lack
+LATEX_SYMBOLS = {"±": r"$\pm$", "★": r"$\star$", "β": r"$\beta$", "·": r"$\cdot$"}
+
+
 def render(tables: list[Table], fmt: str) -> str:
     """Markdown or LaTeX text of all tables (CSV: `csv_text`)."""
     parts = []
@@ -108,6 +112,8 @@ def render(tables: list[Table], fmt: str) -> str:
             parts.append(f"## {t.title}\n\n{body}\n{notes}\n")
         elif fmt == "latex":
             body = tabulate(t.rows, headers=t.headers, tablefmt="latex_booktabs", disable_numparse=True)
+            for char, tex in LATEX_SYMBOLS.items():  # after tabulate's escaping, so its $ and \ survive
+                body = body.replace(char, tex)
             notes = "".join(f"% {n}\n" for n in t.notes)
             parts.append(f"% {t.title}\n{notes}{body}\n")
         else:

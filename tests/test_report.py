@@ -260,6 +260,8 @@ def test_latex_has_booktabs_and_csv_parses_back(tmp_path, capsys):
     assert report.main([str(d), "--format", "latex", "--out", str(out), "--no-plots"]) == 0
     tex = (out / "report.tex").read_text()
     assert "\\toprule" in tex and "\\bottomrule" in tex and "76.91" in tex
+    # symbols pdfLaTeX cannot typeset raw become math, in the table body
+    assert "76.50 $\\pm$ 0.71 (2) $\\star$ / 76.91 (-0.41)" in tex and "★" not in tex.split("\\toprule")[1]
     assert report.main([str(d), "--format", "csv", "--out", str(out), "--no-plots"]) == 0
     with open(out / "main_results.csv", newline="") as f:
         rows = list(csv.reader(f))
