@@ -141,10 +141,26 @@ def summary_table(trials: list[dict[str, Any]], spec: StudySpec, top: int = 10) 
         ["best_test_acc", "last_test_acc"]
     dims = [*spec.dimension_names, SEED_KEY]
     rows = sorted(trials, key=lambda t: (t["stage"] != "confirm", -(t.get(key) or -1)))[:top]
-    headers = ["stage", "trial", "status", *[short_name(d) for d in dims], "epochs", *shown]
-    body = [[t["stage"], t["trial_id"], t["status"],
-             *_settings(t, spec), t.get("EXPERIMENT.SEED"), t["epochs_done"],
-             *[t.get(c) for c in shown]] for t in rows]
+    if len(spec.dimension_names) > 6:  # one search per method: each trial's own settings in one column
+        headers = ["stage", "trial", "status", "settings", "seed", "epochs", *shown]
+        body = [[t["stage"], t["trial_id"], t["status"], _compact(t, spec), t.get("EXPERIMENT.SEED"),
+                 t["epochs_done"], *[t.get(c) for c in shown]] for t in rows]
+    else:
+        headers = ["stage", "trial", "status", *[short_name(d) for d in dims], "epochs", *shown]
+        body = [[t["stage"], t["trial_id"], t["status"],
+                 *_settings(t, spec), t.get("EXPERIMENT.SEED"), t["epochs_done"],
+                 *[t.get(c) for c in shown]] for t in rows]
     title = (f"{spec.name}{' [SMOKE, synthetic data]' if spec.smoke_mode else ''}: top {len(rows)} of "
              f"{len(trials)} trials by {key}")
     return title + "\n" + tabulate(body, headers=headers, floatfmt=".2f")
+
+
+def _compact(t: dict[str, Any], spec: StudySpec) -> str:
+    """`method=KD KD.TEMPERATURE=4.81`: the study dimensions this trial has (and its role)."""
+    parts = []
+    for name, v in zip(spec.dimension_names, _settings(t, spec)):
+        if v != "-" and v is not None:
+            parts.append(f"{short_name(name)}={v:.4g}" if isinstance(v, float) else f"{short_name(name)}={v}")
+    if t.get("role"):
+        parts.append(f"role={t['role']}")
+    return " ".join(parts)
