@@ -24,6 +24,7 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -205,11 +206,16 @@ def measure(cfg: Config, threads: int, steps: int = 3) -> dict[str, float]:
         student = build_model(cfg.DISTILLER.STUDENT, k, head_bias=kind.student_head_bias, family=family)
         teacher = build_model(cfg.DISTILLER.TEACHER, k, family=family) if kind.needs_teacher else None
     dist = build_distiller(cfg, student, teacher, k).to(dev)
+    # what the run binds (CRD: a memory row per training image, negatives drawn by label)
+    n_train = max(1, entry.sizes(cfg)[0] - cfg.DATASET.VAL_SIZE)
+    train = SimpleNamespace(labels=torch.randint(0, k, (n_train,), generator=g), source_index=torch.arange(n_train))
+    dist.bind_data(SimpleNamespace(train=train))
     dist.train()
     opt = torch.optim.SGD(dist.learnable_parameters(), lr=1e-3, momentum=0.9)
     b = cfg.SOLVER.BATCH_SIZE
     x = torch.randn(b, 3, size, size, generator=g).to(dev)
     y = torch.randint(0, k, (b,), generator=g).to(dev)
+    index = torch.arange(b) % n_train
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     null = contextlib.nullcontext
 
@@ -222,12 +228,13 @@ def measure(cfg: Config, threads: int, steps: int = 3) -> dict[str, float]:
         sync()
         return (time.perf_counter() - t0) / steps
 
-    live = timed(lambda: train_step(dist, opt, x, y, {"epoch": 1}, null()))
+    live = timed(lambda: train_step(dist, opt, x, y, {"epoch": 1, "index": index}, null()))
     out = {"train_live": b / live}
     if teacher is not None:
         with torch.no_grad():
             t = {kk: v.detach() for kk, v in dist.live_targets(x).items()}
-        out["train_cached"] = b / timed(lambda: train_step(dist, opt, x, y, {"epoch": 1, "teacher_targets": t}, null()))
+        out["train_cached"] = b / timed(lambda: train_step(dist, opt, x, y,
+                                                           {"epoch": 1, "index": index, "teacher_targets": t}, null()))
         with torch.no_grad():
             out["teacher_forward"] = b / timed(lambda: dist.teacher(x))
     else:
