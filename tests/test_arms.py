@@ -189,6 +189,19 @@ def test_confirm_reruns_each_arms_best_by_validation_and_each_arms_preset(tuned,
     assert cfg.DISTILLER.TYPE == "FITNET" and cfg.FITNET.LOSS.FEAT_WEIGHT == 100.0
 
 
+def test_a_study_of_one_method_is_one_search_in_the_study_folder_and_confirms_its_best(tuned, tmp_path):
+    one = tuned.model_copy(update={"space": [tuned.space[11]]})  # KD only: one arm, with a constant
+    (arm,) = arms(one)
+    assert arm.constants == {"method": "KD"}
+    d = tmp_path / "trial_0"  # a single search runs in the study folder itself, not under arms/
+    d.mkdir()
+    (d / "params.json").write_text(json.dumps({"method": "KD", "KD.TEMPERATURE": 3.0, "EXPERIMENT.SEED": 0}))
+    trials = [{"stage": "search", "status": "finished", "best_val_acc": 60.0, "trial_dir": str(d)}]
+    params = confirm_params(one, trials)
+    assert [p["role"] for p in params] == ["tuned"] * 3 + ["preset"] * 3
+    assert params[0]["KD.TEMPERATURE"] == 3.0 and params[3] == {"method": "KD", "role": "preset", "EXPERIMENT.SEED": 1}
+
+
 def test_the_tuned_smoke_runs_every_search_small_on_a_pair_whose_presets_suit_its_models():
     tb = load_study(REPO / "studies/tuned_baselines.yaml", smoke=True)
     assert len(arms(tb)) == 14 and tb.search.num_samples == 2 and tb.confirm.preset

@@ -182,7 +182,8 @@ def confirm_params(spec: StudySpec, trials: list[dict[str, Any]]) -> list[dict[s
         if t["stage"] == "search" and t.get(key) is not None:
             by_arm.setdefault(arm_of(Path(t["trial_dir"])), []).append(t)
     out: list[dict[str, Any]] = []
-    for label in [a.label for a in study_arms] or [""]:
+    # several arms run apart (<study>/arms/<arm>); a single one, constants or not, runs in <study>
+    for label in [a.label for a in study_arms] if len(study_arms) > 1 else [""]:
         out += _top_k(spec, by_arm.get(label, []), key)
     if spec.confirm.preset:
         for a in study_arms or [Arm("", {}, {})]:
