@@ -13,7 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from catkd.config import ConfigError, notice, notices_once, read_yaml
-from catkd.study.checks import check_study, run_config, study_errors
+from catkd.study.checks import run_config, study_errors
 from catkd.study.keys import SELECT_KEYS, resolve_keys
 from catkd.study.presets import chosen_preset
 from catkd.study.smoke import apply_smoke
@@ -115,11 +115,11 @@ def _load_study(path: str | Path, smoke: bool, sets: Optional[dict[str, Any]]) -
     spec.written_names = written
     unresolved = spec.model_copy(deep=True)  # before the ranges that follow a preset are resolved
     _skip_missing(spec, source)
-    _around(spec, source)
+    errors = _around(spec, source)
     if smoke:
         # a green smoke must mean the real study will start: check the real one first
         try:
-            check_study(spec, source)
+            _check(spec, source, errors)
         except StudyError as e:
             raise StudyError(f"{e}\n(--smoke checks the real study before its smoke version)") from None
         try:  # from the file's own space: smoke.base may choose other presets, so other ranges
@@ -128,9 +128,16 @@ def _load_study(path: str | Path, smoke: bool, sets: Optional[dict[str, Any]]) -
             raise StudyError(f"{source}: {e}") from None
         spec.written_names = written
         _skip_missing(spec, source)
-        _around(spec, source)
-    check_study(spec, source)
+        errors = _around(spec, source)
+    _check(spec, source, errors)
     return spec
+
+
+def _check(spec: StudySpec, source: str, errors: list[str]) -> None:
+    """Every problem at once: the `around` ranges that could not be resolved, then the checks."""
+    errors = errors + [e for e in study_errors(spec, source) if e not in errors]
+    if errors:
+        raise StudyError("\n".join(dict.fromkeys(errors)))
 
 
 def _skip_missing(spec: StudySpec, source: str) -> None:
@@ -155,7 +162,7 @@ def _skip_missing(spec: StudySpec, source: str) -> None:
     spec.keep_subgrids(kept)
 
 
-def _around(spec: StudySpec, source: str) -> None:
+def _around(spec: StudySpec, source: str) -> list[str]:
     """Each `around: [low, high]` dimension becomes `loguniform` over [its preset value x low, x high]:
     the preset its sub-grid chooses (one preset per sub-grid), or the base."""
     errors = []
@@ -180,8 +187,7 @@ def _around(spec: StudySpec, source: str) -> None:
                 continue
             lo, hi = dim.around
             g[name] = Dim(loguniform=(value * lo, value * hi), when=dim.when)
-    if errors:
-        raise StudyError("\n".join(errors))
+    return errors
 
 
 def _valid_part(resolved: dict[str, Any]) -> Optional[StudySpec]:
