@@ -159,6 +159,7 @@ def test_main_results_has_a_row_per_method_a_column_per_pair_and_published_numbe
     assert rows["student alone"]["wrn_40_2->wrn_16_2"] == "- / 73.26"
     assert sum("★" in c for r in t.rows for c in r) == 2
     assert any("Planned seeds per cell: 3" in n for n in t.notes)
+    assert any("feature-based: FitNet; logit-based: DKD, KD; attention/CAM-based: AT, CAT-KD" in n for n in t.notes)
     assert any("CAT-KD published numbers" in n and "secondary" in n for n in t.notes)
     assert any("DKD published numbers" in n and "MDistiller" in n for n in t.notes)
 

@@ -91,9 +91,14 @@ def main_results(study: Study, epoch: str, paper: dict[str, Any]) -> list[Table]
                  f"ours = {epoch_label(epoch)}; {BEST} = the best of ours in the column (the student alone "
                  f"excluded; ties marked each); '-' = no result. Planned seeds per cell: {planned}; a cell with "
                  "fewer shows its n.")
-    notes.append("Groups: feature-based (features and their relations: FitNet, NST, PKT, KDSVD, OFD, RKD, VID, SP, "
-                 "CRD, ReviewKD), logit-based (KD, DKD), attention/CAM-based (AT's spatial attention maps, "
-                 "CAT-KD's class activation maps). A method's group is what its distiller declares.")
+    members: dict[str, list[str]] = {}
+    for typ in types:
+        label, family = method_info(typ)
+        if family != "none":
+            members.setdefault(FAMILY_TITLE.get(family, family), []).append(label)
+    notes.append("Groups, as each distiller declares its own: "
+                 + "; ".join(f"{g}: {', '.join(m)}" for g, m in members.items())
+                 + " (features and their relations; logits; spatial attention and class activation maps).")
     for label, srcs in sources.items():
         notes.append(f"{label} published numbers: {'; '.join(srcs)}.")
     notes += entry_notes
