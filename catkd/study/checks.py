@@ -2,14 +2,13 @@
 config, plus the checks that need more than one key (CAM sizes, class counts, seeds)."""
 from __future__ import annotations
 
-import itertools
 from typing import Any, Optional
 
 from catkd.config import Config, ConfigError, read_yaml, resolve_preset
 from catkd.engine.validate import build_run_config
 from catkd.study.keys import ROLE_KEY, SELECT_KEYS
 from catkd.study.presets import chosen_preset
-from catkd.study.spec import PRESET_KEY, StudyError, StudySpec
+from catkd.study.spec import PRESET_KEY, StudyError, StudySpec, base_choices
 
 
 # ---- semantic checks ----------------------------------------------------------------------------
@@ -94,12 +93,8 @@ def study_errors(spec: StudySpec, source: str) -> list[str]:
     # pair is found here), then every listed value (or range end) of every other dimension, each on
     # its own over the fixed config and the sub-grid's first base
     for gloc, g in _located(spec):
-        select = {n: d for n, d in g.items() if n in SELECT_KEYS and d.values is not None}
-        # the last dimension outermost: a method grid x a pair grid checks every method of a pair in turn,
-        # so the untrained models check_config builds are reused (it keeps the last few)
-        names = list(select)[::-1]
-        combos = [dict(zip(names, c)) for c in itertools.product(*(select[n].values for n in names))] or [{}]
-        for combo in combos if select else []:
+        combos = base_choices(g)
+        for combo in combos:
             try:
                 cfg = run_config(spec, combo, source, f"{gloc}")
             except StudyError as e:
@@ -109,11 +104,11 @@ def study_errors(spec: StudySpec, source: str) -> list[str]:
             errors += [line for line in _semantics(cfg, source, where)
                        if line.split(f"{where}: ", 1)[-1] not in of_fixed]
         for name, dim in g.items():
-            if name in select:
+            if combos and name in combos[0]:
                 continue
             for v in dim.probe_values():
                 try:
-                    cfg = run_config(spec, {**combos[0], **(dim.when or {}), name: v}, source,
+                    cfg = run_config(spec, {**(combos or [{}])[0], **(dim.when or {}), name: v}, source,
                                      f"{gloc}{w(name)}.{dim.kind}: ")
                 except StudyError as e:
                     errors += str(e).splitlines()

@@ -166,9 +166,9 @@ def plan(spec: StudySpec) -> list[Group]:
 
 def _searches(spec: StudySpec) -> int:
     """How many independent searches (arms) the search stage runs."""
-    from catkd.study.spec import arms
+    from catkd.study.spec import separate_searches
 
-    return 1 if spec.search.algorithm == "grid" else len(arms(spec))
+    return len(separate_searches(spec)) or 1
 
 
 def _grid(constants: dict[str, Any]) -> dict[str, Any]:

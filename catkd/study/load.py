@@ -5,7 +5,6 @@ check (catkd.study.checks): all of a file's problems in one StudyError, naming f
 from __future__ import annotations
 
 import copy
-import itertools
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,7 +16,7 @@ from catkd.study.checks import run_config, study_errors
 from catkd.study.keys import SELECT_KEYS, resolve_keys
 from catkd.study.presets import chosen_preset
 from catkd.study.smoke import apply_smoke
-from catkd.study.spec import Dim, StudyError, StudySpec
+from catkd.study.spec import Dim, StudyError, StudySpec, base_choices
 
 
 def _loc(e: dict) -> str:
@@ -146,8 +145,7 @@ def _skip_missing(spec: StudySpec, source: str) -> None:
         return
     kept = []
     for i, g in enumerate(spec.space):
-        select = {k: d.values for k, d in g.items() if k in SELECT_KEYS and d.values}
-        combos = [dict(zip(select, c)) for c in itertools.product(*select.values())]
+        combos = base_choices(g)
         missing = []
         for c in combos:
             try:
@@ -168,17 +166,17 @@ def _around(spec: StudySpec, source: str) -> list[str]:
     errors = []
     for i, g in enumerate(spec.subgrids):
         where = spec.where(i)
-        select = {k: d for k, d in g.items() if k in SELECT_KEYS}
+        choices = base_choices(g)
         for name, dim in g.items():
             if dim.around is None:
                 continue
             loc = f"{source}: {where}{spec.written(name)}.around"
-            if any(len(d.values or ()) != 1 for d in select.values()):
-                errors.append(f"{loc}: needs one preset in its sub-grid ({', '.join(select)} with one value); "
+            if len(choices) > 1:
+                errors.append(f"{loc}: needs one preset in its sub-grid ({', '.join(choices[0])} with one value); "
                               "give each method its own sub-grid")
                 continue
             try:
-                value = run_config(spec, {k: d.values[0] for k, d in select.items()}, source).get(name)
+                value = run_config(spec, (choices or [{}])[0], source).get(name)
             except (StudyError, AttributeError, KeyError) as e:
                 errors.append(f"{loc}: cannot read the preset's value ({e})")
                 continue

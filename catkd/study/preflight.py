@@ -13,7 +13,7 @@ from catkd.config import Config, data_root, teacher_path
 from catkd.study.checks import run_config
 from catkd.study.progress import say
 from catkd.study.keys import SELECT_KEYS
-from catkd.study.spec import StudyError, StudySpec, arms, expand_grid
+from catkd.study.spec import StudyError, StudySpec, arms, base_choices, expand_grid
 
 
 # ---- pre-flight (no Ray yet) --------------------------------------------------------------------
@@ -41,7 +41,7 @@ def target_variant_configs(spec: StudySpec) -> list[Config]:
     binarize, the distiller): with the probe configs, every teacher cache store the study can use."""
     out = []
     for g in spec.subgrids:
-        base = {k: d.values[0] for k, d in g.items() if k in SELECT_KEYS and d.values}  # the sub-grid's method
+        base = (base_choices(g) or [{}])[0]  # the sub-grid's (first) method
         for name, dim in g.items():
             if name in TARGET_KEYS and dim.values is not None:
                 out += [run_config(spec, {**base, **(dim.when or {}), name: v}) for v in dim.values]

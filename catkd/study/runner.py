@@ -25,7 +25,7 @@ from catkd.study import results as res
 from catkd.study.preflight import absolutise, ensure_smoke_teacher, preflight
 from catkd.study.progress import say, summary_table
 from catkd.study.keys import short_name
-from catkd.study.spec import StudyError, StudySpec, arms, dump_study
+from catkd.study.spec import StudyError, StudySpec, dump_study, separate_searches
 from catkd.study.stages import confirm_params, run_stage, start_ray, teacher_cache_env
 from catkd.teacher_cache.provider import ENV_DIR
 
@@ -184,8 +184,8 @@ def _run_stages(spec, storage, name, resume, address, dashboard, env, writer, tr
     if state.get("search") != "done":
         state["search"] = "running"
         atomic_write_json(state_path, state)
-        study_arms = arms(spec) if spec.search.algorithm != "grid" else []
-        if len(study_arms) > 1:
+        study_arms = separate_searches(spec)
+        if study_arms:
             _run_arms(spec, study_arms, resume, env, writer, trackers, state, state_path, exp_dir)
         else:
             run_stage(spec, "search", storage, name, resume, env, writer, trackers=trackers)
@@ -195,7 +195,7 @@ def _run_stages(spec, storage, name, resume, address, dashboard, env, writer, tr
         trials = writer.write(study_done=False)
         params = confirm_params(spec, trials)
         if params:
-            each = " of each search" if spec.search.algorithm != "grid" and len(arms(spec)) > 1 else ""
+            each = " of each search" if separate_searches(spec) else ""
             ref = " and the preset settings" if spec.confirm.preset else ""
             say(f"[confirm] re-running the top {spec.confirm.top_k} configuration(s){each}{ref} x seeds "
                 f"{spec.confirm.seeds} at full budget ({len(params)} trials), reporting test accuracy")

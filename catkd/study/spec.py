@@ -265,6 +265,24 @@ def arms(spec: StudySpec) -> list[Arm]:
     return [Arm(f"{i:0{width}d}-{_label(a.constants)}", a.constants, a.space) for i, a in enumerate(out)]
 
 
+def separate_searches(spec: StudySpec) -> list[Arm]:
+    """The arms that run as searches of their own (<study>/arms/<arm>): those of a searcher-driven
+    study with more than one; [] for a grid, or a single search (it runs in <study> itself)."""
+    if spec.search.algorithm == "grid":
+        return []
+    found = arms(spec)
+    return found if len(found) > 1 else []
+
+
+def base_choices(g: dict[str, Dim]) -> list[dict[str, Any]]:
+    """Every combination of a sub-grid's listed values of the dimensions that choose the base config
+    (preset, method, pair); [] when it has none. The last dimension outermost: a method grid x a pair
+    grid visits every method of a pair in turn (the checks' untrained models are then reused)."""
+    select = {n: d.values for n, d in g.items() if n in SELECT_KEYS and d.values is not None}
+    names = list(select)[::-1]
+    return [dict(zip(names, c)) for c in itertools.product(*(select[n] for n in names))] if select else []
+
+
 def _label(constants: dict[str, Any]) -> str:
     """A directory-safe name for an arm's constants (a preset path by its last two parts)."""
     words = ["-".join(str(v).split("/")[-2:]) if isinstance(v, str) else str(v) for v in constants.values()]

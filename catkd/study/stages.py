@@ -11,7 +11,7 @@ from catkd.study.checks import run_config
 from catkd.study.progress import make_callback, say
 from catkd.study.keys import ROLE_KEY
 from catkd.study.results import ARMS_DIR, SEED_KEY
-from catkd.study.spec import Arm, StudySpec, arms
+from catkd.study.spec import Arm, StudySpec, arms, separate_searches
 
 if TYPE_CHECKING:
     from catkd.study.results import ResultsWriter
@@ -176,17 +176,16 @@ def confirm_params(spec: StudySpec, trials: list[dict[str, Any]]) -> list[dict[s
     `confirm.preset` the arm's preset settings, x the confirm seeds."""
     assert spec.confirm is not None
     key = "best_val_acc" if spec.metric == "val_acc" else "best_test_acc"
-    study_arms = arms(spec) if spec.search.algorithm != "grid" else []
+    study_arms = separate_searches(spec)
     by_arm: dict[str, list[dict[str, Any]]] = {}
     for t in trials:
         if t["stage"] == "search" and t.get(key) is not None:
             by_arm.setdefault(arm_of(Path(t["trial_dir"])), []).append(t)
     out: list[dict[str, Any]] = []
-    # several arms run apart (<study>/arms/<arm>); a single one, constants or not, runs in <study>
-    for label in [a.label for a in study_arms] if len(study_arms) > 1 else [""]:
+    for label in [a.label for a in study_arms] or [""]:  # a single search runs in <study> itself
         out += _top_k(spec, by_arm.get(label, []), key)
     if spec.confirm.preset:
-        for a in study_arms or [Arm("", {}, {})]:
+        for a in study_arms or (arms(spec) if spec.search.algorithm != "grid" else [Arm("", {}, {})]):
             out += [{**a.constants, ROLE_KEY: "preset", SEED_KEY: s} for s in spec.confirm.seeds]
     return out
 
