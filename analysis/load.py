@@ -37,6 +37,7 @@ class Study:
     epochs: pd.DataFrame
     source: str = "parquet"  # parquet | tune
     notes: list[str] = field(default_factory=list)
+    uri: Optional[str] = None  # the experiment in object storage that `path` is a local copy of
 
     @property
     def results(self) -> pd.DataFrame:
@@ -45,7 +46,7 @@ class Study:
 
     @property
     def name(self) -> str:
-        return str(self.spec.get("name") or self.path.name)
+        return str(self.spec.get("name") or (self.uri or str(self.path)).rstrip("/").rsplit("/", 1)[-1])
 
     @property
     def smoke(self) -> bool:
@@ -77,7 +78,17 @@ class Study:
         return out
 
 
-def load(exp_dir: str | Path) -> Study:
+def load(exp_dir: str | Path, checkpoints: bool = False) -> Study:
+    """The study of an experiment directory, or of an experiment in object storage (s3://...: its
+    tables and trial records are fetched into a local scratch copy first; with `checkpoints` also the
+    trials' checkpoints and student weights, which the CAM pictures need)."""
+    from catkd.storage import StorageError, is_uri
+
+    if is_uri(exp_dir):
+        try:
+            return _load_uri(str(exp_dir), checkpoints)
+        except StorageError as e:
+            raise NotAStudy(str(e)) from None
     path = Path(exp_dir)
     if not path.is_dir():
         raise NotAStudy(f"{path}: not a directory")
@@ -96,6 +107,24 @@ def load(exp_dir: str | Path) -> Study:
         study.notes.append("Parquet files missing: rows rebuilt from the trial files by catkd's own builder.")
     if not spec:
         study.notes.append("no study.yaml: study name from the directory, generic table")
+    return study
+
+
+def _load_uri(uri: str, checkpoints: bool) -> Study:
+    from catkd.storage import Mirror, check, location, scratch_dir
+
+    where = location(uri)
+    check(where)
+    if not where.exists():
+        raise NotAStudy(f"{uri}: nothing there")
+    mirror = Mirror(scratch_dir("report"), where)
+    small = lambda rel: not rel.startswith("report/") and "/checkpoint_" not in f"/{rel}" and not rel.endswith(".pth")  # noqa: E731
+    mirror.pull((lambda rel: not rel.startswith("report/")) if checkpoints else small)
+    study = load(mirror.local)
+    study.uri = where.uri
+    if "trial_dir" in study.trials:  # the trials' folders in the local copy
+        study.trials["trial_dir"] = study.trials["trial_dir"].astype(str).str.replace(
+            where.uri, str(mirror.local), regex=False)
     return study
 
 

@@ -6,6 +6,8 @@
 Reads EXPERIMENT_DIR/study.yaml, results.parquet and trials.parquet (or, when the Parquet files
 are missing, Tune's per-trial result.json / params.json). Writes into --out (default
 EXPERIMENT_DIR/report): report.md | report.tex | one CSV per table, plus PNG plots.
+EXPERIMENT_DIR (and --out) may be an object-storage URI, s3://bucket/prefix/<experiment>: the
+report reads the experiment there and, by default, writes into <experiment URI>/report.
 --cams draws only the teacher/student CAM picture of one trial, cams_<trial_id>.png (analysis/cams.py).
 Exit 0 on success, 2 when EXPERIMENT_DIR is not a study's experiment directory (or, with --cams,
 when no trial has a checkpoint or the teacher file is missing).
@@ -23,6 +25,7 @@ from analysis import plots as plot_mod
 from analysis import tables
 from analysis.load import NotAStudy, load
 from catkd.fsutil import atomic_write_text
+from catkd.storage import StorageError
 
 EXIT_NOT_A_STUDY = 2
 
@@ -53,8 +56,7 @@ def report(experiment_dir: Union[str, Path], out: Union[str, Path, None] = None,
     cannot use. echo=True also prints the text and every file written (what the command shows)."""
     study = load(experiment_dir)
     mode = tables.resolve_epoch(study, epoch)
-    out = Path(out) if out else study.path / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    out, put = _out_dir(study, out)
     tbls = tables.build(study, epoch)
     png: list[Path] = []
     imp, notes = {}, []
@@ -82,10 +84,29 @@ def report(experiment_dir: Union[str, Path], out: Union[str, Path, None] = None,
         written.append(result)
         if echo:
             print(text)
+    if put is not None:  # the report's own folder in object storage: each file one put
+        put.push()
+        shown = lambda p: f"{put.remote.uri}/{Path(p).relative_to(out).as_posix()}"  # noqa: E731
+    else:
+        shown = str
     if echo:
         for p in [*written, *png]:
-            print(f"wrote {p}")
-    return result
+            print(f"wrote {shown(p)}")
+    return shown(result) if put is not None else result
+
+
+def _out_dir(study, out):
+    """The local folder the report is drawn in, and the Mirror that puts it in object storage (when
+    --out is a URI, or by default for a study read from one: <experiment URI>/report)."""
+    from catkd.storage import Mirror, is_uri, location, scratch_dir
+
+    target = str(out) if out else (f"{study.uri}/report" if study.uri else str(study.path / "report"))
+    if is_uri(target):
+        put = Mirror(scratch_dir("report-out"), location(target))
+        return put.local, put
+    path = Path(target)
+    path.mkdir(parents=True, exist_ok=True)
+    return path, None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -94,19 +115,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not args.cams:
             report(args.experiment_dir, args.out, args.format, args.epoch, plots=not args.no_plots, echo=True)
             return 0
-        study = load(args.experiment_dir)
-    except (NotAStudy, ValueError) as exc:
+        study = load(args.experiment_dir, checkpoints=True)
+        out, put = _out_dir(study, args.out)
+    except (NotAStudy, ValueError, StorageError) as exc:
         print(f"report: {exc}", file=sys.stderr)
         return EXIT_NOT_A_STUDY
     from analysis.cams import CamError, cams_report
 
-    out = Path(args.out) if args.out else study.path / "report"
-    out.mkdir(parents=True, exist_ok=True)
     try:
-        print(f"wrote {cams_report(study, out, args.trial, args.images)}")
+        png = cams_report(study, out, args.trial, args.images)
     except CamError as exc:
         print(f"report: {exc}", file=sys.stderr)
         return EXIT_NOT_A_STUDY
+    if put is not None:
+        put.push()
+        png = f"{put.remote.uri}/{Path(png).relative_to(out).as_posix()}"
+    print(f"wrote {png}")
     return 0
 
 

@@ -63,3 +63,10 @@ def atomic_torch_save(path: str | Path, obj: Any) -> Path:
     import torch
 
     return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def user_cache_dir() -> Path:
+    """catkd's per-user cache: $CATKD_CACHE, else $XDG_CACHE_HOME/catkd, else ~/.cache/catkd."""
+    if os.environ.get("CATKD_CACHE"):
+        return Path(os.environ["CATKD_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "catkd"

@@ -7,6 +7,7 @@ import atexit
 import os
 import shutil
 import tempfile
+import types
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,28 @@ def ray_session():
                  log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's standalone S3 server, one per test session (per xdist worker)."""
+    from _s3 import start, stop
+
+    server = start()
+    yield server
+    stop(server)
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """The S3 server's AWS variables set for this test, and a fresh bucket: `s3.uri` is s3://<bucket>."""
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("CATKD_STORAGE_TIMEOUT", "10")
+    bucket = s3_server.bucket()
+    return types.SimpleNamespace(server=s3_server, bucket=bucket, uri=f"s3://{bucket}",
+                                 objects=lambda prefix="": s3_server.objects(bucket, prefix),
+                                 read=lambda key: s3_server.read(bucket, key))
 
 
 @pytest.fixture(scope="session")

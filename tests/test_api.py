@@ -56,16 +56,16 @@ def _study(tmp_path: Path, **changes) -> Path:
     return p
 
 
-def test_study_run_names_every_problem_at_once_and_writes_nothing(tmp_path):
-    # three mistakes of three kinds: a misspelt dimension, a negative β, a URI storage
+def test_study_run_names_every_problem_at_once_and_writes_nothing(tmp_path, s3):
+    # three mistakes of three kinds: a misspelt dimension, a negative β, a storage bucket that does not exist
     study = _study(tmp_path, space={"betta": {"loguniform": [1, 100]}, "cam_resolution": {"choice": [2]}},
                    fixed={"beta": -1.0, "DATASET.VAL_SIZE": 5000})
     with pytest.raises(StudyError) as e:
-        catkd.study.run(study, smoke=True, storage="s3://bucket/results")
+        catkd.study.run(study, smoke=True, storage="s3://no-such-bucket/results")
     msg = str(e.value)
     assert "space.betta: unknown setting" in msg, msg
     assert "CAT_KD.LOSS.CAT_loss_weight" in msg and "greater than or equal to 0" in msg, msg
-    assert "--storage s3://bucket/results" in msg and "not supported yet" in msg, msg
+    assert "--storage s3://no-such-bucket/results: the bucket 'no-such-bucket' does not exist" in msg, msg
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.yaml"]
 
 
@@ -85,15 +85,24 @@ def test_an_alias_and_its_key_given_together_is_an_error(tmp_path):
         catkd.study.run(study)
 
 
-@pytest.mark.parametrize("uri", ["s3://bucket/x", "gs://b", "file:///tmp/x"])
-def test_study_command_refuses_a_uri_storage_with_exit_2(tmp_path, monkeypatch, capsys, uri):
+@pytest.mark.parametrize("case", ["no bucket", "no answer", "bad scheme"])
+def test_study_command_refuses_a_storage_uri_it_cannot_use_with_exit_2_and_writes_nothing(
+        tmp_path, monkeypatch, capsys, s3, case):
+    from _s3 import free_port
     from catkd.study.__main__ import main
 
     monkeypatch.chdir(tmp_path)
+    uri, said = {"no bucket": ("s3://no-such-bucket/studies", "the bucket 'no-such-bucket' does not exist"),
+                 "no answer": (f"{s3.uri}/studies", "no answer in 2 s"),
+                 "bad scheme": ("nosuch://b/studies", "not a storage URI pyarrow can open")}[case]
+    if case == "no answer":
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+        monkeypatch.setenv("CATKD_STORAGE_TIMEOUT", "2")
     rc = main([str(_study(tmp_path)), "--smoke", "--storage", uri])
     err = capsys.readouterr().err
-    assert rc == 2 and uri in err and "Traceback" not in err, err
+    assert rc == 2 and f"--storage {uri}: {said}" in err and "Traceback" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.yaml"]  # no folder called "s3:"
+    assert s3.objects() == {}
 
 
 def test_settings_are_dotted_keys_once_the_study_is_loaded(tmp_path):

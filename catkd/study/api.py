@@ -6,29 +6,30 @@ Light imports at module level: Ray's trial workers import the `catkd.study` pack
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
-_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
-
-def check_storage(storage: Union[str, Path]) -> Path:
-    """--storage is a local or shared directory; an object-store URI (s3://, gs://, ...) is refused
-    rather than read as a folder called `s3:`."""
+def check_storage(storage: Union[str, Path]):
+    """--storage: a local or shared directory, or an object-store URI (s3://bucket/prefix, gs://...)
+    whose endpoint answers, whose bucket exists and whose credentials are accepted (read, not written)."""
+    from catkd.storage import StorageError, check, location
     from catkd.study.spec import StudyError
 
-    if _URI.match(str(storage)):
-        raise StudyError(f"--storage {storage}: object storage (a scheme:// URI) is not supported yet; give a "
-                         "local directory, or a directory every node of the cluster mounts")
-    return Path(storage)
+    try:
+        loc = location(storage)
+        check(loc)
+    except StorageError as e:
+        raise StudyError(f"--storage {e}") from None
+    return loc
 
 
 def run(study: Union[str, Path], smoke: bool = False, overrides: Optional[dict[str, Any]] = None,
         storage: Union[str, Path] = "./results", name: Optional[str] = None, resume: bool = False,
         address: Optional[str] = None, dashboard: bool = False, trackers: Iterable[str] = (),
-        prefetch: bool = True) -> Path:
-    """Run (or, with resume=True, continue) a study file; returns its experiment directory.
+        prefetch: bool = True) -> Union[Path, str]:
+    """Run (or, with resume=True, continue) a study file; returns its experiment directory (its URI
+    when `storage` is object storage: s3://bucket/prefix).
 
     overrides: study keys as `--set` takes them, e.g. {"search.num_samples": 4, "fixed.SOLVER.EPOCHS": 30}.
     name: the experiment's directory under `storage` (default the study's name, "-smoke" added under smoke).
@@ -49,13 +50,13 @@ def run(study: Union[str, Path], smoke: bool = False, overrides: Optional[dict[s
         except StudyError as e:
             errors.append(str(e))
 
-    collect(check_storage, storage)
+    root = collect(check_storage, storage)
     spec = collect(load_study, study, smoke=smoke, sets=overrides)
     collect(check_trackers, list(trackers), str(study))
     if errors:
         raise StudyError("\n".join(errors))
-    storage = Path(storage)
     name = name or (spec.name + ("-smoke" if smoke else ""))
-    run_study(spec, str(study), storage, name, resume=resume, address=address, dashboard=dashboard,
+    run_study(spec, str(study), root, name, resume=resume, address=address, dashboard=dashboard,
               trackers=trackers, prefetch=prefetch)
-    return storage.expanduser().resolve() / name
+    exp = root / name
+    return Path(exp.path) if root.local else exp.uri

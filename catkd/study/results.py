@@ -43,6 +43,21 @@ SETTING_KEYS = [
 ]
 SETTINGS_FILE = "settings.json"  # in <trial dir>/run/, written by the trial
 ARMS_DIR = "arms"  # <study>/arms/<arm>: one Tune experiment per arm of a study with several searches
+# what the driver reads of an experiment kept in object storage (its local copy holds only these):
+# the trial files `collect` reads, and the driver's own files that --resume continues from
+TRIAL_FILES = {"params.json", "result.json", SETTINGS_FILE, "error.txt", "error.pkl"}
+DRIVER_FILES = {"study.yaml", "stage.json", "optuna.db"}
+
+
+def trial_file(rel: str) -> bool:
+    """A file of the experiment (path relative to it) that `collect` reads."""
+    return rel.rsplit("/", 1)[-1] in TRIAL_FILES and "/checkpoint_" not in f"/{rel}"
+
+
+def driver_file(rel: str) -> bool:
+    """A file --resume reads back: the driver's own, the trials', Tune's experiment state."""
+    name = rel.rsplit("/", 1)[-1]
+    return rel in DRIVER_FILES or trial_file(rel) or (name.startswith("experiment_state-") and name.endswith(".json"))
 
 
 def setting_keys(spec: dict[str, Any]) -> list[str]:
@@ -114,8 +129,11 @@ def _recorded_settings(tdir: Path, spec: dict[str, Any], params: dict[str, Any])
         return {**(spec.get("fixed") or {}), **resolve_names(params)}  # params.json of an older version: aliases
 
 
-def collect(exp_dir: Path, spec: dict[str, Any], study_done: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Epoch rows and trial rows of the experiment directory (`spec`: the study as run, a dict)."""
+def collect(exp_dir: Path, spec: dict[str, Any], study_done: bool,
+            shown_as: Optional[str] = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Epoch rows and trial rows of the experiment directory (`spec`: the study as run, a dict).
+    shown_as: where the experiment really is when `exp_dir` is a local copy of it (a URI): the
+    `trial_dir` column names the trial there."""
     exp_dir = Path(exp_dir)
     study = spec.get("name")
     epoch_rows: list[dict[str, Any]] = []
@@ -174,7 +192,9 @@ def collect(exp_dir: Path, spec: dict[str, Any], study_done: bool) -> tuple[list
             "test_acc_at_best_val": _test_at_best_val(by_epoch),
             "best_val_epoch": _best_val_epoch(by_epoch),
             "wall_seconds": _trial_wall(results) or wall,
-            "trial_dir": str(tdir),
+            # the GPUs Ray gave the trial ("" for none; of its last run when it was restored elsewhere)
+            "gpu_ids": next((str(r["gpu_ids"]) for r in reversed(results) if "gpu_ids" in r), None),
+            "trial_dir": str(tdir) if shown_as is None else f"{shown_as}/{tdir.relative_to(exp_dir).as_posix()}",
         })
     return epoch_rows, trial_rows
 
@@ -257,9 +277,9 @@ def write_results(exp_dir: Path, epoch_rows: list[dict[str, Any]], trial_rows: l
     write_parquet(exp_dir / "trials.parquet", to_table(trial_rows, ID_COLUMNS))
 
 
-def write(exp_dir: Path, spec: dict[str, Any], study_done: bool) -> list[dict[str, Any]]:
+def write(exp_dir: Path, spec: dict[str, Any], study_done: bool, shown_as: Optional[str] = None) -> list[dict[str, Any]]:
     """Rebuild both Parquet files from the trial files; returns the trial rows."""
-    rows, trials = collect(exp_dir, spec, study_done)
+    rows, trials = collect(exp_dir, spec, study_done, shown_as)
     write_results(Path(exp_dir), rows, trials)
     return trials
 
@@ -288,15 +308,37 @@ def read(exp_dir: Path, spec: dict[str, Any]):
 
 class ResultsWriter:
     """Rebuilds results.parquet / trials.parquet from Tune's trial files; throttled while running.
-    `spec`: the study as run, a dict."""
+    `spec`: the study as run, a dict. With `mirror` (a catkd.storage.Mirror: `exp_dir` is the local
+    copy of an experiment in object storage) each write first fetches the trial files that changed,
+    and afterwards puts back every file the driver changed (the Parquet files, stage.json, optuna.db)."""
 
-    def __init__(self, exp_dir: Path, spec: dict[str, Any], every_s: float = 5.0):
-        self.exp_dir, self.spec_dict, self.every_s = exp_dir, spec, every_s
+    def __init__(self, exp_dir: Path, spec: dict[str, Any], every_s: float = 5.0, mirror: Any = None):
+        self.exp_dir, self.spec_dict, self.mirror = exp_dir, spec, mirror
+        self.every_s = every_s if mirror is None else max(every_s, 15.0)  # a listing and GETs per write
         self.last = 0.0
+
+    @property
+    def shown_as(self) -> Optional[str]:
+        return None if self.mirror is None else self.mirror.remote.uri
+
+    def local_dir(self, trial_dir: str) -> Path:
+        """The local directory of a trial_dir column value."""
+        if self.shown_as and trial_dir.startswith(self.shown_as + "/"):
+            return self.exp_dir / trial_dir[len(self.shown_as) + 1:]
+        return Path(trial_dir)
+
+    def sync(self) -> None:
+        """Put back the files the driver changed (object storage only)."""
+        if self.mirror is not None:
+            self.mirror.push()
 
     def write(self, study_done: bool = False, force: bool = True) -> list[dict[str, Any]]:
         now = time.time()
         if not force and now - self.last < self.every_s:
             return []
         self.last = now
-        return write(self.exp_dir, self.spec_dict, study_done)
+        if self.mirror is not None:
+            self.mirror.pull(trial_file)
+        trials = write(self.exp_dir, self.spec_dict, study_done, self.shown_as)
+        self.sync()
+        return trials

@@ -14,12 +14,12 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional, Union
 
 import yaml
 
 from catkd.config import flatten
-from catkd.fsutil import atomic_write_json, atomic_write_text
+from catkd.fsutil import atomic_write_json, atomic_write_text, user_cache_dir
 from catkd.study import prefetch as prefetch_mod
 from catkd.study import results as res
 from catkd.study.preflight import absolutise, ensure_smoke_teacher, preflight
@@ -27,6 +27,7 @@ from catkd.study.progress import say, summary_table
 from catkd.study.keys import short_name
 from catkd.study.spec import StudyError, StudySpec, dump_study, separate_searches
 from catkd.study.stages import confirm_params, run_stage, start_ray, teacher_cache_env
+from catkd.storage import Location, Mirror, location, scratch_dir
 from catkd.teacher_cache.provider import ENV_DIR
 
 
@@ -60,7 +61,7 @@ def check_same_study(spec: StudySpec, saved: Path, source: str) -> None:
 def run_study(
     spec: StudySpec,
     source: str,
-    storage: Path,
+    storage: Union[Path, Location],
     name: str,
     resume: bool = False,
     address: Optional[str] = None,
@@ -73,38 +74,53 @@ def run_study(
     `study.yaml` is written before anything slow (the smoke teacher, Ray), so a study killed at any
     moment leaves a directory `--resume` accepts; one killed before its first trial started may also
     be started afresh. `--resume` refuses (exit 2, nothing written) a study that differs from the
-    saved one.
+    saved one. `storage` in object storage: the driver works on a local scratch copy of the files it
+    reads (catkd.storage.Mirror), fetched from the URI first, and puts back each file it writes.
     """
-    storage = storage.expanduser().resolve()
-    exp_dir = storage / name
+    root = storage if isinstance(storage, Location) else location(storage)
+    remote = root / name
+    mirror = None if root.local else Mirror(scratch_dir(name), remote)
+    exp_dir = Path(remote.path) if mirror is None else mirror.local
     saved = exp_dir / "study.yaml"
-    spec, env = absolutise(spec)
-    # the teacher cache of every trial: one store per key under the storage directory (node-local
-    # when the cluster has several nodes: see stages.teacher_cache_env)
-    env.setdefault(ENV_DIR, os.environ.get(ENV_DIR) or str(storage / ".cache" / "teacher"))
-    started = _trials_started(exp_dir)
-    if exp_dir.exists() and not resume and started:
-        raise StudyError(f"{source}: {exp_dir} already exists; use --resume to continue it or --name for a new study")
-    if resume and not exp_dir.exists():
-        raise StudyError(f"{source}: --resume: no study at {exp_dir} (nothing to resume)")
-    if resume and saved.is_file():
-        check_same_study(spec, saved, source)
-    before = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     try:
-        return _run(spec, source, storage, name, resume, address, dashboard, trackers, prefetch, exp_dir, saved,
-                    env)
-    finally:  # a library caller's next study must not inherit this one's data, teacher or cache paths
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        if mirror is not None:
+            mirror.pull(res.driver_file)  # what --resume continues from, and whether trials started
+        spec, env = absolutise(spec)
+        if root.local:
+            # the teacher cache of every trial: one store per key under the storage directory
+            # (node-local when the cluster has several nodes: see stages.teacher_cache_env)
+            env.setdefault(ENV_DIR, os.environ.get(ENV_DIR) or str(Path(root.path) / ".cache" / "teacher"))
+        elif os.environ.get(ENV_DIR):
+            env[ENV_DIR] = os.environ[ENV_DIR]
+        else:
+            say("teacher cache: on each node's local disk (~/.cache/catkd/teacher, or CATKD_TEACHER_CACHE): "
+                "memory-mapped stores do not live in object storage")
+        started = _trials_started(exp_dir)
+        if remote.exists() and not resume and started:
+            raise StudyError(f"{source}: {remote} already exists; use --resume to continue it or --name for a new study")
+        if resume and not remote.exists():
+            raise StudyError(f"{source}: --resume: no study at {remote} (nothing to resume)")
+        if resume and saved.is_file():
+            check_same_study(spec, saved, source)
+        before = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            return _run(spec, source, root, name, resume, address, dashboard, trackers, prefetch, exp_dir, saved,
+                        env, mirror)
+        finally:  # a library caller's next study must not inherit this one's data, teacher or cache paths
+            for k, v in before.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    finally:
+        if mirror is not None:  # every file the driver wrote is in the bucket: the copy can go
+            mirror.remove_local()
 
 
-def _run(spec: StudySpec, source: str, storage: Path, name: str, resume: bool, address: Optional[str],
+def _run(spec: StudySpec, source: str, root: Location, name: str, resume: bool, address: Optional[str],
          dashboard: bool, trackers: tuple[str, ...], prefetch: bool, exp_dir: Path, saved: Path,
-         env: dict[str, str]) -> int:
+         env: dict[str, str], mirror: Optional[Mirror]) -> int:
     if not spec.smoke_mode:
         preflight(spec, source)
     try:
@@ -114,22 +130,26 @@ def _run(spec: StudySpec, source: str, storage: Path, name: str, resume: bool, a
         probe.unlink()
     except OSError as e:
         raise StudyError(f"{source}: --storage: cannot write to {exp_dir} ({e.strerror or e})") from None
+    remote = root / name
+    writer = res.ResultsWriter(exp_dir, spec.model_dump(mode="json", exclude_none=True), mirror=mirror)
     if not (resume and saved.is_file()):
         atomic_write_text(saved, dump_study(spec))  # first: a kill from here on is resumable
+        writer.sync()
     if spec.smoke_mode:
-        teacher = ensure_smoke_teacher(spec, storage / ".cache" / "teachers")
+        teacher = ensure_smoke_teacher(spec, _smoke_teachers(root))
+        if teacher is not None and not root.local:  # trials on other nodes fetch it from the bucket
+            teacher = _put_teacher(teacher, root)
         if teacher is not None:  # where this machine keeps it: runtime, not part of the study
             spec = spec.model_copy(update={"fixed": {**spec.fixed, "DISTILLER.TEACHER_CKPT": str(teacher)}})
     state_path = exp_dir / "stage.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    writer = res.ResultsWriter(exp_dir, spec.model_dump(mode="json", exclude_none=True))
+    stage = _StageFile(state_path, state, writer)
     smoke = " (SMOKE: synthetic data, small models)" if spec.smoke_mode else ""
-    say(f"study {spec.name}{smoke}: experiment directory {exp_dir}")
+    say(f"study {spec.name}{smoke}: experiment directory {remote}")
     t0 = time.time()
     prefetcher = _start_prefetch(spec, env, exp_dir, address) if prefetch else []
     try:
-        _run_stages(spec, storage, name, resume, address, dashboard, env, writer, trackers, state, state_path,
-                    exp_dir, prefetcher)
+        _run_stages(spec, root, name, resume, address, dashboard, env, writer, trackers, stage, exp_dir, prefetcher)
     finally:
         prefetch_mod.stop(prefetcher)  # before the final results: its counts are then complete
     trials = writer.write(study_done=True)
@@ -137,9 +157,40 @@ def _run(spec: StudySpec, source: str, storage: Path, name: str, resume: bool, a
         f"{sum(1 for t in trials if t['status'] == s)} {s}" for s in res.STATUSES if any(t["status"] == s for t in trials)))
     print(summary_table(trials, spec), flush=True)
     report = Path("analysis/report.py")
-    hint = f"; report: python {report} {exp_dir}" if report.is_file() else ""
-    say(f"results: {exp_dir / 'results.parquet'} and {exp_dir / 'trials.parquet'}{hint}")
+    hint = f"; report: python {report} {remote}" if report.is_file() else ""
+    say(f"results: {remote / 'results.parquet'} and {remote / 'trials.parquet'}{hint}")
     return 0
+
+
+def _smoke_teachers(root: Location) -> Path:
+    """Where this machine keeps smoke teachers: beside the experiments on a local --storage, else the
+    user cache (a bucket holds a copy for the other nodes: _put_teacher)."""
+    if root.local:
+        return Path(root.path) / ".cache" / "teachers"
+    return user_cache_dir() / "teachers"
+
+
+def _put_teacher(path: Path, root: Location) -> str:
+    """The smoke teacher's copy in the bucket (uploaded when missing or different): its URI."""
+    dst = root / ".cache" / "teachers" / path.parent.name / path.name
+    if not dst.is_file() or dst.fs.get_file_info(dst.path).size != path.stat().st_size:
+        dst.upload(path)
+    return dst.uri
+
+
+class _StageFile:
+    """stage.json: which stages (and searches) are done; each change written atomically, then put back."""
+
+    def __init__(self, path: Path, state: dict[str, str], writer: res.ResultsWriter):
+        self.path, self.state, self.writer = path, state, writer
+
+    def get(self, key: str) -> Optional[str]:
+        return self.state.get(key)
+
+    def __setitem__(self, key: str, value: str) -> None:
+        self.state[key] = value
+        atomic_write_json(self.path, self.state)
+        self.writer.sync()
 
 
 def _start_prefetch(spec: StudySpec, env: dict[str, str], exp_dir: Path, address: Optional[str]):
@@ -155,11 +206,11 @@ def _start_prefetch(spec: StudySpec, env: dict[str, str], exp_dir: Path, address
     return prefetch_mod.start(spec, env, exp_dir)
 
 
-def _run_arms(spec, study_arms, resume, env, writer, trackers, state, state_path, exp_dir) -> None:
+def _run_arms(spec, study_arms, resume, env, writer, trackers, state, exp_dir, remote) -> None:
     """One search per arm, one after another, each its own Tune experiment (<study>/arms/<arm>),
     Optuna study and scheduler: every arm gets the same budget, and ASHA never stops one arm's
     trial for being behind another arm's (a method's trials compete only with that method's)."""
-    base = exp_dir / res.ARMS_DIR
+    base = remote / res.ARMS_DIR
     for i, arm in enumerate(study_arms, 1):
         key = f"search:{arm.label}"
         if state.get(key) == "done":
@@ -168,42 +219,37 @@ def _run_arms(spec, study_arms, resume, env, writer, trackers, state, state_path
         say(f"[search {i}/{len(study_arms)}] {shown}: {spec.search.num_samples} trials over "
             f"{', '.join(short_name(k) for k in arm.space)}")
         state[key] = "running"
-        atomic_write_json(state_path, state)
         run_stage(spec, "search", base, arm.label, resume and (base / arm.label).exists(), env, writer,
                   trackers=trackers, study_dir=exp_dir, arm=arm)
         state[key] = "done"
-        atomic_write_json(state_path, state)
 
 
-def _run_stages(spec, storage, name, resume, address, dashboard, env, writer, trackers, state, state_path,
-                exp_dir, prefetcher) -> None:
+def _run_stages(spec, root, name, resume, address, dashboard, env, writer, trackers, state, exp_dir,
+                prefetcher) -> None:
     start_ray(address, dashboard)
     if teacher_cache_env(env, explicit=bool(os.environ.get(ENV_DIR))) > 1 and prefetcher:
         say("teacher prefetch: stopped (a cluster of several nodes: trials may run elsewhere)")
         prefetch_mod.stop(prefetcher)
+    remote = root / name
     if state.get("search") != "done":
         state["search"] = "running"
-        atomic_write_json(state_path, state)
         study_arms = separate_searches(spec)
         if study_arms:
-            _run_arms(spec, study_arms, resume, env, writer, trackers, state, state_path, exp_dir)
+            _run_arms(spec, study_arms, resume, env, writer, trackers, state, exp_dir, remote)
         else:
-            run_stage(spec, "search", storage, name, resume, env, writer, trackers=trackers)
+            run_stage(spec, "search", root, name, resume, env, writer, trackers=trackers, study_dir=exp_dir)
         state["search"] = "done"
-        atomic_write_json(state_path, state)
     if spec.confirm is not None and state.get("confirm") != "done":
         trials = writer.write(study_done=False)
-        params = confirm_params(spec, trials)
+        params = confirm_params(spec, trials, writer.local_dir)
         if params:
             each = " of each search" if separate_searches(spec) else ""
             ref = " and the preset settings" if spec.confirm.preset else ""
             say(f"[confirm] re-running the top {spec.confirm.top_k} configuration(s){each}{ref} x seeds "
                 f"{spec.confirm.seeds} at full budget ({len(params)} trials), reporting test accuracy")
             state["confirm"] = "running"
-            atomic_write_json(state_path, state)
-            run_stage(spec, "confirm", exp_dir, "confirm", resume and (exp_dir / "confirm").exists(),
+            run_stage(spec, "confirm", remote, "confirm", resume and (remote / "confirm").exists(),
                       env, writer, params, trackers=trackers, study_dir=exp_dir)
         state["confirm"] = "done"
-        atomic_write_json(state_path, state)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from catkd.study.checks import run_config
 from catkd.study.progress import make_callback, say
@@ -14,6 +14,7 @@ from catkd.study.results import ARMS_DIR, SEED_KEY
 from catkd.study.spec import Arm, StudySpec, arms, separate_searches
 
 if TYPE_CHECKING:
+    from catkd.storage import Location
     from catkd.study.results import ResultsWriter
 
 
@@ -91,7 +92,7 @@ def teacher_cache_env(env: dict[str, str], explicit: bool) -> int:
 def run_stage(
     spec: StudySpec,
     stage: str,
-    storage: Path,
+    root: Location,
     name: str,
     resume: bool,
     env: dict[str, str],
@@ -117,16 +118,19 @@ def run_stage(
         say(f"no GPU in this Ray cluster: trials run on CPU only ({spec.resources.cpu:g} CPU each)")
         gpu = 0
     resources = {"cpu": spec.resources.cpu, "gpu": gpu}
-    exp_path = storage / name
-    study_dir = study_dir or exp_path  # the experiment directory (the confirm stage runs in a subfolder)
+    exp = root / name
+    assert study_dir is not None  # the experiment's (local copy of its) directory: optuna.db, trackers
+    # Tune reads and writes the experiment where it is; a bucket through the pyarrow filesystem
+    fs = None if root.local else root.fs
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, study=spec.model_dump(mode="json"), env=env, cpus=spec.resources.cpu,
-                             exp_path=str(exp_path)),
+        tune.with_parameters(train_trial, study=spec.model_dump(mode="json"), env={**env, **_storage_env()},
+                             cpus=spec.resources.cpu, exp_path=exp.uri),
         resources,
     )
-    if resume and tune.Tuner.can_restore(str(exp_path)):
-        say(f"[{stage}] resuming {exp_path}")
-        tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True)
+    if resume and tune.Tuner.can_restore(exp.path if fs else exp.uri, storage_filesystem=fs):
+        say(f"[{stage}] resuming {exp}")
+        tuner = tune.Tuner.restore(exp.path if fs else exp.uri, trainable=trainable, resume_errored=True,
+                                   storage_filesystem=fs)
     else:
         if stage == "search":
             searcher = make_searcher(spec, metric, spec.mode, study_dir / "optuna.db", arm)
@@ -160,7 +164,8 @@ def run_stage(
             ),
             run_config=tune.RunConfig(
                 name=name,
-                storage_path=str(storage),
+                storage_path=root.path,
+                storage_filesystem=fs,
                 callbacks=[make_callback(writer, metric, stage),
                            *tracker_callbacks(list(trackers), spec, study_dir, study_dir.name, stage)],
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
@@ -171,7 +176,15 @@ def run_stage(
     return tuner.fit()
 
 
-def confirm_params(spec: StudySpec, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _storage_env() -> dict[str, str]:
+    """The object-store endpoint and region the trials' nodes use as the driver does (credentials are
+    not passed on: each node has its own, from its environment or instance role)."""
+    keys = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+    return {k: os.environ[k] for k in keys if os.environ.get(k)}
+
+
+def confirm_params(spec: StudySpec, trials: list[dict[str, Any]],
+                   local_dir: Callable[[str], Path] = Path) -> list[dict[str, Any]]:
     """Each arm's top-k search configurations (by the study metric at their best epoch), and with
     `confirm.preset` the arm's preset settings, x the confirm seeds."""
     assert spec.confirm is not None
@@ -180,17 +193,18 @@ def confirm_params(spec: StudySpec, trials: list[dict[str, Any]]) -> list[dict[s
     by_arm: dict[str, list[dict[str, Any]]] = {}
     for t in trials:
         if t["stage"] == "search" and t.get(key) is not None:
-            by_arm.setdefault(arm_of(Path(t["trial_dir"])), []).append(t)
+            by_arm.setdefault(arm_of(local_dir(t["trial_dir"])), []).append(t)
     out: list[dict[str, Any]] = []
     for label in [a.label for a in study_arms] or [""]:  # a single search runs in <study> itself
-        out += _top_k(spec, by_arm.get(label, []), key)
+        out += _top_k(spec, by_arm.get(label, []), key, local_dir)
     if spec.confirm.preset:
         for a in study_arms or (arms(spec) if spec.search.algorithm != "grid" else [Arm("", {}, {})]):
             out += [{**a.constants, ROLE_KEY: "preset", SEED_KEY: s} for s in spec.confirm.seeds]
     return out
 
 
-def _top_k(spec: StudySpec, pool: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+def _top_k(spec: StudySpec, pool: list[dict[str, Any]], key: str,
+           local_dir: Callable[[str], Path]) -> list[dict[str, Any]]:
     assert spec.confirm is not None
     finished = [t for t in pool if t["status"] == "finished"]
     pool = finished if len(finished) >= spec.confirm.top_k else pool
@@ -198,7 +212,7 @@ def _top_k(spec: StudySpec, pool: list[dict[str, Any]], key: str) -> list[dict[s
     out: list[dict[str, Any]] = []
     seen: list[dict[str, Any]] = []
     for t in pool:
-        params = _params_of(Path(t["trial_dir"]))
+        params = _params_of(local_dir(t["trial_dir"]))
         params.pop(SEED_KEY, None)
         if params in seen:
             continue

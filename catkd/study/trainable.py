@@ -27,14 +27,18 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], env: dict[str, st
 
     os.environ.update(env)  # absolute CATKD_DATA / CATKD_TEACHERS resolved by the driver
     torch.set_num_threads(max(1, int(cpus)))  # Ray gives a worker 1 thread; use the trial's CPUs
+    study = _fetch_teacher(study)
     spec = StudySpec.model_validate(study)
     params = trial_params(config)
     cfg = run_config(spec, params).model_copy(deep=True)
     cfg.RUN.PROGRESS = "none"
+    gpu_ids = _gpu_ids()
 
-    out_dir = _run_dir(exp_path, Path(tune.get_context().get_trial_dir()).name)
+    out_dir, mirror = _run_dir(exp_path, Path(tune.get_context().get_trial_dir()).name)
     # the trial's one record of its settings: from the config it trains with, nothing re-resolved later
     write_settings(out_dir, settings_of(cfg, study, params))
+    sync = (lambda: mirror.push(_run_file)) if mirror is not None else (lambda: None)  # noqa: E731
+    sync()
     resume_from = None
     restored = tune.get_checkpoint()
     if restored is not None:
@@ -51,15 +55,22 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], env: dict[str, st
     def report(metrics: dict[str, Any], run_dir: Path) -> None:
         # this process's CPU time (user + system, all threads) since the trial started: what
         # `catkd.bench study` divides by wall x cores
-        m = {**metrics, "status": "running", "epochs_budget": total, "trial_cpu_seconds": _cpu_seconds() - cpu0}
+        m = {**metrics, "status": "running", "epochs_budget": total, "trial_cpu_seconds": _cpu_seconds() - cpu0,
+             "gpu_ids": gpu_ids}
         _maybe_inject_worker_exit(m["epoch"], spec.name)
+        sync()  # the run's files in the bucket before the epoch is reported: a restore finds them there
         if m["epoch"] % checkpoint_every == 0 or m["epoch"] == total:
             tune.report(m, checkpoint=tune.Checkpoint.from_directory(_checkpoint_dir(run_dir)))
         else:
             tune.report(m)
 
     trainer = Trainer.from_config(cfg, out_dir=out_dir, log=lambda s: None, notice=print)  # notices: the trial's log
-    result = trainer.fit(report=report, resume_from=resume_from)
+    try:
+        result = trainer.fit(report=report, resume_from=resume_from)
+        sync()
+    finally:
+        if mirror is not None:
+            mirror.remove_local()
     if result.status == "diverged":
         # a final row marks the trial diverged (metric NaN); it returns normally, so it is not retried
         nan = float("nan")
@@ -67,27 +78,77 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], env: dict[str, st
                      "val_acc": nan, "test_acc": nan})
 
 
+def _gpu_ids() -> str:
+    """The GPUs Ray gave this trial (logical ids, "" for none), as text: "0" or "0,1". A trial given a
+    GPU where torch sees no CUDA trains on the CPU, and says so once in its log."""
+    import ray
+    import torch
+
+    ids = [str(i) for i in ray.get_gpu_ids()]
+    if ids and not torch.cuda.is_available():
+        print(f"catkd: Ray gave this trial GPU {','.join(ids)}, but torch sees no CUDA here: training on the CPU",
+              flush=True)
+    return ",".join(ids)
+
+
 def _cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system
 
 
-def _run_dir(exp_path: str, trial_dir_name: str) -> Path:
-    """Where the trial's own files (metrics.jsonl, student_best.pth, ckpt_epoch_*.pth) go.
+def _run_dir(exp_path: str, trial_dir_name: str):
+    """Where the trial's own files (settings.json, metrics.jsonl, student_best.pth, ckpt_epoch_*.pth)
+    go, and the Mirror that puts them in the bucket (None on a disk).
 
-    <experiment>/<trial dir>/run when the experiment directory is reachable from this worker (a
-    local or shared --storage), else the worker's working directory. Written straight to the
-    experiment, not to Tune's per-trial staging directory: an actor reused for a new trial
-    (reuse_actors) gets no staging directory, and its files would never reach the experiment.
+    <experiment>/<trial dir>/run when the experiment is a local or shared directory: written straight
+    to the experiment, not to Tune's per-trial staging directory (an actor reused for a new trial, with
+    reuse_actors, gets none, and its files would never reach the experiment). In object storage: a
+    local scratch directory, put back after every epoch to <experiment>/<trial dir>/run; a trial
+    restored on another node first fetches what is there (its metrics.jsonl goes on growing).
     """
+    from catkd.storage import Mirror, is_uri, location, scratch_dir
+
+    if is_uri(exp_path):
+        mirror = Mirror(scratch_dir(trial_dir_name), location(exp_path) / trial_dir_name / "run")
+        mirror.pull(_run_file)
+        return mirror.local, mirror
     if exp_path:
         d = Path(exp_path) / trial_dir_name / "run"
         try:
             d.mkdir(parents=True, exist_ok=True)
-            return d
+            return d, None
         except OSError:
             pass
-    return Path.cwd() / "run"
+    return Path.cwd() / "run", None
+
+
+def _run_file(rel: str) -> bool:
+    """A run file the bucket keeps: not the resume checkpoint, which Tune keeps as its checkpoint."""
+    return rel.split("/")[0] not in ("checkpoint.pth", "restored.pth", "tune_ckpt")
+
+
+def _fetch_teacher(study: dict[str, Any]) -> dict[str, Any]:
+    """A teacher checkpoint given as a URI (the smoke teacher of a study in object storage) is fetched
+    once per node into the user cache, keyed by URI and size (file-locked: trials start together)."""
+    import hashlib
+
+    from filelock import FileLock
+
+    from catkd.fsutil import user_cache_dir
+    from catkd.storage import is_uri, location
+
+    uri = (study.get("fixed") or {}).get("DISTILLER.TEACHER_CKPT")
+    if not uri or not is_uri(str(uri)):
+        return study
+    src = location(uri)
+    size = src.fs.get_file_info(src.path).size
+    key = hashlib.sha1(f"{uri}:{size}".encode()).hexdigest()[:16]
+    dst = user_cache_dir() / "fetched" / key / Path(src.path).name
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dst) + ".lock"):
+        if not dst.is_file() or dst.stat().st_size != size:
+            src.download(dst)
+    return {**study, "fixed": {**study["fixed"], "DISTILLER.TEACHER_CKPT": str(dst)}}
 
 
 def _checkpoint_dir(run_dir: Path) -> str:

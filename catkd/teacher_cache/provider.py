@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from catkd.distillers.targets import TARGET_KINDS, compute_targets
+from catkd.fsutil import user_cache_dir
 from catkd.teacher_cache.store import FORMAT_VERSION, Layout, StoreError, TeacherStore
 
 # float16: per-step loss difference vs float32 targets measured in `python -m catkd.bench cache`
@@ -233,10 +234,7 @@ def cache_root(cfg) -> Optional[Path]:
         return Path(mode).expanduser()
     if os.environ.get(ENV_DIR):
         return Path(os.environ[ENV_DIR])
-    if os.environ.get("CATKD_CACHE"):
-        return Path(os.environ["CATKD_CACHE"]).expanduser() / "teacher"
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "catkd" / "teacher"
+    return user_cache_dir() / "teacher"
 
 
 def build_targets(cfg, distiller, data, device: torch.device, autocast: Callable[[], Any],
