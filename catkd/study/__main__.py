@@ -21,7 +21,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--smoke", action="store_true",
                     help="the same study shrunk to the embedded synthetic data, small models, few epochs")
     ap.add_argument("--resume", action="store_true", help="continue a killed or interrupted study")
-    ap.add_argument("--storage", default="./results", help="where experiment directories go (default ./results)")
+    ap.add_argument("--storage", default="./results",
+                    help="where experiment directories go: a directory, or s3://bucket/prefix (default ./results)")
     ap.add_argument("--name", help="experiment name (default: the study's name, + '-smoke' with --smoke)")
     ap.add_argument("--address", help="existing Ray cluster (default: RAY_ADDRESS, else a local one)")
     ap.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=True,
@@ -52,7 +53,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         sets = parse_set(args.sets)
         if args.dry_run:
-            return dry_run(load_study(args.study, smoke=args.smoke, sets=sets), args.study)
+            return dry_run(load_study(args.study, smoke=args.smoke, sets=sets), args.study, args.address)
         run(args.study, smoke=args.smoke, overrides=sets, storage=args.storage, name=args.name, resume=args.resume,
             address=args.address, dashboard=args.dashboard, trackers=args.log, prefetch=args.prefetch)
         return 0
@@ -76,9 +77,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             pass
 
 
-def dry_run(spec, source: str) -> int:
-    """--dry-run: the plan and a measured cost estimate; nothing written, Ray not started. Exit 2 if
-    the pre-flight (dataset and teacher files) would stop the real run."""
+def dry_run(spec, source: str, address: Optional[str] = None) -> int:
+    """--dry-run: the plan and a measured cost estimate; nothing written, no Ray started (on a cluster,
+    --address or RAY_ADDRESS, its nodes are read to count the slots). Exit 2 if the pre-flight
+    (dataset and teacher files) would stop the real run."""
     from catkd.study.estimate import estimate
     from catkd.study.preflight import absolutise, preflight
     from catkd.study.progress import say
@@ -88,7 +90,7 @@ def dry_run(spec, source: str) -> int:
 
     spec, env = absolutise(spec)
     try:
-        estimate(spec, say=say)
+        estimate(spec, say=say, address=address)
     except (ConfigError, StudyError, ValueError) as e:  # a setting the cost measurement cannot run with
         print(f"catkd.study: error: {source}: the cost measurement cannot run this study: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -1,4 +1,4 @@
-"""`--dry-run`: what a study will cost, before it runs (nothing written, Ray not started).
+"""`--dry-run`: what a study will cost, before it runs (nothing written, no Ray started).
 
 The plan: trials per stage, the epoch budget (the most it can take; under ASHA also the expected
 epochs from its rungs). The cost: a short measurement, on this machine's device, of each distinct
@@ -14,7 +14,8 @@ warm-cache step. Wall, per stage: its trials started in order on the concurrent 
 slot frees (Tune's way), so a stage's end, where slots wait for its last trials, is counted: the
 confirm stage runs in waves of `slots` trials, and under ASHA the trial that runs to the end may
 start late (which trials go on is unrelated to their order: the mean over seeded shuffles).
-Concurrency = min(max_concurrent, what this machine fits of the study's per-trial resources); trials
+Concurrency = min(max_concurrent, what this machine fits of the study's per-trial resources; with a
+Ray cluster's address, what its alive nodes fit, node by node, as Ray places trials); trials
 sharing one GPU are assumed not to slow each other (a lower bound there; `python -m catkd.bench gpu`
 measures what 4 trials on one GPU give).
 """
@@ -25,7 +26,7 @@ import os
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -246,7 +247,13 @@ def measure(cfg: Config, threads: int, steps: int = 3) -> dict[str, float]:
     return out
 
 
-def _slots(spec: StudySpec) -> tuple[int, str]:
+def _slots(spec: StudySpec, address: Optional[str] = None) -> tuple[int, str]:
+    """Concurrent trials: min(max_concurrent, what fits), and the words for what was counted. On a Ray
+    cluster (`address`, else RAY_ADDRESS) its alive nodes are counted; else this machine."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        fit, what = cluster_slots(spec.resources.cpu, spec.resources.gpu, cluster_nodes(address))
+        return max(1, min(spec.max_concurrent, fit)), f"the Ray cluster at {address} fits {what}"
     cores = os.cpu_count() or 1
     cpu = max(spec.resources.cpu, 1e-9)
     fit = int(cores // cpu) or 1
@@ -254,16 +261,55 @@ def _slots(spec: StudySpec) -> tuple[int, str]:
     if spec.resources.gpu and torch.cuda.is_available():
         fit = min(fit, int(torch.cuda.device_count() / spec.resources.gpu))
         what += f", {torch.cuda.device_count()} GPU / {spec.resources.gpu:g} per trial"
-    return max(1, min(spec.max_concurrent, fit)), what
+    return max(1, min(spec.max_concurrent, fit)), f"this machine fits {what}"
 
 
-def estimate(spec: StudySpec, say=print) -> dict[str, Any]:
-    """Print the plan and the cost; return the figures (nothing written, Ray not started)."""
+def _fits(have: float, per: float) -> int:
+    return int(have / per + 1e-9)  # 1 / 0.25 is 4, and 0.3 / 0.1 is 3, not 2.9999...
+
+
+def cluster_slots(cpu: float, gpu: float, nodes: list[dict[str, float]]) -> tuple[int, str]:
+    """Trials of `cpu` CPU and `gpu` GPU each that the nodes (their Ray resources) hold at once,
+    counted node by node as Ray places them: a trial never spans nodes, so each node holds
+    min(its CPU / cpu, its GPU / gpu). A study asking for a GPU on a cluster without one runs its
+    trials on CPU only (as the run does), so only CPU is counted then."""
+    total_gpu = sum(n.get("GPU", 0.0) for n in nodes)
+    use_gpu = bool(gpu) and total_gpu > 0
+    per_node = [min(_fits(n.get("CPU", 0.0), cpu), _fits(n.get("GPU", 0.0), gpu) if use_gpu else 1 << 30)
+                for n in nodes]
+    used = [n for n, k in zip(nodes, per_node) if k > 0]
+    parts = [f"{sum(n.get('CPU', 0.0) for n in used):g} CPU / {cpu:g} per trial"]
+    if use_gpu:
+        parts.append(f"{sum(n.get('GPU', 0.0) for n in used):g} GPU / {gpu:g} per trial")
+    elif gpu:
+        parts.append("no GPU in the cluster: trials run on CPU only")
+    left = f" ({len(nodes) - len(used)} more fit no trial)" if len(used) < len(nodes) else ""
+    return sum(per_node), f"{len(used)} node(s){left}: {', '.join(parts)} = {sum(per_node)} slots"
+
+
+def cluster_nodes(address: str) -> list[dict[str, float]]:
+    """The Ray resources ({"CPU": 4.0, "GPU": 1.0, ...}) of each alive node of the cluster at
+    `address` (connects as a driver when not connected yet; nothing is scheduled)."""
+    import ray
+
+    connected = ray.is_initialized()
+    if not connected:
+        ray.init(address=address, log_to_driver=False, logging_level="error")
+    try:
+        return [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
+    finally:
+        if not connected:
+            ray.shutdown()
+
+
+def estimate(spec: StudySpec, say=print, address: Optional[str] = None) -> dict[str, Any]:
+    """Print the plan and the cost; return the figures (nothing written; Ray not started: on a
+    cluster, `address` or RAY_ADDRESS, only its nodes are read to count the slots)."""
     from catkd.data import dataset_entry
     from catkd.distillers import DISTILLERS
 
     groups = plan(spec)
-    slots, fits = _slots(spec)
+    slots, fits = _slots(spec, address)
     threads = max(1, int(spec.resources.cpu))
     device = "cuda" if (spec.resources.gpu and torch.cuda.is_available()) else "cpu"
     say(f"plan of {spec.name}{' (SMOKE)' if spec.smoke_mode else ''}:")
@@ -347,7 +393,7 @@ def estimate(spec: StudySpec, say=print) -> dict[str, Any]:
     cache_note = (f" (with the teacher cache; {out['device_hours_live']:,.2f} device-hours, "
                   f"{_fmt_h(out['wall_hours_live'])} wall with the live teacher)" if fills else "")
     say(f"estimate: {out['device_hours']:,.2f} device-hours; {_fmt_h(out['wall_hours'])} wall at {slots} concurrent "
-        f"trial(s) (max_concurrent {spec.max_concurrent}; this machine fits {fits}){cache_note}")
+        f"trial(s) (max_concurrent {spec.max_concurrent}; {fits}){cache_note}")
     say("  model: device time = trial-epochs x (train images / train img/s + eval images / eval img/s), "
         "expected ASHA epochs; wall = each stage's trials started in order on the concurrent slots as they "
         "free (a stage's end, where slots wait for its last trials, counted; trials sharing a GPU assumed not to "

@@ -85,7 +85,15 @@ def make_callback(writer: ResultsWriter, metric: str, stage: str, table_every_s:
     return StudyProgress()
 
 
+def _asks_gpu(trial) -> bool:
+    """Whether Ray was asked for a GPU for this trial (the study's resources, as the trial holds them)."""
+    pgf = getattr(trial, "placement_group_factory", None)
+    return bool(getattr(pgf, "required_resources", {}).get("GPU"))
+
+
 def progress_table(trials, last: dict[str, dict], metric: str, max_rows: int = 12) -> str:
+    """Running trials first, then the best. A study that asks for GPUs gets a `gpu` column: the ids
+    Ray gave each trial, as it reported them (blank before its first report)."""
     from tabulate import tabulate
 
     counts: dict[str, int] = {}
@@ -95,15 +103,18 @@ def progress_table(trials, last: dict[str, dict], metric: str, max_rows: int = 1
     rest = sorted((t for t in trials if t.status != "RUNNING"),
                   key=lambda t: -(last.get(t.trial_id, {}).get(metric) or -1))
     shown = (running + rest)[:max_rows]
+    gpus = any(_asks_gpu(t) for t in trials)
     rows = []
     for t in shown:
         r = last.get(t.trial_id, {})
         v = r.get(metric)
-        rows.append([t.trial_id, t.status.lower(), _short(t.config)[:60], r.get("epoch", ""),
-                     f"{v:.2f}" if isinstance(v, float) and not math.isnan(v) else ""])
+        rows.append([t.trial_id, t.status.lower(), _short(t.config)[:60], *([r.get("gpu_ids", "")] if gpus else []),
+                     r.get("epoch", ""), f"{v:.2f}" if isinstance(v, float) and not math.isnan(v) else ""])
     head = " ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items()))
     more = f"\n  ... {len(trials) - len(shown)} more" if len(trials) > len(shown) else ""
-    return f"-- {head} --\n" + tabulate(rows, headers=["trial", "status", "settings", "epoch", metric]) + more
+    headers = ["trial", "status", "settings", *(["gpu"] if gpus else []), "epoch", metric]
+    # the gpu column is text ("0,1" lists ids; it is no number)
+    return f"-- {head} --\n" + tabulate(rows, headers=headers, disable_numparse=[3] if gpus else False) + more
 
 
 def _word(key: str, v: Any) -> Any:
