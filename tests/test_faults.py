@@ -3,6 +3,7 @@
 uninterrupted run's. CI runs 2 kills; `python scripts/fault_injection.py --kills 5` the long one."""
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -127,10 +128,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import ray
 from ray.cluster_utils import Cluster
+from catkd.storage import location
 from catkd.study import runner
 from catkd.study.load import load_study
 
-study, storage = Path(sys.argv[1]), Path(sys.argv[2])
+study, storage = Path(sys.argv[1]), location(sys.argv[2])  # a directory, or s3://bucket/prefix
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
 workers = [cluster.add_node(num_cpus=1), cluster.add_node(num_cpus=1)]
 ray.init(address=cluster.address, log_to_driver=False)
@@ -138,20 +140,23 @@ spec = load_study(study, smoke=True)
 exp = storage / "nodeloss"
 removed = {}
 
+def reported():
+    return sum(len((exp / rel).read_bytes().splitlines()) for rel in exp.files() if rel.endswith("/result.json"))
+
 def remove_worker_mid_trial():
     deadline = time.time() + 300
     while time.time() < deadline:
-        reported = sum(len(f.read_text().splitlines()) for f in exp.glob("trial_*/result.json"))
-        if reported >= 2:
+        rows = reported()
+        if rows >= 2:
             from ray._private.state import actors  # straight from the GCS (no dashboard here)
             nodes = {a["Address"]["NodeID"] for a in actors().values()
                      if a.get("ActorClassName", "").endswith("ImplicitFunc") and a.get("State") in ("ALIVE", 2)}
             victim = next((w for w in workers if w.node_id in nodes), None)
             if victim is not None:  # the node a running trial is on
                 cluster.remove_node(victim)
-                removed["rows"] = reported
+                removed["rows"] = rows
                 return
-        time.sleep(0.05)
+        time.sleep(0.05 if storage.local else 0.3)
 
 threading.Thread(target=remove_worker_mid_trial, daemon=True).start()
 rc = runner.run_study(spec, str(study), storage, "nodeloss", address=cluster.address, dashboard=False)
@@ -161,8 +166,13 @@ cluster.shutdown()
 """
 
 
-def test_losing_a_worker_node_mid_trial_retries_it_from_its_checkpoint(tmp_path, smoke_teacher):
+@pytest.mark.parametrize("where", ["disk", "s3"])
+def test_losing_a_worker_node_mid_trial_retries_it_from_its_checkpoint(tmp_path, smoke_teacher, request, where):
+    """On a shared disk, and in object storage: there the retried trial's checkpoint exists only in the
+    bucket (its node's scratch copy went with the node), so resuming past epoch 1 means it was read there."""
     import json
+
+    from catkd.storage import location
 
     spec = dict(STUDY, space={"beta": {"grid": [5.0, 50.0]}})
     spec["smoke"] = dict(STUDY["smoke"], epochs=8)
@@ -171,24 +181,29 @@ def test_losing_a_worker_node_mid_trial_retries_it_from_its_checkpoint(tmp_path,
     ray_tmp = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / f"nodeloss-{os.getpid()}"
     ray_tmp.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_AUTH_MODE": "disabled"}
-    smoke_teacher(study, tmp_path / "s")
+    storage = str(tmp_path / "s")
+    if where == "s3":
+        storage = f"{request.getfixturevalue('s3').uri}/studies"
+        env.update({k: os.environ[k] for k in os.environ if k.startswith("AWS_")}, CATKD_CACHE=str(tmp_path / ".cache"))
+        smoke_teacher(study, tmp_path)  # -> <CATKD_CACHE>/teachers, where the driver looks with a URI storage
+    else:
+        smoke_teacher(study, tmp_path / "s")
     try:
-        out = subprocess.run([sys.executable, "-c", NODE_LOSS_SCRIPT, str(study), str(tmp_path / "s")], env=env,
+        out = subprocess.run([sys.executable, "-c", NODE_LOSS_SCRIPT, str(study), storage], env=env,
                              capture_output=True, text=True, timeout=600)
     finally:
         kill_orphans(ray_tmp)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["rc"] == 0 and result["removed_at_rows"] is not None
-    exp = tmp_path / "s" / "nodeloss"
-    trials = pq.read_table(exp / "trials.parquet").to_pylist()
-    rows = pq.read_table(exp / "results.parquet").to_pylist()
+    exp = location(storage) / "nodeloss"
+    trials = pq.read_table(io.BytesIO((exp / "trials.parquet").read_bytes())).to_pylist()
+    rows = pq.read_table(io.BytesIO((exp / "results.parquet").read_bytes())).to_pylist()
     assert len(trials) == 2 and all(t["status"] == "finished" for t in trials)
     for t in trials:  # epoch rows continuous, each once
         assert sorted(r["epoch"] for r in rows if r["trial_id"] == t["trial_id"]) == list(range(1, 9))
     assert "FAILED (worker or node lost, failure 1)" in out.stdout, out.stdout[-3000:]  # the lost node's trial
-    retried = [t for t in trials if len((Path(t["trial_dir"]) / "result.json").read_text().splitlines()) > 0]
-    epochs = {t["trial_id"]: [json.loads(l)["epoch"] for l in (Path(t["trial_dir"]) / "result.json").read_text().splitlines()]
-              for t in retried}
+    raw = {t["trial_id"]: (location(t["trial_dir"]) / "result.json").read_bytes().decode().splitlines() for t in trials}
+    epochs = {k: [json.loads(line)["epoch"] for line in v] for k, v in raw.items() if v}
     # restarted from its last checkpoint: after the failure it does not start again at epoch 1
     assert all(e.count(1) == 1 for e in epochs.values()), epochs

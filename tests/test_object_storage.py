@@ -79,6 +79,7 @@ def test_a_smoke_study_on_s3_killed_mid_search_resumes_from_the_bucket_losing_an
     kill_orphans(ray_tmp)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"experiment directory {storage}/tiny-smoke" in done.stdout
+    assert "teacher cache: on each node's local disk" in done.stdout  # said, not silently recomputed
 
     objects = s3.objects(prefix)
     for name in ("study.yaml", "stage.json", "optuna.db", "results.parquet", "trials.parquet"):
