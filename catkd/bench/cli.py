@@ -11,14 +11,14 @@ import time
 
 import torch
 
-from catkd.bench import asha, cache, estimate, gpu, pipeline, record, step, study
+from catkd.bench import asha, cache, estimate, gpu, pipeline, record, step, storage, study
 
 BENCHES = ("step", "pipeline", "study", "cache")  # `all` runs these
 # not part of `all`: gpu needs a CUDA device; asha (a grid and three ASHA orders, ~25 min on 2 cores)
-# would take `all` past its 25-minute budget
-EXTRA = ("gpu", "asha", "estimate")
+# would take `all` past its 25-minute budget; storage needs an S3 endpoint (or moto, a test dependency)
+EXTRA = ("gpu", "asha", "estimate", "storage")
 QUICK = ("step", "pipeline", "gpu")  # the benches with a --quick mode
-OPTIONS = {"step": ("device", "distiller"), "all": ("device", "rounds"), "cache": ("rounds",), "asha": ("asha_points", "asha_rf")}
+OPTIONS = {"step": ("device", "distiller"), "all": ("device", "rounds"), "cache": ("rounds",), "storage": ("rounds",), "asha": ("asha_points", "asha_rf")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "check the script on a CPU")
     ap.add_argument("--asha-points", type=int, default=12, help="asha: β values in the grid (default 12)")
     ap.add_argument("--rounds", type=int, default=2,
-                    help="cache: interleaved rounds of the smoke study, each side (default 2)")
+                    help="cache, storage: interleaved rounds of the smoke study, each side (default 2)")
     ap.add_argument("--asha-rf", type=float, default=4, help="asha: ASHA reduction factor (default 4)")
     ap.add_argument("--out", metavar="FILE.json", help="also write the figures as a JSON record (atomically)")
     ap.add_argument("--note", help="with --out: a note kept in the record (e.g. what else ran on the machine)")
@@ -61,6 +61,8 @@ def run(name: str, args: argparse.Namespace) -> dict:
             out.update(asha.bench_asha(points=args.asha_points, reduction_factor=args.asha_rf))
         elif one == "estimate":
             out.update(estimate.bench_estimate())
+        elif one == "storage":
+            out.update(storage.bench_storage(rounds=args.rounds))
         elif one == "gpu":
             out.update(gpu.bench_gpu(quick=args.quick))
     return out

@@ -5,7 +5,6 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 SMOKE_STUDY = "studies/beta_sweep.yaml"
@@ -48,6 +47,7 @@ def student_ce_step(student, opt, x, y) -> None:
 
 def run_smoke_study(study: str, storage: str, name: str, extra: list[str] = ()) -> tuple[float, list[dict]]:
     """Run `python -m catkd.study STUDY --smoke` in a subprocess; (wall seconds, epoch rows)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     cmd = [sys.executable, "-m", "catkd.study", study, "--smoke", "--no-dashboard", "--storage", storage, "--name", name,
@@ -57,4 +57,7 @@ def run_smoke_study(study: str, storage: str, name: str, extra: list[str] = ()) 
     wall = time.perf_counter() - t0
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return wall, pq.read_table(Path(storage) / name / "results.parquet").to_pylist()
+    from catkd.storage import location
+
+    table = (location(storage) / name / "results.parquet").read_bytes()
+    return wall, pq.read_table(pa.BufferReader(table)).to_pylist()
