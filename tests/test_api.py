@@ -140,3 +140,17 @@ def test_schema_errors_do_not_hide_the_checks_of_the_well_formed_settings(tmp_pa
     assert any("space.betta: unknown setting" in x for x in lines), lines
     assert sum("300 is more than the 100 classes" in x for x in lines) == 1, lines
     assert any("space.cam_resolution.choice: CAT_KD.LOSS.CAM_RESOLUTION" in x and "(got 0)" in x for x in lines), lines
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_an_address_where_no_ray_cluster_answers_is_exit_2_in_seconds_and_writes_nothing(
+        tmp_path, monkeypatch, capsys, dry_run):
+    from _s3 import free_port
+    from catkd.study.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    rc = main([str(_study(tmp_path)), "--smoke", "--address", address, *(["--dry-run"] if dry_run else [])])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"--address {address}: no Ray cluster answers there" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.yaml"]

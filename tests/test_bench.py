@@ -15,7 +15,7 @@ import pytest
 
 from catkd.bench import cli, docs, record
 
-NAMES = ["step", "pipeline", "study", "cache", "all", "estimate", "asha", "gpu"]
+NAMES = ["step", "pipeline", "study", "cache", "all", "estimate", "asha", "gpu", "storage"]
 BENCH_DIR = Path(cli.__file__).parent
 
 

@@ -203,6 +203,9 @@ def test_losing_a_worker_node_mid_trial_retries_it_from_its_checkpoint(tmp_path,
     for t in trials:  # epoch rows continuous, each once
         assert sorted(r["epoch"] for r in rows if r["trial_id"] == t["trial_id"]) == list(range(1, 9))
     assert "FAILED (worker or node lost, failure 1)" in out.stdout, out.stdout[-3000:]  # the lost node's trial
+    # with several nodes, the teacher cache is each node's own, and the driver says so (not silently)
+    said = "teacher cache: on each node's local disk" if where == "s3" else "teacher cache: 3 nodes: each keeps its own store"
+    assert said in out.stdout, out.stdout[-3000:]
     raw = {t["trial_id"]: (location(t["trial_dir"]) / "result.json").read_bytes().decode().splitlines() for t in trials}
     epochs = {k: [json.loads(line)["epoch"] for line in v] for k, v in raw.items() if v}
     # restarted from its last checkpoint: after the failure it does not start again at epoch 1

@@ -7,9 +7,9 @@ Exit 0 when the study finished (even if some trials failed; they are reported), 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
-from pathlib import Path
 from typing import Optional, Sequence
 
 EXIT_BAD_INPUT = 2
@@ -89,17 +89,27 @@ def dry_run(spec, source: str, address: Optional[str] = None) -> int:
     from catkd.config import ConfigError
 
     spec, env = absolutise(spec)
+    if address or os.environ.get("RAY_ADDRESS"):
+        from catkd.study.stages import check_address
+
+        try:
+            check_address(address or os.environ["RAY_ADDRESS"])
+        except StudyError as e:
+            print(f"catkd.study: error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     try:
         estimate(spec, say=say, address=address)
     except (ConfigError, StudyError, ValueError) as e:  # a setting the cost measurement cannot run with
         print(f"catkd.study: error: {source}: the cost measurement cannot run this study: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if spec.smoke_mode:
-        say(f"--smoke: the small teacher ({spec.smoke.teacher}) is trained first unless it is cached; "
-            "not in the estimate")
-        return 0
-    import os
+        from catkd.distillers import DISTILLERS
+        from catkd.study.preflight import probe_configs
 
+        if any(DISTILLERS.get(c.DISTILLER.TYPE).needs_teacher for c in probe_configs(spec)):
+            say(f"--smoke: the small teacher ({spec.smoke.teacher}) is trained first unless it is cached; "
+                "not in the estimate")
+        return 0
     os.environ.update({k: v for k, v in env.items() if k.startswith("CATKD_") and k not in os.environ})
     try:
         preflight(spec, source)

@@ -6,6 +6,7 @@ Light imports at module level: Ray's trial workers import the `catkd.study` pack
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
@@ -51,6 +52,10 @@ def run(study: Union[str, Path], smoke: bool = False, overrides: Optional[dict[s
             errors.append(str(e))
 
     root = collect(check_storage, storage)
+    if address or os.environ.get("RAY_ADDRESS"):
+        from catkd.study.stages import check_address
+
+        collect(check_address, address or os.environ["RAY_ADDRESS"])
     spec = collect(load_study, study, smoke=smoke, sets=overrides)
     collect(check_trackers, list(trackers), str(study))
     if errors:

@@ -292,9 +292,18 @@ def cluster_nodes(address: str) -> list[dict[str, float]]:
     `address` (connects as a driver when not connected yet; nothing is scheduled)."""
     import ray
 
+    from catkd.study.spec import StudyError
+
     connected = ray.is_initialized()
     if not connected:
-        ray.init(address=address, log_to_driver=False, logging_level="error")
+        from catkd.study.stages import check_address
+
+        check_address(address)
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="error")
+        except (ConnectionError, RuntimeError, ValueError) as e:  # no cluster there: a user error, exit 2
+            raise StudyError(f"--address {address}: cannot join a Ray cluster there "
+                             f"({' '.join(str(e).split())[:200]})") from None
     try:
         return [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
     finally:

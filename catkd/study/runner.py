@@ -86,6 +86,7 @@ def run_study(
         if mirror is not None:
             mirror.pull(res.driver_file)  # what --resume continues from, and whether trials started
         spec, env = absolutise(spec)
+        cache_named = bool(os.environ.get(ENV_DIR))  # by the user: kept even on several nodes
         if root.local:
             # the teacher cache of every trial: one store per key under the storage directory
             # (node-local when the cluster has several nodes: see stages.teacher_cache_env)
@@ -106,7 +107,7 @@ def run_study(
         os.environ.update(env)
         try:
             return _run(spec, source, root, name, resume, address, dashboard, trackers, prefetch, exp_dir, saved,
-                        env, mirror)
+                        env, mirror, cache_named)
         finally:  # a library caller's next study must not inherit this one's data, teacher or cache paths
             for k, v in before.items():
                 if v is None:
@@ -120,7 +121,7 @@ def run_study(
 
 def _run(spec: StudySpec, source: str, root: Location, name: str, resume: bool, address: Optional[str],
          dashboard: bool, trackers: tuple[str, ...], prefetch: bool, exp_dir: Path, saved: Path,
-         env: dict[str, str], mirror: Optional[Mirror]) -> int:
+         env: dict[str, str], mirror: Optional[Mirror], cache_named: bool = False) -> int:
     if not spec.smoke_mode:
         preflight(spec, source)
     try:
@@ -149,7 +150,8 @@ def _run(spec: StudySpec, source: str, root: Location, name: str, resume: bool, 
     t0 = time.time()
     prefetcher = _start_prefetch(spec, env, exp_dir, address) if prefetch else []
     try:
-        _run_stages(spec, root, name, resume, address, dashboard, env, writer, trackers, stage, exp_dir, prefetcher)
+        _run_stages(spec, root, name, resume, address, dashboard, env, writer, trackers, stage, exp_dir, prefetcher,
+                    cache_named)
     finally:
         prefetch_mod.stop(prefetcher)  # before the final results: its counts are then complete
     trials = writer.write(study_done=True)
@@ -225,9 +227,10 @@ def _run_arms(spec, study_arms, resume, env, writer, trackers, state, exp_dir, r
 
 
 def _run_stages(spec, root, name, resume, address, dashboard, env, writer, trackers, state, exp_dir,
-                prefetcher) -> None:
+                prefetcher, cache_named=False) -> None:
     start_ray(address, dashboard)
-    if teacher_cache_env(env, explicit=bool(os.environ.get(ENV_DIR))) > 1 and prefetcher:
+    # (os.environ holds the study's own cache directory by now: whether the user named it was read first)
+    if teacher_cache_env(env, explicit=cache_named) > 1 and prefetcher:
         say("teacher prefetch: stopped (a cluster of several nodes: trials may run elsewhere)")
         prefetch_mod.stop(prefetcher)
     remote = root / name

@@ -44,6 +44,24 @@ def _preimport(modules: tuple[str, ...] = _DRIVER_MODULES) -> Any:
     return t
 
 
+def check_address(address: str, timeout: float = 10.0) -> None:
+    """A cluster address answers (a TCP connection to its host and port), so a mistyped --address is
+    a one-line error in seconds, not minutes of Ray's own retries. `auto` and `local` are not checked."""
+    import re
+    import socket
+
+    from catkd.study.spec import StudyError
+
+    m = re.match(r"^(?:ray://)?\[?([^\]/]+?)\]?:(\d+)/?$", address.strip())
+    if address in ("auto", "local") or m is None:
+        return
+    try:
+        socket.create_connection((m.group(1), int(m.group(2))), timeout).close()
+    except OSError as e:
+        raise StudyError(f"--address {address}: no Ray cluster answers there ({e.strerror or e}); start one "
+                         "(`ray start --head`) or give its address (head:6379, or ray://head:10001 for Ray Client)") from None
+
+
 def start_ray(address: Optional[str], dashboard: bool) -> Any:
     import ray
 
@@ -59,6 +77,7 @@ def start_ray(address: Optional[str], dashboard: bool) -> Any:
     kw: dict[str, Any] = {"log_to_driver": False}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        check_address(address)
         ctx = ray.init(address=address, **kw)
     else:
         ctx = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1", **kw)
