@@ -73,3 +73,18 @@ def stop_study(proc: subprocess.Popen, ray_tmp: Path) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
     kill_orphans(ray_tmp)
+
+
+def epoch_rows(text: str | bytes) -> list[dict]:
+    """The epoch rows of a Tune result.json (a line cut by a kill skipped; a diverged marker is no epoch)."""
+    import json
+
+    rows = []
+    for line in (text.decode() if isinstance(text, bytes) else text).splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "epoch" in r and r.get("status") != "diverged":
+            rows.append(r)
+    return rows

@@ -9,9 +9,9 @@ import itertools
 import os
 import socket
 import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
+
+from catkd.bench.storage import moto_server
 
 
 def free_port() -> int:
@@ -58,20 +58,8 @@ class S3Server:
 
 
 def start(extra_env: dict[str, str] | None = None) -> S3Server:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            env={**os.environ, **(extra_env or {})},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return S3Server(port, proc)
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                raise RuntimeError(f"moto's S3 server did not start (exit {proc.poll()})")
-            time.sleep(0.1)
+    proc, port = moto_server(extra_env)
+    return S3Server(port, proc)
 
 
 def stop(server: S3Server) -> None:

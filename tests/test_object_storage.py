@@ -4,7 +4,6 @@ is read from (and written to) the bucket."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import subprocess
@@ -16,26 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from _helpers import TINY, kill_orphans
+from _helpers import TINY, epoch_rows, kill_orphans
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _rows(text: bytes) -> list[dict]:
-    out = []
-    for line in text.decode().splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "epoch" in r and r.get("status") != "diverged":
-            out.append(r)
-    return out
-
-
 def _results(s3, prefix: str) -> dict[str, list[dict]]:
     """{trial folder (relative to the experiment): its epoch rows in Tune's result.json}, from the bucket."""
-    return {k[len(prefix):-len("/result.json")]: _rows(s3.read(k))
+    return {k[len(prefix):-len("/result.json")]: epoch_rows(s3.read(k))
             for k in s3.objects(prefix) if k.endswith("/result.json")}
 
 

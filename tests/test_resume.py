@@ -1,7 +1,6 @@
 """Safe resume: a study killed at any moment continues with --resume, and only the same study does."""
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import signal
@@ -15,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from _helpers import TINY, kill_orphans
+from _helpers import TINY, epoch_rows, kill_orphans
 
 from catkd.study import runner
 from catkd.study.__main__ import main as study_main
@@ -53,15 +52,7 @@ def _kill_when(proc: subprocess.Popen, ray_tmp: Path, ready, timeout: float = 30
 
 
 def _raw_epochs(trial_dir: Path) -> list[dict]:
-    rows = []
-    for line in (trial_dir / "result.json").read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "epoch" in r and r.get("status") != "diverged":
-            rows.append(r)
-    return rows
+    return epoch_rows((trial_dir / "result.json").read_text())
 
 
 def _snapshot(d: Path) -> dict[str, tuple[int, int]]:

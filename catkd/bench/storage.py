@@ -17,21 +17,28 @@ import time
 from catkd.bench.common import SMOKE_STUDY, run_smoke_study
 
 
-def _moto() -> tuple[subprocess.Popen, dict[str, str]]:
+def moto_server(extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
+    """moto's standalone S3 server on 127.0.0.1 and a free port, once it accepts connections."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            env={**os.environ, **(extra_env or {})},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
+            return proc, port
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("storage bench: moto's S3 server did not start (pip install 'moto[server]')")
+                proc.kill()
+                raise RuntimeError("moto's S3 server did not start (pip install 'moto[server]')")
             time.sleep(0.1)
+
+
+def _moto() -> tuple[subprocess.Popen, dict[str, str]]:
+    proc, port = moto_server()
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
            "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
     return proc, env
