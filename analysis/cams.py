@@ -139,7 +139,7 @@ def compute(cfg, student_sd: dict, n_images: int):
     """Forward n test images (evenly spread over the test set) through teacher (if any) and student; CPU, eval, no_grad."""
     import torch
 
-    from catkd.config import teacher_path
+    from catkd.models.weights import teacher_path
     from catkd.data import DataError, build_data
     from catkd.distillers import DISTILLERS
     from catkd.models import TeacherWeightsError, build_model, load_teacher_weights

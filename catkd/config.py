@@ -394,13 +394,5 @@ def data_root(cfg: Config) -> Path:
     return Path(root).expanduser().resolve()
 
 
-def teacher_path(cfg: Config) -> Path:
-    """DISTILLER.TEACHER_CKPT, else $CATKD_TEACHERS/<arch>_vanilla/ckpt_epoch_240.pth (reference layout)."""
-    if cfg.DISTILLER.TEACHER_CKPT:
-        return Path(cfg.DISTILLER.TEACHER_CKPT).expanduser().resolve()
-    base = os.environ.get("CATKD_TEACHERS") or "./download_ckpts/cifar_teachers"
-    return (Path(base) / f"{cfg.DISTILLER.TEACHER}_vanilla" / "ckpt_epoch_240.pth").expanduser().resolve()
-
-
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

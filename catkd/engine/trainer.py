@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from catkd.config import Config, ConfigError, dump_yaml, teacher_path
+from catkd.config import Config, ConfigError, dump_yaml
 from catkd.engine import checkpoint as ckpt
 from catkd.fsutil import atomic_write_json, atomic_write_text
 
@@ -86,14 +86,12 @@ def train_step(distiller: nn.Module, optimizer: torch.optim.Optimizer, images: T
 def check_teacher_file(cfg: Config) -> Path:
     """The teacher checkpoint must exist; say where we looked and how to get one."""
     from catkd.models import TeacherWeightsError
+    from catkd.models.weights import teacher_hint, teacher_path
 
     path = teacher_path(cfg)
     if not path.is_file():
         raise TeacherWeightsError(
-            f"teacher checkpoint for {cfg.DISTILLER.TEACHER} not found: looked at {path}. "
-            "Untar MDistiller's cifar_teachers.tar into $CATKD_TEACHERS (default ./download_ckpts/cifar_teachers), "
-            "set DISTILLER.TEACHER_CKPT, or train one: python -m catkd.train --cfg "
-            f"cifar100/vanilla/{cfg.DISTILLER.TEACHER} (its ckpt_epoch_240.pth loads as a teacher)"
+            f"teacher checkpoint for {cfg.DISTILLER.TEACHER} not found: looked at {path}. {teacher_hint(cfg)}"
         )
     return path
 
@@ -136,6 +134,7 @@ class Trainer:
         from catkd.distillers import DISTILLERS, build_distiller
         from catkd.engine.validate import validate_run
         from catkd.models import build_model, load_teacher_weights
+        from catkd.models.weights import teacher_path
         from catkd.teacher_cache import build_targets
 
         if cfg.RUN.THREADS:

@@ -155,3 +155,40 @@ def load_teacher_weights(model: nn.Module, path: str | Path) -> None:
     sd = _extract_state_dict(_read(path), path)
     _check_fit(model, sd, path)
     model.load_state_dict(sd, strict=True)
+
+
+# torchvision's IMAGENET1K_V1 weights: the files `torchvision.models.resnet34(weights="IMAGENET1K_V1")`
+# downloads into torch.hub's checkpoints folder. The published ImageNet teacher accuracies (73.31,
+# 76.13) are these weights'; catkd's ImageNet ResNets keep torchvision's parameter names.
+TORCHVISION_FILES = {"ResNet18": "resnet18-f37072fd.pth", "ResNet34": "resnet34-b627a593.pth",
+                     "ResNet50": "resnet50-0676ba61.pth"}
+_TV_BUILDERS = {"ResNet18": "resnet18", "ResNet34": "resnet34", "ResNet50": "resnet50"}
+
+
+def teacher_path(cfg) -> Path:
+    """DISTILLER.TEACHER_CKPT; else, on ImageNet, torchvision's weights in torch.hub's checkpoints folder
+    ($TORCH_HOME/hub/checkpoints); else $CATKD_TEACHERS/<arch>_vanilla/ckpt_epoch_240.pth (the layout
+    of MDistiller's CIFAR-100 teacher archive)."""
+    import os
+
+    if cfg.DISTILLER.TEACHER_CKPT:
+        return Path(cfg.DISTILLER.TEACHER_CKPT).expanduser().resolve()
+    if cfg.DATASET.TYPE == "imagenet" and cfg.DISTILLER.TEACHER in TORCHVISION_FILES:
+        return Path(torch.hub.get_dir()) / "checkpoints" / TORCHVISION_FILES[cfg.DISTILLER.TEACHER]
+    base = os.environ.get("CATKD_TEACHERS") or "./download_ckpts/cifar_teachers"
+    return (Path(base) / f"{cfg.DISTILLER.TEACHER}_vanilla" / "ckpt_epoch_240.pth").expanduser().resolve()
+
+
+def teacher_hint(cfg) -> str:
+    """How to get the teacher checkpoint teacher_path() names."""
+    arch = cfg.DISTILLER.TEACHER
+    if cfg.DATASET.TYPE == "imagenet" and arch in TORCHVISION_FILES and not cfg.DISTILLER.TEACHER_CKPT:
+        return (f"it is torchvision's ImageNet weights for {arch}: on a machine with internet run "
+                f"`python -c \"import torchvision; torchvision.models.{_TV_BUILDERS[arch]}(weights='IMAGENET1K_V1')\"` "
+                f"(it saves {TORCHVISION_FILES[arch]} in torch.hub's checkpoints folder; copy it there, or set "
+                "TORCH_HOME), or set DISTILLER.TEACHER_CKPT to your own checkpoint of it")
+    if cfg.DATASET.TYPE == "imagenet":
+        return f"set DISTILLER.TEACHER_CKPT to a checkpoint of {arch} trained on ImageNet"
+    return ("untar MDistiller's cifar_teachers.tar into $CATKD_TEACHERS (default ./download_ckpts/cifar_teachers), "
+            "set DISTILLER.TEACHER_CKPT, or train one: python -m catkd.train --cfg "
+            f"cifar100/vanilla/{arch} (its ckpt_epoch_240.pth loads as a teacher; studies/teachers.yaml trains them all)")

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from catkd.config import Config, data_root, teacher_path
+from catkd.config import Config, data_root
 from catkd.study.checks import run_config
 from catkd.study.progress import say
 from catkd.study.keys import SELECT_KEYS
@@ -49,32 +49,33 @@ def target_variant_configs(spec: StudySpec) -> list[Config]:
 
 
 def preflight(spec: StudySpec, source: str) -> None:
-    """Dataset and teacher checkpoints must be there before Ray starts (exit 2 otherwise)."""
+    """Datasets and teacher checkpoints must be there before Ray starts: exit 2 naming every one that
+    is missing, each with how to get it."""
     from catkd.distillers import DISTILLERS
+    from catkd.models.weights import teacher_hint, teacher_path
 
-    seen: set[str] = set()
+    missing: dict[str, str] = {}  # what -> the message (each named once)
     for cfg in probe_configs(spec):
         if cfg.DATASET.TYPE == "cifar100" and not cfg.DATASET.DOWNLOAD:
             d = data_root(cfg) / "cifar-100-python"
             if not (d / "train").is_file():
-                raise StudyError(
-                    f"{source}: CIFAR-100 not found: looked at {d}. Put the python version there "
+                missing[str(d)] = (
+                    f"CIFAR-100 not found: looked at {d}. Put the python version there "
                     "(set CATKD_DATA or fixed.DATASET.ROOT), or set fixed.DATASET.DOWNLOAD: true "
-                    "where the network allows; --smoke runs on the embedded synthetic data"
-                )
+                    "where the network allows; --smoke runs on the embedded synthetic data")
         if cfg.DATASET.TYPE == "imagenet":
             d = data_root(cfg) / "imagenet"
-            if not (d / "train").is_dir():
-                raise StudyError(f"{source}: ImageNet not found: looked at {d}/train and {d}/val (ImageFolder)")
+            if not ((d / "train").is_dir() and (d / "val").is_dir()):
+                missing[str(d)] = (
+                    f"ImageNet not found: looked at {d}/train and {d}/val (one folder per class, as "
+                    "ImageFolder reads them; set CATKD_DATA or fixed.DATASET.ROOT); --smoke runs on a small "
+                    "folder of JPEGs it writes itself")
         if DISTILLERS.get(cfg.DISTILLER.TYPE).needs_teacher:
             t = teacher_path(cfg)
-            if str(t) not in seen and not t.is_file():
-                raise StudyError(
-                    f"{source}: teacher {cfg.DISTILLER.TEACHER} not found: looked at {t}. Untar MDistiller's "
-                    "cifar_teachers.tar into $CATKD_TEACHERS (default ./download_ckpts/cifar_teachers), "
-                    "or run studies/teachers.yaml first"
-                )
-            seen.add(str(t))
+            if not t.is_file():
+                missing[str(t)] = f"teacher {cfg.DISTILLER.TEACHER} not found: looked at {t}; {teacher_hint(cfg)}"
+    if missing:
+        raise StudyError("\n".join(f"{source}: {m}" for m in missing.values()))
 
 
 def absolutise(spec: StudySpec) -> tuple[StudySpec, dict[str, str]]:

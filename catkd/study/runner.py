@@ -23,6 +23,7 @@ from catkd.fsutil import atomic_write_json, atomic_write_text, user_cache_dir
 from catkd.study import prefetch as prefetch_mod
 from catkd.study import results as res
 from catkd.study.preflight import absolutise, ensure_smoke_teacher, preflight
+from catkd.study.smoke import smoke_jpegs
 from catkd.study.progress import say, summary_table
 from catkd.study.keys import short_name
 from catkd.study.spec import StudyError, StudySpec, dump_study, separate_searches
@@ -136,8 +137,11 @@ def _run(spec: StudySpec, source: str, root: Location, name: str, resume: bool, 
     if not (resume and saved.is_file()):
         atomic_write_text(saved, dump_study(spec))  # first: a kill from here on is resumable
         writer.sync()
+    if spec.smoke_mode and spec.smoke.data == "jpeg":  # runtime, as the teacher: where this machine keeps it
+        data = smoke_jpegs(spec, _smoke_cache(root) / "data")
+        spec = spec.model_copy(update={"fixed": {**spec.fixed, "DATASET.ROOT": str(data)}})
     if spec.smoke_mode:
-        teacher = ensure_smoke_teacher(spec, _smoke_teachers(root))
+        teacher = ensure_smoke_teacher(spec, _smoke_cache(root) / "teachers")
         if teacher is not None and not root.local:  # trials on other nodes fetch it from the bucket
             teacher = _put_teacher(teacher, root)
         if teacher is not None:  # where this machine keeps it: runtime, not part of the study
@@ -164,12 +168,11 @@ def _run(spec: StudySpec, source: str, root: Location, name: str, resume: bool, 
     return 0
 
 
-def _smoke_teachers(root: Location) -> Path:
-    """Where this machine keeps smoke teachers: beside the experiments on a local --storage, else the
-    user cache (a bucket holds a copy for the other nodes: _put_teacher)."""
-    if root.local:
-        return Path(root.path) / ".cache" / "teachers"
-    return user_cache_dir() / "teachers"
+def _smoke_cache(root: Location) -> Path:
+    """Where this machine keeps smoke teachers and smoke data: beside the experiments on a local
+    --storage, else the user cache (a bucket holds a copy of the teacher for the other nodes:
+    _put_teacher)."""
+    return Path(root.path) / ".cache" if root.local else user_cache_dir()
 
 
 def _put_teacher(path: Path, root: Location) -> str:

@@ -1,6 +1,10 @@
 """--smoke: the same study shrunk for a 2-core CPU (synthetic data, small models, few epochs)."""
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 from catkd.study.keys import subgrids
 from catkd.study.spec import ConfirmSpec, StudySpec
 
@@ -11,7 +15,6 @@ def apply_smoke(spec: StudySpec) -> StudySpec:
     d = spec.model_dump()
     fixed = dict(d["fixed"])
     fixed.update({
-        "DATASET.TYPE": "synthetic",
         "SOLVER.EPOCHS": sm.epochs,
         "SOLVER.LR_DECAY_STAGES": [max(1, int(sm.epochs * 0.75))],
         "DATASET.VAL_SIZE": sm.val_size,
@@ -19,8 +22,10 @@ def apply_smoke(spec: StudySpec) -> StudySpec:
         "DISTILLER.STUDENT": sm.student,
         "SOLVER.BATCH_SIZE": 64,
     })
-    for k, v in sm.dataset.items():
-        fixed[f"DATASET.SYNTHETIC.{k}"] = v
+    if sm.data == "synthetic":
+        fixed["DATASET.TYPE"] = "synthetic"
+        for k, v in sm.dataset.items():
+            fixed[f"DATASET.SYNTHETIC.{k}"] = v
     # "all classes" of the real data means all classes of the synthetic set
     k = sm.dataset.get("NUM_CLASSES", 10)
     if not isinstance(k, int) or isinstance(k, bool) or k < 2:
@@ -57,3 +62,17 @@ def apply_smoke(spec: StudySpec) -> StudySpec:
         d["base"] = sm.base
     d["smoke_mode"] = True
     return StudySpec.model_validate(d)
+
+
+def smoke_jpegs(spec: StudySpec, cache: Path) -> Path:
+    """`smoke.data: jpeg`: the data root (DATASET.ROOT) holding imagenet/{train,val}, a small folder of
+    real JPEG files written once into `cache` (keyed by its counts), on whichever machine asks: the
+    driver, and each trial's node (the writer is deterministic, atomic and file-locked)."""
+    from catkd.data.jpeg_folder import write_jpeg_folder
+
+    d = spec.smoke.dataset
+    counts = (int(d.get("NUM_CLASSES", 10)), int(d.get("TRAIN_PER_CLASS", 250)), int(d.get("TEST_PER_CLASS", 60)))
+    key = hashlib.sha1(json.dumps(counts).encode()).hexdigest()[:12]
+    root = Path(cache) / f"jpegs-{key}"
+    write_jpeg_folder(root / "imagenet", *counts, seed=0)
+    return root

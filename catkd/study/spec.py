@@ -117,6 +117,9 @@ class Resources(_Strict):
 class SmokeSpec(_Strict):
     """What --smoke changes: the embedded synthetic data, small models, few epochs and samples."""
 
+    # synthetic: the embedded synthetic dataset; jpeg: a small folder of real JPEG files in ImageNet's
+    # layout, written once per machine, read through the study's own (ImageNet) data path
+    data: Literal["synthetic", "jpeg"] = "synthetic"
     epochs: int = Field(6, ge=1)
     num_samples: int = Field(4, ge=1)
     teacher: str = "resnet20"

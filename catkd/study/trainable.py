@@ -29,6 +29,13 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], env: dict[str, st
     torch.set_num_threads(max(1, int(cpus)))  # Ray gives a worker 1 thread; use the trial's CPUs
     study = _fetch_teacher(study)
     spec = StudySpec.model_validate(study)
+    if spec.smoke_mode and spec.smoke.data == "jpeg" and not Path(spec.fixed["DATASET.ROOT"], "imagenet").is_dir():
+        # another node than the driver's: the same small JPEG folder, written here once
+        from catkd.fsutil import user_cache_dir
+        from catkd.study.smoke import smoke_jpegs
+
+        study = {**study, "fixed": {**study["fixed"], "DATASET.ROOT": str(smoke_jpegs(spec, user_cache_dir() / "data"))}}
+        spec = StudySpec.model_validate(study)
     params = trial_params(config)
     cfg = run_config(spec, params).model_copy(deep=True)
     cfg.RUN.PROGRESS = "none"

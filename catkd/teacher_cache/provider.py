@@ -192,7 +192,7 @@ def file_sha256(path: Path) -> str:
 def cache_key(cfg, data, distiller) -> dict[str, Any]:
     """Everything the targets depend on, and nothing else: β, the student, the seed, the reduction
     and the validation split are not in it, so studies varying them share one store."""
-    from catkd.config import teacher_path
+    from catkd.models.weights import teacher_path
 
     return {
         "format": FORMAT_VERSION,

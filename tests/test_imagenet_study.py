@@ -1,0 +1,60 @@
+"""studies/imagenet.yaml: the paper's ImageNet table as a study: its presets, what it needs before it
+starts, and its --smoke on real JPEG files through the ImageNet code path."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import catkd.study
+from catkd.config import load_config
+from catkd.study.load import load_study
+from catkd.study.spec import StudyError
+
+REPO = Path(__file__).resolve().parents[1]
+STUDY = REPO / "studies" / "imagenet.yaml"
+
+
+def test_the_imagenet_presets_are_what_the_generator_writes_and_follow_the_recipe():
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "make_imagenet_presets.py"), "--check"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr  # (it builds every distiller on its pair's models)
+    for method, pair, batch, lr in [("KD", "r34_r18", 512, 0.2), ("DKD", "r50_mv2", 512, 0.2), ("AT", "r50_mv2", 512, 0.2),
+                                    ("REVIEWKD", "r34_r18", 256, 0.1), ("OFD", "r50_mv2", 128, 0.05),
+                                    ("CAT-KD", "r34_r18", 512, 0.2), ("CAT-KD", "r50_mv2", 512, 0.2)]:
+        cfg = load_config(f"imagenet/{method}/{pair}", quiet=True)
+        assert cfg.DATASET.TYPE == "imagenet", (method, pair)
+        assert (cfg.SOLVER.BATCH_SIZE, cfg.SOLVER.LR, cfg.SOLVER.EPOCHS, cfg.SOLVER.LR_DECAY_STAGES,
+                cfg.SOLVER.WEIGHT_DECAY) == (batch, lr, 100, [30, 60, 90], 1e-4), (method, pair)
+        assert (cfg.DISTILLER.TEACHER, cfg.DISTILLER.STUDENT) == (
+            ("ResNet34", "ResNet18") if pair == "r34_r18" else ("ResNet50", "MobileNetV1")), (method, pair)
+
+
+def test_the_study_runs_every_method_on_both_pairs_and_ofd_where_mdistiller_has_it():
+    from catkd.study.presets import chosen_preset
+    from catkd.study.spec import expand_grid
+
+    spec = load_study(STUDY)
+    chosen = sorted({chosen_preset(spec.base, p) for p in expand_grid(spec)})
+    assert chosen == sorted(
+        [f"imagenet/{m}/{p}" for m in ("KD", "DKD", "AT", "REVIEWKD", "CAT-KD") for p in ("r34_r18", "r50_mv2")]
+        + ["imagenet/vanilla/ResNet18", "imagenet/vanilla/MobileNetV1", "imagenet/OFD/r50_mv2"])
+    assert spec.seeds == [0]
+
+
+def test_without_imagenet_and_the_teachers_the_study_is_exit_2_naming_each_missing_thing(tmp_path, monkeypatch):
+    monkeypatch.setenv("CATKD_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no torchvision weights there
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StudyError) as e:
+        catkd.study.run(STUDY, storage=tmp_path / "results")
+    msg = str(e.value)
+    assert f"ImageNet not found: looked at {tmp_path / 'data' / 'imagenet'}/train" in msg, msg
+    for arch, file, builder in [("ResNet34", "resnet34-b627a593.pth", "resnet34"),
+                                ("ResNet50", "resnet50-0676ba61.pth", "resnet50")]:
+        assert f"teacher {arch} not found: looked at {tmp_path / 'torch' / 'hub' / 'checkpoints' / file}" in msg, msg
+        assert f"torchvision.models.{builder}(weights='IMAGENET1K_V1')" in msg, msg
+    assert msg.count("teacher ResNet34 not found") == 1  # each named once, not once per method
+    assert not (tmp_path / "results").exists()
