@@ -89,3 +89,175 @@ def test_two_processes_writing_at_once_get_one_complete_folder(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], outs
     assert len(_digest(tmp_path / "f")) == 16 and (tmp_path / "f" / MANIFEST).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".f.lock", "f"]  # no temporary sibling left
+
+
+# ---- the training crops ----------------------------------------------------------------------------
+def _reference_box(height, width, seed):
+    """torchvision's own sampler, on the global RNG seeded with `seed` (restored afterwards)."""
+    from torchvision import transforms
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        box = transforms.RandomResizedCrop.get_params(torch.empty(1, height, width), [0.08, 1.0], [3 / 4, 4 / 3])
+        flip = bool(torch.rand(1) < 0.5)
+    return box, flip
+
+
+def test_crop_boxes_are_torchvisions_get_params_for_the_same_generator_state():
+    from catkd.data.imagenet import crop_box
+
+    for seed, (h, w) in enumerate([(375, 500), (500, 333), (256, 256), (30, 40), (1000, 120), (64, 2000)] * 30):
+        g = torch.Generator().manual_seed(seed)
+        box = crop_box(h, w, g)
+        flip = bool(torch.rand(1, generator=g) < 0.5)  # the draw after the box, as RandomHorizontalFlip's
+        assert (box, flip) == _reference_box(h, w, seed)
+
+
+def test_crop_areas_and_aspect_ratios_lie_in_the_reference_ranges():
+    from catkd.data.imagenet import crop_box
+
+    g = torch.Generator().manual_seed(0)
+    boxes = np.array([crop_box(375, 500, g) for _ in range(4000)])
+    top, left, h, w = boxes.T
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= 375).all() and (left + w <= 500).all()
+    area, ratio = h * w / (375 * 500), w / h
+    # rounding w and h to whole pixels moves area and ratio by well under 1% at these sizes
+    assert area.min() > 0.08 * 0.99 and area.max() <= 1.0
+    assert ratio.min() > 3 / 4 * 0.99 and ratio.max() < 4 / 3 * 1.01
+    # and they fill the ranges (a large box of an extreme ratio does not fit and is drawn again)
+    assert np.quantile(area, 0.02) < 0.1 and np.quantile(area, 0.98) > 0.85
+    assert np.quantile(ratio, 0.02) < 0.77 and np.quantile(ratio, 0.98) > 1.3
+
+
+def test_a_training_crop_is_torchvisions_crop_and_flip_of_the_same_box(jpegs):
+    """Same box and flip as RandomResizedCrop + RandomHorizontalFlip seeded alike; pixels from libjpeg-turbo and
+    torch's antialiased resize instead of PIL's: within 1 level on average."""
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    from catkd.data.imagenet import train_image
+
+    diffs = []
+    for seed, path in enumerate(sorted((jpegs / "train").rglob("*.JPEG"))):
+        (top, left, h, w), flip = _reference_box(*Image.open(path).size[::-1], seed)
+        ref = TF.resized_crop(Image.open(path).convert("RGB"), top, left, h, w, [224, 224])
+        ref = TF.pil_to_tensor(TF.hflip(ref) if flip else ref).permute(1, 2, 0)
+        ours = train_image(str(path), torch.Generator().manual_seed(seed))
+        assert ours.shape == (224, 224, 3) and ours.dtype == torch.uint8 and ours.is_contiguous()
+        diffs.append((ours.float() - ref.float()).abs().mean().item())
+    assert max(diffs) < 1.0, diffs
+
+
+@pytest.fixture(scope="module")
+def large_jpeg(tmp_path_factory):
+    """A 1200 x 960 JPEG: crops of it can be decoded at 1/2 and 1/4 in the DCT domain."""
+    from PIL import Image
+
+    from catkd.data.jpeg_folder import render_image
+
+    arr = render_image(4, 10, np.random.default_rng(0))
+    path = tmp_path_factory.mktemp("large") / "large.JPEG"
+    Image.fromarray(arr).resize((1200, 960), Image.BICUBIC).save(path, quality=90)
+    return path
+
+
+def test_large_crops_decoded_at_a_reduction_are_close_to_the_full_decode(large_jpeg):
+    """The box drawn on the full image, snapped to the reduced image's pixels (each edge by at most factor/2
+    full-size pixels: under half an output pixel); the reduced decode of that box against the full decode
+    of the same box, resized alike."""
+    from torchvision.io import decode_jpeg, read_file
+
+    from catkd.data.imagenet import crop_box, reduction, resized_crop, scale_box, train_image
+
+    full = decode_jpeg(read_file(str(large_jpeg)))
+    seen = {}
+    for seed in range(200):
+        g = torch.Generator().manual_seed(seed)
+        box = crop_box(960, 1200, g)
+        flip = bool(torch.rand(1, generator=g) < 0.5)
+        factor = reduction(box[2], box[3], 224)
+        if factor == 1 or factor in seen:
+            continue
+        snapped = [v * factor for v in scale_box(box, (960, 1200), (960 // factor, 1200 // factor))]
+        assert max(abs(a - b) for a, b in zip(snapped, box)) <= factor  # top/left by factor/2, h/w by factor
+        ref = resized_crop(full, *snapped, (224, 224))
+        ref = ref.flip(1) if flip else ref
+        ours = train_image(str(large_jpeg), torch.Generator().manual_seed(seed))
+        seen[factor] = (ours.float() - ref.float()).abs().mean().item()
+    assert set(seen) == {2, 4}
+    # measured over 242 such crops of this high-contrast striped image: 0.9 (1/2) and 1.4 (1/4) levels of 255
+    # on average, at most 2.2 (the snapping itself, against the drawn box: 2.5 and 3.6 on average)
+    assert all(d < 2.5 for d in seen.values()), seen
+
+
+def test_the_reduction_keeps_the_crop_at_least_the_output_size():
+    from catkd.data.imagenet import reduction
+
+    assert reduction(447, 2000, 224) == 1 and reduction(448, 448, 224) == 2
+    assert reduction(900, 1000, 224) == 4 and reduction(1792, 1800, 224) == 8 and reduction(5000, 5000, 224) == 8
+
+
+# ---- evaluation crops, the dataset and the loader --------------------------------------------------
+@pytest.mark.parametrize("large", [False, True])
+def test_an_eval_crop_is_close_to_torchvisions_resize_and_center_crop(jpegs, large_jpeg, large):
+    from PIL import Image
+    from torchvision import transforms
+
+    from catkd.data.imagenet import eval_image
+
+    ref_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.PILToTensor()])
+    paths = [large_jpeg] if large else sorted((jpegs / "val").rglob("*.JPEG"))
+    for path in paths:
+        ours, ref = eval_image(str(path)), ref_tf(Image.open(path).convert("RGB")).permute(1, 2, 0)
+        assert ours.shape == ref.shape == (224, 224, 3) and ours.dtype == torch.uint8 and ours.is_contiguous()
+        assert (ours.float() - ref.float()).abs().mean().item() < 1.0
+
+
+def test_samples_are_a_function_of_seed_epoch_and_index(jpegs):
+    from torchvision.datasets import ImageFolder
+
+    from catkd.data.imagenet import SeededFolder
+
+    def sample(seed, epoch, i):
+        ds = SeededFolder(ImageFolder(str(jpegs / "train")), True)
+        ds.seed, ds.epoch = seed, epoch
+        return ds[i][0]
+
+    assert torch.equal(sample(1, 2, 3), sample(1, 2, 3))
+    assert not torch.equal(sample(1, 2, 3), sample(1, 3, 3)) and not torch.equal(sample(1, 2, 3), sample(2, 2, 3))
+
+
+def test_batches_do_not_depend_on_worker_count_and_leave_the_global_rng_alone(jpegs):
+    from torchvision.datasets import ImageFolder
+
+    from catkd.data.imagenet import FolderTrainLoader, SeededFolder
+
+    def batches(workers):
+        loader = FolderTrainLoader(SeededFolder(ImageFolder(str(jpegs / "train")), True), 5, workers,
+                                   torch.device("cpu"))
+        return [(x, y) for x, y, *_ in loader.epoch_batches(1, 7)]
+
+    state = torch.get_rng_state()
+    a, b = batches(0), batches(2)
+    assert torch.equal(state, torch.get_rng_state())
+    assert [tuple(x.shape) for x, _ in a] == [(5, 3, 224, 224), (5, 3, 224, 224), (2, 3, 224, 224)]
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
+
+
+def test_the_imagenet_bench_measures_both_paths_at_each_worker_count(jpegs):
+    from catkd.bench import pipeline
+
+    f = pipeline.bench_imagenet(root=str(jpegs), batch=4, rounds=1)
+    for w in pipeline._worker_counts():
+        assert f[f"imagenet_ratio_w{w}"] == pytest.approx(f[f"imagenet_catkd_ips_w{w}"] / f[f"imagenet_ref_ips_w{w}"])
+    assert f["imagenet_images"] == 12 and f["imagenet_ms_decode_tv"] > 0 and 0 <= f["imagenet_draft_fraction"] <= 1
+
+
+@pytest.mark.parametrize("argv", [["step", "--dataset", "imagenet"], ["pipeline", "--root", "x"],
+                                  ["pipeline", "--dataset", "mnist"]])
+def test_dataset_and_root_are_options_of_the_pipeline_bench_only(argv, capsys):
+    from catkd.bench import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2 and "error" in capsys.readouterr().err

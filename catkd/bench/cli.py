@@ -18,7 +18,7 @@ BENCHES = ("step", "pipeline", "study", "cache")  # `all` runs these
 # would take `all` past its 25-minute budget; storage needs an S3 endpoint (or moto, a test dependency)
 EXTRA = ("gpu", "asha", "estimate", "storage")
 QUICK = ("step", "pipeline", "gpu")  # the benches with a --quick mode
-OPTIONS = {"step": ("device", "distiller"), "all": ("device", "rounds"), "cache": ("rounds",), "storage": ("rounds",), "asha": ("asha_points", "asha_rf")}
+OPTIONS = {"step": ("device", "distiller"), "pipeline": ("dataset",), "all": ("device", "rounds"), "cache": ("rounds",), "storage": ("rounds",), "asha": ("asha_points", "asha_rf")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,8 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--distiller", metavar="NAME|all",
                     help="step: time this method's step (all: every method's) over the CE floor instead of CAT-KD's")
     ap.add_argument("--quick", action="store_true",
-                    help="step: 3 repeats; pipeline: 2,000 images, one timed epoch; gpu: tiny models and data, to "
-                         "check the script on a CPU")
+                    help="step: 3 repeats; pipeline: 2,000 images (imagenet: 300 JPEGs), one timed epoch; gpu: tiny "
+                         "models and data, to check the script on a CPU")
+    ap.add_argument("--dataset", choices=("cifar100", "imagenet"), default="cifar100",
+                    help="pipeline: CIFAR-100's in-memory path (default) or ImageNet's JPEG folder path")
+    ap.add_argument("--root", metavar="DIR",
+                    help="pipeline --dataset imagenet: an ImageNet folder holding train/<class>/*.JPEG (default: "
+                         "2,000 generated JPEGs in a temporary directory)")
     ap.add_argument("--asha-points", type=int, default=12, help="asha: β values in the grid (default 12)")
     ap.add_argument("--rounds", type=int, default=2,
                     help="cache, storage: interleaved rounds of the smoke study, each side (default 2)")
@@ -50,7 +55,8 @@ def run(name: str, args: argparse.Namespace) -> dict:
         if one == "step":
             out.update(step.run(args.device, quick=args.quick, distiller=args.distiller if name == "step" else None))
         elif one == "pipeline":
-            out.update(pipeline.run(quick=args.quick))
+            out.update(pipeline.run(quick=args.quick, dataset=args.dataset if name == "pipeline" else "cifar100",
+                                    root=args.root))
         elif one == "study":
             out.update(study.bench_study())
         elif one == "cache":
@@ -88,6 +94,10 @@ def main(argv=None) -> int:
         ap.error("--check goes with `docs`")
     if args.quick and args.name not in QUICK:
         ap.error(f"--quick: only {', '.join(QUICK)} have a quick mode")
+    if args.name != "pipeline" and (args.dataset != "cifar100" or args.root):
+        ap.error("--dataset and --root go with `pipeline`")
+    if args.root and args.dataset != "imagenet":
+        ap.error("--root goes with --dataset imagenet")
     if args.note and not args.out:
         ap.error("--note goes with --out")
     ctx = record.context() if args.out else None  # before the bench: the load it meets, the code it runs
