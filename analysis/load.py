@@ -21,7 +21,7 @@ from catkd.study.results import SEED_KEY
 NON_SETTINGS = {
     "trial_id", "study", "stage", "seed", "status", "epochs_done", "epochs_budget", "best_val_acc",
     "best_test_acc", "last_test_acc", "last_val_acc", "test_acc_at_best_val", "best_val_epoch", "wall_seconds",
-    "trial_dir", "DISTILLER.TEACHER_CKPT", SEED_KEY,
+    "trial_dir", "gpu_ids", "DISTILLER.TEACHER_CKPT", SEED_KEY,
 }
 
 
@@ -51,6 +51,12 @@ class Study:
     @property
     def smoke(self) -> bool:
         return bool(self.spec.get("smoke_mode"))
+
+    @property
+    def smoke_label(self) -> str:
+        """What a smoke run's tables are labelled: its data was synthetic, or a small folder of JPEGs."""
+        jpeg = ((self.spec.get("smoke") or {}).get("data")) == "jpeg"
+        return "SMOKE, small JPEG folder" if jpeg else "SYNTHETIC/SMOKE"
 
     @property
     def partial(self) -> bool:

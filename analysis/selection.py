@@ -134,7 +134,7 @@ def marker(study: Study) -> str:
     """The title's tags: SYNTHETIC/SMOKE, PARTIAL."""
     tags = []
     if study.smoke:
-        tags.append("SYNTHETIC/SMOKE")
+        tags.append(study.smoke_label)
     if study.partial:
         tags.append("PARTIAL")
     return f" [{', '.join(tags)}]" if tags else ""

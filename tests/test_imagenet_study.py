@@ -58,3 +58,39 @@ def test_without_imagenet_and_the_teachers_the_study_is_exit_2_naming_each_missi
         assert f"torchvision.models.{builder}(weights='IMAGENET1K_V1')" in msg, msg
     assert msg.count("teacher ResNet34 not found") == 1  # each named once, not once per method
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.ray
+def test_the_smoke_study_trains_on_real_jpegs_through_the_imagenet_path_and_the_report_renders_its_table(tmp_path):
+    import os
+
+    from _helpers import kill_orphans
+
+    ray_tmp = Path(os.environ["RAY_TMPDIR"]) / "imagenet-smoke"
+    ray_tmp.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
+    storage = tmp_path / "results"
+    # two of the study's methods (the student alone and CAT-KD): the same code path, half the time
+    cmd = [sys.executable, "-m", "catkd.study", str(STUDY), "--smoke", "--no-dashboard", "--storage", str(storage),
+           "--set", "space.0.method={grid: [vanilla, CAT_KD]}"]
+    try:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        kill_orphans(ray_tmp)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "(SMOKE: a small JPEG folder, small models)" in done.stdout
+    jpegs = list((storage / ".cache" / "data").glob("jpegs-*/imagenet/train/*/*.JPEG"))
+    assert len(jpegs) == 4 * 24 and all(p.read_bytes()[:2] == b"\xff\xd8" for p in jpegs)  # real JPEG files
+    exp = storage / "imagenet-smoke"
+    import pyarrow.parquet as pq
+
+    trials = pq.read_table(exp / "trials.parquet").to_pylist()
+    assert sorted(t["method"] for t in trials) == ["CAT_KD", "vanilla"]
+    assert all(t["status"] == "finished" and t["DATASET.TYPE"] == "imagenet" for t in trials), trials
+    rows = pq.read_table(exp / "results.parquet").to_pylist()
+    assert all(r["test_acc_top5"] is not None for r in rows)
+    rep = subprocess.run([sys.executable, str(REPO / "analysis" / "report.py"), str(exp), "--no-plots"],
+                         capture_output=True, text=True, timeout=300)
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    assert "SMOKE, small JPEG folder" in rep.stdout and "top-5" in rep.stdout, rep.stdout[:3000]
+    assert "CAT-KD" in rep.stdout and "student alone" in rep.stdout

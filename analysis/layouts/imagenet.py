@@ -108,7 +108,7 @@ def imagenet(study: Study, epoch: str, paper: dict[str, Any]) -> list[Table]:
     value = value_column(epoch)
     pubs: dict[str, dict] = paper.get("imagenet") or {}
     if study.smoke:  # synthetic data: ImageNet numbers beside them would mislead
-        notes.append("SYNTHETIC/SMOKE: published ImageNet numbers are not joined.")
+        notes.append(f"{study.smoke_label}: published ImageNet numbers are not joined.")
         pubs = {}
     top5 = _top5(study, trials, epoch)
     ours: dict[str, dict[str, list]] = {}   # pair -> distiller type -> [(top-1, top-5)] over seeds

@@ -123,7 +123,8 @@ def ensure_smoke_teacher(spec: StudySpec, cache: Path) -> Optional[Path]:
     if path.is_file():
         say(f"smoke teacher {spec.smoke.teacher}: cached at {path}")
         return path
-    say(f"smoke teacher {spec.smoke.teacher}: training {spec.smoke.teacher_epochs} epochs on the SYNTHETIC data "
+    data = "the small JPEG folder" if spec.smoke.data == "jpeg" else "the SYNTHETIC data"
+    say(f"smoke teacher {spec.smoke.teacher}: training {spec.smoke.teacher_epochs} epochs on {data} "
         "(once; cached)")
     t0 = time.time()
     # a study killed while its smoke teacher trained continues that training (bit-exact, as any resume):

@@ -149,7 +149,8 @@ def _run(spec: StudySpec, source: str, root: Location, name: str, resume: bool, 
     state_path = exp_dir / "stage.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     stage = _StageFile(state_path, state, writer)
-    smoke = " (SMOKE: synthetic data, small models)" if spec.smoke_mode else ""
+    smoke = (f" (SMOKE: {'a small JPEG folder' if spec.smoke.data == 'jpeg' else 'synthetic data'}, small models)"
+             if spec.smoke_mode else "")
     say(f"study {spec.name}{smoke}: experiment directory {remote}")
     t0 = time.time()
     prefetcher = _start_prefetch(spec, env, exp_dir, address) if prefetch else []
