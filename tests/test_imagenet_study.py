@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import catkd.study
-from catkd.config import load_config
+from catkd.train import load_config
 from catkd.study.load import load_study
 from catkd.study.spec import StudyError
 
