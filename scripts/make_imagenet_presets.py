@@ -38,6 +38,8 @@ METHODS = {
     ("AT", "r34_r18"): ("AT", BIG, {}),
     ("AT", "r50_mv2"): ("AT", BIG, {}),
     ("OFD", "r50_mv2"): ("OFD", SMALL, {"LOSS": {"CE_WEIGHT": 1.0, "FEAT_WEIGHT": 0.0001}}),
+    ("CRD", "r34_r18"): ("CRD", MID, {"FEAT": {"STUDENT_DIM": 512, "TEACHER_DIM": 512}}),
+    ("CRD", "r50_mv2"): ("CRD", MID, {"FEAT": {"STUDENT_DIM": 1024, "TEACHER_DIM": 2048}}),
     ("REVIEWKD", "r34_r18"): ("ReviewKD", MID, {**REVIEWKD, "REVIEWKD_WEIGHT": 1.0,
                                                 "IN_CHANNELS": [64, 128, 256, 512, 512],
                                                 "OUT_CHANNELS": [64, 128, 256, 512, 512]}),

@@ -510,7 +510,11 @@ def test_imagenet_folders_yield_224_batches(imagenet):
     assert b.num_classes == 2 and b.image_size == 224 and b.val is None
     assert b.train.num_samples == 6 and len(b.train) == 2 and b.test.num_samples == 4 and len(b.test) == 2
     batches = [t[:2] for t in b.train.epoch_batches(0, 0)]
-    assert all(t.index is None and t.view is None for t in b.train.epoch_batches(0, 0))  # no finite view set
+    epoch = list(b.train.epoch_batches(0, 0))
+    assert all(t.view is None for t in epoch)  # no finite view set: no teacher cache
+    # each image's index in the folder as stored (CRD's memory rows), every training image once an epoch
+    assert sorted(torch.cat([t.index for t in epoch]).tolist()) == sorted(b.train.source_index.tolist())
+    assert b.train.labels.tolist() == [b.train.dataset.samples[int(k)][1] for k in b.train.source_index]
     assert [tuple(x.shape) for x, _ in batches] == [(4, 3, 224, 224), (2, 3, 224, 224)]
     assert sorted(torch.cat([y for _, y in batches]).tolist()) == [0, 0, 0, 1, 1, 1]
     assert batches[0][0].dtype == torch.float32 and batches[0][1].dtype == torch.int64

@@ -23,6 +23,7 @@ def test_the_imagenet_presets_are_what_the_generator_writes_and_follow_the_recip
     assert out.returncode == 0, out.stdout + out.stderr  # (it builds every distiller on its pair's models)
     for method, pair, batch, lr in [("KD", "r34_r18", 512, 0.2), ("DKD", "r50_mv2", 512, 0.2), ("AT", "r50_mv2", 512, 0.2),
                                     ("REVIEWKD", "r34_r18", 256, 0.1), ("OFD", "r50_mv2", 128, 0.05),
+                                    ("CRD", "r34_r18", 256, 0.1), ("CRD", "r50_mv2", 256, 0.1),
                                     ("CAT-KD", "r34_r18", 512, 0.2), ("CAT-KD", "r50_mv2", 512, 0.2)]:
         cfg = load_config(f"imagenet/{method}/{pair}", quiet=True)
         assert cfg.DATASET.TYPE == "imagenet", (method, pair)
@@ -39,7 +40,7 @@ def test_the_study_runs_every_method_on_both_pairs_and_ofd_where_mdistiller_has_
     spec = load_study(STUDY)
     chosen = sorted({chosen_preset(spec.base, p) for p in expand_grid(spec)})
     assert chosen == sorted(
-        [f"imagenet/{m}/{p}" for m in ("KD", "DKD", "AT", "REVIEWKD", "CAT-KD") for p in ("r34_r18", "r50_mv2")]
+        [f"imagenet/{m}/{p}" for m in ("KD", "DKD", "AT", "CRD", "REVIEWKD", "CAT-KD") for p in ("r34_r18", "r50_mv2")]
         + ["imagenet/vanilla/ResNet18", "imagenet/vanilla/MobileNetV1", "imagenet/OFD/r50_mv2"])
     assert spec.seeds == [0]
 
@@ -70,9 +71,10 @@ def test_the_smoke_study_trains_on_real_jpegs_through_the_imagenet_path_and_the_
     ray_tmp.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
     storage = tmp_path / "results"
-    # two of the study's methods (the student alone and CAT-KD): the same code path, half the time
+    # three of the study's methods (the student alone, CRD, whose memory reads each image's index in the
+    # folder, and CAT-KD): the same code path, half the time
     cmd = [sys.executable, "-m", "catkd.study", str(STUDY), "--smoke", "--no-dashboard", "--storage", str(storage),
-           "--set", "space.0.method={grid: [vanilla, CAT_KD]}"]
+           "--set", "space.0.method={grid: [vanilla, CRD, CAT_KD]}"]
     try:
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     finally:
@@ -85,7 +87,7 @@ def test_the_smoke_study_trains_on_real_jpegs_through_the_imagenet_path_and_the_
     import pyarrow.parquet as pq
 
     trials = pq.read_table(exp / "trials.parquet").to_pylist()
-    assert sorted(t["method"] for t in trials) == ["CAT_KD", "vanilla"]
+    assert sorted(t["method"] for t in trials) == ["CAT_KD", "CRD", "vanilla"]
     assert all(t["status"] == "finished" and t["DATASET.TYPE"] == "imagenet" for t in trials), trials
     rows = pq.read_table(exp / "results.parquet").to_pylist()
     assert all(r["test_acc_top5"] is not None for r in rows)

@@ -163,7 +163,7 @@ class SeededFolder(Dataset):
         if not self.train:
             return eval_image(path, self.size), target
         g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, int(i)))
-        return train_image(path, g, self.size), target
+        return train_image(path, g, self.size), target, int(self.indices[i])  # the image's index as stored
 
 
 class _FolderLoader:
@@ -193,19 +193,31 @@ class _FolderLoader:
 
     def _to_device(self, batches: Iterator[Batch]) -> Iterator[Batch]:
         """float32 N x 3 x H x W images normalised on the device (transposed there, in the same pass)."""
-        for x, y in batches:
-            x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-            y = y.to(self.device, non_blocking=True)
-            x = x.to(torch.float32, memory_format=torch.contiguous_format)
-            yield torch.addcmul(self._shift, x, self._scale, out=x), y
+        for x, y, *_ in batches:
+            yield self._on_device(x, y)
+
+    def _on_device(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
+        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        y = y.to(self.device, non_blocking=True)
+        x = x.to(torch.float32, memory_format=torch.contiguous_format)
+        return torch.addcmul(self._shift, x, self._scale, out=x), y
 
 
 class FolderTrainLoader(_FolderLoader):
     """Same interface as loader.TrainLoader: epoch_batches(epoch, seed), len, num_samples."""
 
+    def __init__(self, dataset: SeededFolder, *args, **kwargs):
+        super().__init__(dataset, *args, **kwargs)
+        # what CRD's contrastive memory needs: row i of this set is image source_index[i] of the folder
+        # as stored, of class labels[i] (the in-memory loaders' attributes)
+        self.source_index = torch.as_tensor(dataset.indices, dtype=torch.int64)
+        self.labels = torch.as_tensor([dataset.samples[int(k)][1] for k in dataset.indices], dtype=torch.int64)
+
     def epoch_batches(self, epoch: int, seed: int) -> Iterator[TrainBatch]:
-        """RandomResizedCrop has no finite view set: batches carry no (index, view)."""
-        return (TrainBatch(x, y) for x, y in self._to_device(self.host_epoch(epoch, seed)))
+        """Batches carry each image's index in the folder (CRD's memory rows); RandomResizedCrop has no
+        finite view set, so no view (the teacher cache does not apply)."""
+        for x, y, index in self.host_epoch(epoch, seed):
+            yield TrainBatch(*self._on_device(x, y), index=index)
 
     def host_epoch(self, epoch: int, seed: int) -> Iterator[Batch]:
         """The epoch's batches before the device step: what the host's CPUs do when the device is a GPU."""
