@@ -386,7 +386,8 @@ def estimate(spec: StudySpec, say=print, address: Optional[str] = None) -> dict[
         stage_cached[g.stage] = stage_cached.get(g.stage, 0.0) + cached_s
         say(f"  [{g.stage}] {g.trials} x {cfg.DISTILLER.TYPE} {cfg.DISTILLER.TEACHER + ' -> ' if needs_teacher else ''}"
             f"{cfg.DISTILLER.STUDENT}, batch {cfg.SOLVER.BATCH_SIZE}{_timed_at(cfg, torch.device(device))}: {m['train_live']:,.0f} img/s"
-            + (f" with the live teacher, {m['train_cached']:,.0f} img/s with the cache warm" if needs_teacher else "")
+            + (f" with the live teacher, {m['train_cached']:,.0f} img/s with the cache warm" if cache_on
+               else " with the live teacher (no teacher cache here)" if needs_teacher else "")
             + f"; {g.expected_epochs:,.0f} trial-epochs of {train:,} training + {evals:,} evaluation images")
     fill_s = 0.0
     for (teacher, _), f in fills.items():
