@@ -214,6 +214,8 @@ def measure(cfg: Config, threads: int, steps: int = 3) -> dict[str, float]:
     dist.train()
     opt = torch.optim.SGD(dist.learnable_parameters(), lr=1e-3, momentum=0.9)
     b = measured_batch(cfg.SOLVER.BATCH_SIZE, size, dev)
+    if b < cfg.SOLVER.BATCH_SIZE:
+        steps = 1  # a CPU timing large images: one step of ~40 images is seconds, and steady (no GPU queue)
     x = torch.randn(b, 3, size, size, generator=g).to(dev)
     y = torch.randint(0, k, (b,), generator=g).to(dev)
     index = torch.arange(b) % n_train
