@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from _helpers import kill_orphans
-from catkd.study.estimate import cluster_slots
+from catkd.study.slots import cluster_slots
 from catkd.study.progress import progress_table
 
 CPU_LINE = "but torch sees no CUDA here: training on the CPU"
