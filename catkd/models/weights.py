@@ -33,16 +33,14 @@ def _head_prefix(model: nn.Module) -> str | None:
     return None
 
 
-def _read(path: Path) -> object:
+def _read(path: Path, what: str = "teacher checkpoint") -> object:
     if not path.is_file():
         where = path.resolve()
-        what = "is a directory, not a file" if path.is_dir() else "not found"
-        raise TeacherWeightsError(
-            f"teacher checkpoint {what}: {path} (looked at {where}). The public CIFAR-100 "
-            "teachers are in MDistiller's cifar_teachers.tar, which holds "
-            "<arch>_vanilla/ckpt_epoch_240.pth (e.g. resnet32x4_vanilla/ckpt_epoch_240.pth); "
-            "extract it and point to that file."
-        )
+        state = "is a directory, not a file" if path.is_dir() else "not found"
+        hint = (" The public CIFAR-100 teachers are in MDistiller's cifar_teachers.tar, which holds "
+                "<arch>_vanilla/ckpt_epoch_240.pth (e.g. resnet32x4_vanilla/ckpt_epoch_240.pth); "
+                "extract it and point to that file." if what == "teacher checkpoint" else "")
+        raise TeacherWeightsError(f"{what} {state}: {path} (looked at {where}).{hint}")
     try:
         # weights_only=True: the unpickler only rebuilds tensors and plain containers, so a
         # malicious file cannot run code while being loaded.
@@ -50,7 +48,7 @@ def _read(path: Path) -> object:
     except pickle.UnpicklingError as e:
         if "weights only" not in str(e).lower():
             raise TeacherWeightsError(
-                f"could not load teacher checkpoint {path}: it is unreadable or not a torch "
+                f"could not load {what} {path}: it is unreadable or not a torch "
                 f"checkpoint ({_first_line(e)})"
             ) from e
         # torch's long message names the offending global ("Unsupported global: GLOBAL ...");
@@ -58,18 +56,18 @@ def _read(path: Path) -> object:
         culprit = next((ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln), "")
         if "global" not in culprit.lower():
             raise TeacherWeightsError(
-                f"teacher checkpoint {path} was refused by torch.load(weights_only=True) as "
+                f"{what} {path} was refused by torch.load(weights_only=True) as "
                 f"unsafe or unreadable: it does not look like a torch checkpoint ({culprit})"
             ) from e
         raise TeacherWeightsError(
-            f"teacher checkpoint {path} was refused as unsafe by torch.load(weights_only=True): "
+            f"{what} {path} was refused as unsafe by torch.load(weights_only=True): "
             "unpickling it needs objects other than tensors and plain containers, i.e. it could "
             "run code on load. Not loaded; only load such a file with weights_only=False if you "
             "trust its source." + (f" ({culprit})" if culprit else "")
         ) from e
     except Exception as e:  # truncated zip, random bytes, ...: torch raises various types
         raise TeacherWeightsError(
-            f"could not load teacher checkpoint {path}: it is unreadable or not a torch "
+            f"could not load {what} {path}: it is unreadable or not a torch "
             f"checkpoint ({_first_line(e)})"
         ) from e
 
@@ -79,11 +77,11 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
-def _extract_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
+def _extract_state_dict(obj: object, path: Path, what: str = "teacher checkpoint") -> dict[str, Tensor]:
     """MDistiller {"model": sd, ...}, {"state_dict": sd, ...} or a bare sd -> sd without "module."."""
     if not isinstance(obj, Mapping):
         raise TeacherWeightsError(
-            f"teacher checkpoint {path} holds a {type(obj).__name__}, not a state_dict or a dict "
+            f"{what} {path} holds a {type(obj).__name__}, not a state_dict or a dict "
             "with a 'model' / 'state_dict' entry"
         )
     sd: object = obj
@@ -95,7 +93,7 @@ def _extract_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
     not_tensors = [str(k) for k, v in sd.items() if not isinstance(v, Tensor)]
     if not_tensors:
         raise TeacherWeightsError(
-            f"teacher checkpoint {path} is not a state_dict: entries {_listing(not_tensors)} are "
+            f"{what} {path} is not a state_dict: entries {_listing(not_tensors)} are "
             "not tensors (expected a bare state_dict or a dict with a 'model' or 'state_dict' "
             f"entry; top-level keys: {_listing([str(k) for k in obj])})"
         )
@@ -155,6 +153,31 @@ def load_teacher_weights(model: nn.Module, path: str | Path) -> None:
     sd = _extract_state_dict(_read(path), path)
     _check_fit(model, sd, path)
     model.load_state_dict(sd, strict=True)
+
+
+def load_backbone_weights(model: nn.Module, path: str | Path) -> dict[str, object]:
+    """Load a trained model's checkpoint into `model` except its head (a linear probe's new classifier):
+    every key outside the head must fit, strictly. The head of the file (a Linear with or without bias, a
+    CAT student's bias-free CAM head, any class count) is left out, whatever the model family calls it.
+    Returns the file's other top-level entries (epoch, acc, ...) when it is a dict."""
+    path = Path(path)
+    obj = _read(path, "student checkpoint")
+    sd = _extract_state_dict(obj, path, "student checkpoint")
+    head = _head_prefix(model)
+    if head is None:
+        raise TeacherWeightsError(f"{type(model).__name__} has no head to replace")
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(f"{head}.")}
+    sd = {k: v for k, v in sd.items() if not k.startswith(f"{head}.")}
+    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in sd if k not in own]
+    mismatched = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        problems = [f"{what} {_listing(keys)}" for what, keys in
+                    (("shape mismatch", mismatched), ("missing keys", missing), ("unexpected keys", unexpected)) if keys]
+        raise TeacherWeightsError(f"student checkpoint {path} does not fit {type(model).__name__} (head left out): "
+                                  + "; ".join(problems) + " — wrong architecture for this checkpoint?")
+    model.load_state_dict(sd, strict=False)
+    return {k: v for k, v in obj.items() if k not in ("model", "state_dict")} if isinstance(obj, Mapping) else {}
 
 
 # torchvision's IMAGENET1K_V1 weights: the files `torchvision.models.resnet34(weights="IMAGENET1K_V1")`
