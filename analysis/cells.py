@@ -1,7 +1,9 @@
-"""What a report's table is and how its cells read: `Table`, `mean ± std (n)` over seeds, the Welch
-interval of a difference of means beside the published difference, settings formatted and sorted."""
+"""What a report's table is and how its cells read: `Table`, `mean ± std (n)` over seeds, the Student t
+interval of a mean, the Welch interval of a difference of means beside the published difference,
+settings formatted and sorted."""
 from __future__ import annotations
 
+import math
 import statistics
 import warnings
 from dataclasses import dataclass, field
@@ -30,6 +32,18 @@ def stats(values: Iterable[Any]) -> tuple[Optional[float], Optional[float], int]
     mean = statistics.fmean(vals)
     std = statistics.stdev(vals) if len(vals) > 1 else None
     return mean, std, len(vals)
+
+
+def t_interval(values: Iterable[Any], level: float = 0.95) -> tuple[Optional[float], Optional[float], int]:
+    """(mean, half-width of its `level` confidence interval or None, n) over the finite values: Student's t
+    with n - 1 degrees of freedom, t_{(1+level)/2, n-1} * std / sqrt(n) (std with ddof=1). No interval
+    when n < 2."""
+    from scipy import stats as st
+
+    mean, std, n = stats(values)
+    if std is None:
+        return mean, None, n
+    return mean, float(st.t.ppf((1 + level) / 2, n - 1)) * std / math.sqrt(n), n
 
 
 def cell(values: Iterable[Any], digits: int = 2) -> str:

@@ -209,6 +209,8 @@ def all_plots(study: Study, out_dir: Path, epoch: str = "auto") -> list[Path]:
         made.append(parallel_coordinates(study, out_dir / "parallel_coordinates.png", study.space_keys(), epoch))
     if layout_of(study) == "tuned_baselines":
         made.append(preset_vs_tuned(study, out_dir / "preset_vs_tuned.png", epoch))
+    if layout_of(study) == "partial_cams":
+        made.append(partial_cams_plot(study, out_dir / "accuracy_vs_n.png", epoch))
     return [p for p in made if p is not None]
 
 
@@ -240,4 +242,56 @@ def preset_vs_tuned(study: Study, out: Path, epoch: str) -> Optional[Path]:
     ax.set_ylabel(epoch_label(epoch), fontsize=8)
     ax.legend(fontsize=8)
     ax.set_title(_title(study, "preset vs tuned at the same budget (confirm seeds; line = mean)"), fontsize=9)
+    return _save(fig, out)
+
+
+def _seeds(points) -> str:
+    """How many seeds a line's points hold, for its legend: "3 seeds", "1-3 seeds", "1 seed (n=1)"."""
+    counts = sorted({p.seeds for p in points})
+    if counts == [1]:
+        return "1 seed (n=1): no interval"
+    return (f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}") + " seeds"
+
+
+def partial_cams_plot(study: Study, out: Path, epoch: str) -> Optional[Path]:
+    """The paper's partial-CAM figure: top-1 against n, the number of classes whose CAMs are transferred,
+    the n top-scoring and the n lowest-scoring classes as two lines (mean over seeds, 95 % Student t
+    interval), the run with every class's CAMs as a horizontal line with its 95 % band shaded."""
+    import textwrap
+
+    from analysis.layouts.partial_cams import figure_data
+
+    data = figure_data(study, epoch)
+    if not data.lines and data.reference is None:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 5.0))
+    ref = data.reference
+    if ref is not None:
+        ax.axhline(ref.mean, color="tab:grey", ls="--", lw=1.5,
+                   label=f"all {data.classes} classes ({_seeds([ref])})" + ("; shaded: its 95 % CI" if ref.half else ""))
+        if ref.half is not None:
+            ax.axhspan(ref.mean - ref.half, ref.mean + ref.half, color="tab:grey", alpha=0.2, lw=0)
+    styles = {"top-n": ("tab:blue", "o", "the n top-scoring classes"),
+              "lowest-n": ("tab:orange", "s", "the n lowest-scoring classes")}
+    ns = sorted({n for pts in data.lines.values() for n, _ in pts})
+    # the lines share their x: each is nudged sideways a little so that its intervals do not hide the other's
+    step = 0.012 * ((ns[-1] - ns[0]) if len(ns) > 1 else 10)
+    for i, (label, pts) in enumerate(data.lines.items()):
+        colour, mark, what = styles.get(label, (None, "^", label))
+        dx = (i - (len(data.lines) - 1) / 2) * step
+        ax.errorbar([n + dx for n, _ in pts], [p.mean for _, p in pts], yerr=[p.half or 0.0 for _, p in pts],
+                    color=colour, marker=mark, capsize=4, lw=1.5,
+                    label=f"{label}: {what} ({_seeds([p for _, p in pts])})")
+    if ns:
+        ax.set_xticks(ns)
+        pad = max(1.0, 0.06 * (ns[-1] - ns[0]))
+        ax.set_xlim(ns[0] - pad, ns[-1] + pad)
+    ax.set_xlabel(f"n: classes whose CAMs are transferred (of {data.classes})")
+    ax.set_ylabel("top-1 %")
+    ax.set_title(_title(study, "top-1 vs the number of transferred CAMs") + "\n"
+                 + textwrap.fill(epoch_label(epoch), 100), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False,
+              title="mean over seeds ± 95 % Student t interval; a point of 1 seed (n=1) has none",
+              title_fontsize=8)
     return _save(fig, out)

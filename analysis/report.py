@@ -79,6 +79,8 @@ def report(experiment_dir: Union[str, Path], out: Union[str, Path, None] = None,
         result = out
     else:
         text = tables.render(tbls, format)
+        if format == "md" and png:
+            text += _figures_md(png, out)
         result = out / ("report.md" if format == "md" else "report.tex")
         atomic_write_text(result, text)
         written.append(result)
@@ -93,6 +95,12 @@ def report(experiment_dir: Union[str, Path], out: Union[str, Path, None] = None,
         for p in [*written, *png]:
             print(f"wrote {shown(p)}")
     return shown(result) if put is not None else result
+
+
+def _figures_md(png: list[Path], out: Path) -> str:
+    """The plots embedded in report.md, by their paths relative to it (the report's folder)."""
+    lines = [f"![{p.stem.replace('_', ' ')}]({Path(p).relative_to(out).as_posix()})" for p in png]
+    return "\n## Figures\n\n" + "\n\n".join(lines) + "\n"
 
 
 def _out_dir(study, out):
