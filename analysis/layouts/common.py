@@ -7,7 +7,7 @@ import pandas as pd
 
 from analysis.cells import Table, cell, fmt, sortkey
 from analysis.names import BETA, DISPLAY, ONLY_CAT, RES, STUDENT, TEACHER, TYPE
-from analysis.selection import Group, groups
+from analysis.selection import Group
 
 
 B, R = DISPLAY[BETA], DISPLAY[RES]  # how the tables show β and the CAM resolution
@@ -62,6 +62,21 @@ def published(entry: Optional[dict]) -> tuple[str, Optional[float], str]:
     if not entry or "top1" not in entry:
         return "-", None, ""
     return f"{entry['top1']:.2f}", float(entry["top1"]), entry.get("source", "")
+
+
+def entry_note(label: str, pair: str, entry: Optional[dict]) -> Optional[str]:
+    """A table's note on one published number: its `note`, and where two sources disagree (`disagree`)
+    both numbers with their sources, the one shown first."""
+    if not entry or "top1" not in entry:
+        return None
+    shown, other, note = float(entry["top1"]), entry.get("disagree"), entry.get("note")
+    head = f"{label} {pair}: published {shown:.2f}"
+    if other:
+        sides = [f"{name} {float(entry[key]):.2f} from {entry.get('source', '')} vs {float(other[key]):.2f} "
+                 f"from {other.get('source', '')}" for key, name in (("top1", "top-1"), ("top5", "top-5"))
+                 if other.get(key) is not None and entry.get(key) is not None]
+        return f"{head} — sources disagree: {'; '.join(sides)}; {note or f'the table shows {shown:.2f}'}."
+    return f"{head} — {note}." if note else None
 
 
 def ablation_note(paper: dict[str, Any], name: str, smoke: bool = False) -> str:

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import pandas as pd
 
 from analysis.cells import Table, cell, stats
-from analysis.layouts.common import FAMILIES, method_info
+from analysis.layouts.common import FAMILIES, entry_note, method_info
 from analysis.layouts.main_results import ALONE, FAMILY_TITLE
 from analysis.layouts.registry import layout
 from analysis.load import Study
@@ -155,8 +155,8 @@ def imagenet(study: Study, epoch: str, paper: dict[str, Any]) -> list[Table]:
                              (e or {}).get("source", "")])
             for src in _sources((e or {}).get("source")):  # each source named once per method
                 sources.setdefault("teacher" if typ == "teacher" else label, {})[src] = True
-            if e and e.get("note"):
-                entry_notes.append(f"{label} {pair}: published {e['top1']:.2f} — {e['note']}.")
+            if note := entry_note(label, pair, e):
+                entry_notes.append(note)
             if not e and typ != "teacher" and pubs:
                 unpublished.setdefault(label, []).append(pair)
         rows.append(row)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from analysis.cells import DIFF_HEADERS, Table, cell, difference_row, stats
-from analysis.layouts.common import FAMILIES, method_info, published
+from analysis.layouts.common import FAMILIES, entry_note, method_info, published
 from analysis.layouts.registry import layout
 from analysis.load import Study
 from analysis.names import STUDENT, TEACHER, TYPE
@@ -82,8 +82,8 @@ def main_results(study: Study, epoch: str, paper: dict[str, Any]) -> list[Table]
                          "yes" if mark else "", src])
             if src:
                 sources.setdefault(label, {})[src] = True
-            if entry and entry.get("note"):
-                entry_notes.append(f"{label} {pair}: published {pval:.2f} — {entry['note']}.")
+            if note := entry_note(label, pair, entry):
+                entry_notes.append(note)
         rows.append(row)
     planned = len(study.spec.get("seeds") or [])
     unpaired = sorted(s for s in alone if s not in students.values())

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.cells import Table, cell, difference_row, fmt, stats
-from analysis.layouts.common import FAMILIES, method_info, published
+from analysis.layouts.common import FAMILIES, entry_note, method_info, published
 from analysis.layouts.registry import layout
 from analysis.load import Study, settings_columns
 from analysis.names import STUDENT, TEACHER, TYPE, display
@@ -50,7 +50,7 @@ def tuned_baselines(study: Study, epoch: str, paper: dict[str, Any]) -> list[Tab
         notes.append("No confirm rows yet: the preset and tuned columns fill when the confirm stage runs; "
                      "the search columns show what the searches found so far.")
     keyed = t.assign(_pair=t[TEACHER].astype(str) + "->" + t[STUDENT].astype(str), _type=t[TYPE].astype(str))
-    rows, diffs, by = [], [], {}
+    rows, diffs, by, entry_notes = [], [], {}, []
     for (pair, typ), sub in keyed.groupby(["_pair", "_type"], sort=False):
         s = sub[stage.loc[sub.index] != "confirm"]
         c = sub[stage.loc[sub.index] == "confirm"]
@@ -60,6 +60,8 @@ def tuned_baselines(study: Study, epoch: str, paper: dict[str, Any]) -> list[Tab
         keys = _searched(s) or _searched(c)
         label, family = method_info(typ)
         pub, _, src = published(pairs_pub.get(pair, {}).get(typ))
+        if note := entry_note(label, pair, pairs_pub.get(pair, {}).get(typ)):
+            entry_notes.append(note)
         diff = difference_row("", tuned[value], preset[value])
         budget = f"{len(s)} trials, {int(s['epochs_done'].sum()):,} epochs" if len(s) else "-"
         best_search = s.sort_values(select, ascending=False).head(1) if len(s) and select in s else s.head(0)
@@ -80,7 +82,7 @@ def tuned_baselines(study: Study, epoch: str, paper: dict[str, Any]) -> list[Tab
                       "side gives no interval. Both are trained without the validation images, so they sit a "
                       "little below full-data numbers, and below the published column for that reason too.",
                       "Search budget: every method gets the same number of trials under its own scheduler; "
-                      "the epochs column shows what early stopping left of it."])
+                      "the epochs column shows what early stopping left of it."] + entry_notes)
     for (pair, typ), (tuned, preset) in by.items():
         if typ == "CAT_KD" or (pair, "CAT_KD") not in by:
             continue
