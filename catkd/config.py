@@ -108,7 +108,7 @@ class SyntheticCfg(Section):
 
 
 class DatasetCfg(Section):
-    TYPE: Literal["cifar100", "imagenet", "synthetic"] = "cifar100"
+    TYPE: Literal["cifar100", "imagenet", "synthetic", "stl10", "tiny_imagenet"] = "cifar100"
     NUM_WORKERS: int = Field(2, ge=0)
     TEST: TestCfg = TestCfg()
     # data reduction (reference keys), training set only

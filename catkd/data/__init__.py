@@ -3,8 +3,11 @@
 - cifar100: the python version of CIFAR-100 under <data root>/cifar-100-python (catkd.data.cifar100)
 - synthetic: the embedded generated dataset, no download (catkd.data.synthetic)
 - imagenet: ImageFolder trees under <data root>/imagenet/{train,val} (catkd.data.imagenet)
+- stl10: STL-10's binary release under <data root>/stl10_binary, resized to 32 x 32 (catkd.data.stl10)
+- tiny_imagenet: the tiny-imagenet-200 folder under <data root>, resized to 32 x 32 (catkd.data.tiny_imagenet)
 
-CIFAR-100 and the synthetic set live in memory on the training device (catkd.data.loader); the
+STL-10 and TinyImageNet are transfer targets for CIFAR models; catkd.data.transfer_files writes small
+folders in their formats. All but ImageNet live in memory on the training device (catkd.data.loader); the
 validation hold-out and the data reduction are in catkd.data.splits.
 """
 from __future__ import annotations
@@ -44,6 +47,18 @@ def _imagenet(cfg: "Config", device: torch.device) -> DataBundle:
     return build_imagenet(cfg, device)
 
 
+def _stl10(cfg: "Config", device: torch.device) -> DataBundle:
+    from catkd.data.stl10 import build_stl10
+
+    return build_stl10(cfg, device)
+
+
+def _tiny_imagenet(cfg: "Config", device: torch.device) -> DataBundle:
+    from catkd.data.tiny_imagenet import build_tiny_imagenet
+
+    return build_tiny_imagenet(cfg, device)
+
+
 @dataclass(frozen=True)
 class DatasetEntry:
     """A dataset as the rest of catkd knows it before loading it: its builder, and what it declares
@@ -74,6 +89,10 @@ DATASETS: dict[str, DatasetEntry] = {
     # the class count is the folders' (1000 for ILSVRC-2012); RandomResizedCrop: no finite view set
     "imagenet": DatasetEntry(_imagenet, lambda cfg: 1000, lambda cfg: 224, lambda cfg: None,
                              lambda cfg: (1_281_167, 50_000), family="imagenet"),  # ILSVRC-2012
+    # transfer targets, resized to 32 x 32 so the CIFAR architectures take them
+    "stl10": DatasetEntry(_stl10, lambda cfg: 10, lambda cfg: 32, lambda cfg: _CIFAR_VIEWS, lambda cfg: (5_000, 8_000)),
+    "tiny_imagenet": DatasetEntry(_tiny_imagenet, lambda cfg: 200, lambda cfg: 32, lambda cfg: _CIFAR_VIEWS,
+                                  lambda cfg: (100_000, 10_000)),
 }
 
 

@@ -13,7 +13,8 @@ function of (seed, split, class, k): two calls with the same arguments write the
 
 The folder appears whole or not at all: it is written into a temporary sibling and renamed into
 place, under a file lock beside it, so a second caller (another process too) waits for the first
-and then finds it complete.
+and then finds it complete (`write_folder_once`, which writes other folders the same way:
+catkd.data.transfer_files).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 from filelock import FileLock
@@ -46,10 +48,12 @@ def _hsv_to_rgb(h: np.ndarray | float, s: float, v: np.ndarray | float) -> np.nd
     return np.asarray(v)[..., None] * (1.0 - s * w)
 
 
-def render_image(c: int, classes: int, rng: np.random.Generator) -> np.ndarray:
-    """One H x W x 3 uint8 image of class `c` out of `classes`."""
+def render_image(c: int, classes: int, rng: np.random.Generator, size: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """One H x W x 3 uint8 image of class `c` out of `classes`, `size` (H, W) or an ImageNet-like one."""
     w = int(rng.integers(WIDTHS[0], WIDTHS[1] + 1))
     h = int(rng.integers(HEIGHTS[0], HEIGHTS[1] + 1))
+    if size is not None:  # drawn anyway: the draws that follow, and so the images, stay those of size None
+        h, w = size
     hue = (c * _GOLDEN + rng.normal(0.0, 0.015)) % 1.0
     # orientations spread over [0, pi) and periods over 3 levels so neighbouring classes differ in both
     angle = math.pi * ((c * 0.38196601125) % 1.0) + rng.normal(0.0, 0.05)
@@ -99,11 +103,21 @@ def write_jpeg_folder(root: str | Path, classes: int, train_per_class: int, val_
             "val_per_class": int(val_per_class), "seed": int(seed), "quality": int(quality)}
     if classes < 1 or train_per_class < 0 or val_per_class < 0:
         raise ValueError(f"write_jpeg_folder: need classes >= 1 and counts >= 0, got {args}")
-    if _complete(root, args):
+    return write_folder_once(
+        root, args, lambda tmp: _write_tree(tmp, classes, {"train": train_per_class, "val": val_per_class}, seed, quality))
+
+
+def write_folder_once(root: str | Path, args: dict, write: Callable[[Path], None], manifest: str = MANIFEST) -> Path:
+    """Write the folder `root` once, whole or not at all: `write(tmp)` fills a temporary sibling, which
+    gets the manifest (`args`, the arguments it was written with) and is renamed into place, under a
+    file lock beside `root`. A folder already there with the same manifest is returned at once; one
+    with another manifest, or none, is an error (FileExistsError)."""
+    root = Path(root)
+    if _complete(root, args, manifest):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root.parent / f".{root.name}.lock")):
-        if _complete(root, args):  # another caller wrote it while we waited
+        if _complete(root, args, manifest):  # another caller wrote it while we waited
             return root
         # under the lock, a temporary sibling left by a killed writer is stale
         for stale in root.parent.glob(f".{root.name}.tmp-*"):
@@ -111,8 +125,8 @@ def write_jpeg_folder(root: str | Path, classes: int, train_per_class: int, val_
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
         try:
             os.chmod(tmp, 0o777 & ~_umask())
-            _write_tree(tmp, classes, {"train": train_per_class, "val": val_per_class}, seed, quality)
-            (tmp / MANIFEST).write_text(json.dumps(args, indent=1) + "\n")
+            write(tmp)
+            (tmp / manifest).write_text(json.dumps(args, indent=1) + "\n")
             os.rename(tmp, root)  # fails if root appeared meanwhile (not one of ours): never merged into
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -120,14 +134,14 @@ def write_jpeg_folder(root: str | Path, classes: int, train_per_class: int, val_
     return root
 
 
-def _complete(root: Path, args: dict) -> bool:
+def _complete(root: Path, args: dict, manifest: str) -> bool:
     """True when `root` holds a folder written with `args`; raises if it holds anything else."""
     if not root.exists():
         return False
     try:
-        found = json.loads((root / MANIFEST).read_text())
+        found = json.loads((root / manifest).read_text())
     except (OSError, ValueError):
-        raise FileExistsError(f"{root} exists and is not a folder written by write_jpeg_folder") from None
+        raise FileExistsError(f"{root} exists and is not a folder written by catkd (no {manifest})") from None
     if found != args:
         raise FileExistsError(f"{root} was written with {found}, not {args}")
     return True

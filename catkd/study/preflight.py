@@ -70,6 +70,13 @@ def preflight(spec: StudySpec, source: str) -> None:
                     f"ImageNet not found: looked at {d}/train and {d}/val (one folder per class, as "
                     "ImageFolder reads them; set CATKD_DATA or fixed.DATASET.ROOT); --smoke runs on a small "
                     "folder of JPEGs it writes itself")
+        if cfg.DATASET.TYPE in ("stl10", "tiny_imagenet"):
+            from catkd.data import stl10, tiny_imagenet
+
+            data = stl10 if cfg.DATASET.TYPE == "stl10" else tiny_imagenet
+            why = data.missing(data_root(cfg))
+            if why:
+                missing[str(data_root(cfg) / data.FOLDER)] = why
         if DISTILLERS.get(cfg.DISTILLER.TYPE).needs_teacher:
             t = teacher_path(cfg)
             if not t.is_file():
