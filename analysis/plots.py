@@ -211,6 +211,9 @@ def all_plots(study: Study, out_dir: Path, epoch: str = "auto") -> list[Path]:
         made.append(preset_vs_tuned(study, out_dir / "preset_vs_tuned.png", epoch))
     if layout_of(study) == "partial_cams":
         made.append(partial_cams_plot(study, out_dir / "accuracy_vs_n.png", epoch))
+    from analysis.layouts import FIGURES
+
+    made += [fig(study, out_dir, epoch) for fig in FIGURES.get(layout_of(study), [])]
     return [p for p in made if p is not None]
 
 

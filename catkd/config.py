@@ -71,6 +71,9 @@ class DistillerCfg(Section):
     STUDENT: str = "resnet32"
     # ours: explicit teacher checkpoint; default is $CATKD_TEACHERS/<arch>_vanilla/ckpt_epoch_240.pth
     TEACHER_CKPT: Optional[str] = None
+    # ours: the teacher's checkpoint of this epoch of its own training, beside the default (or TEACHER_CKPT)
+    # file: ckpt_epoch_<E>.pth; a teacher of another strength (the weak-teachers study)
+    TEACHER_EPOCH: Optional[int] = Field(None, ge=1)
 
 
 class SolverCfg(Section):

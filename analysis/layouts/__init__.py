@@ -4,9 +4,9 @@ by adding its module; no list to edit."""
 import importlib
 import pkgutil
 
-from analysis.layouts.registry import LAYOUTS, layout, layout_of
+from analysis.layouts.registry import FIGURES, LAYOUTS, figure, layout, layout_of
 
 for _m in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_m.name}")
 
-__all__ = ["LAYOUTS", "layout", "layout_of"]
+__all__ = ["FIGURES", "LAYOUTS", "figure", "layout", "layout_of"]

@@ -12,6 +12,19 @@ Layout = Callable[["Study", str, dict[str, Any]], list["Table"]]  # (study, epoc
 LAYOUTS: dict[str, Layout] = {}
 
 
+Figure = Callable[["Study", Any, str], Any]  # (study, output directory, epoch rule) -> the PNG's path, or None
+FIGURES: dict[str, list[Figure]] = {}  # layout name -> the figures a layout draws besides the common plots
+
+
+def figure(name: str) -> Callable[[Figure], Figure]:
+    """Register a figure of layout `name` (drawn by analysis.plots.all_plots for studies of that layout)."""
+    def deco(fn: Figure) -> Figure:
+        FIGURES.setdefault(name, []).append(fn)
+        return fn
+
+    return deco
+
+
 def layout(name: str) -> Callable[[Layout], Layout]:
     def deco(fn: Layout) -> Layout:
         if name in LAYOUTS:

@@ -70,8 +70,8 @@ class Transfer(Distiller):
 
     @classmethod
     def check_config(cls, cfg, num_classes, cam_shapes) -> None:
-        # the file itself is read when the run starts: a study's sources may be made after its checks
-        source_path(cfg)
+        """Nothing to check before the run: TRANSFER.SOURCE is read when the run starts (a transfer
+        study fills it in from its `from:` experiment, whose students its loader checks)."""
 
     def train(self, mode: bool = True) -> "Transfer":
         super().train(mode)

@@ -256,6 +256,25 @@ class Trainer:
         return {"top1": 100.0 * c1.item() / n, "top5": 100.0 * c5.item() / n,
                 "hits": hits.cpu(), "counts": counts.cpu()}
 
+    @torch.no_grad()
+    def teacher_accuracy(self) -> Optional[float]:
+        """The teacher's own test top-1 (%), measured on this run's test set: what its strength was (a
+        weak teacher's is the x axis of its study), never trusted from its file. None without a teacher."""
+        teacher = getattr(self.distiller, "teacher", None)
+        if teacher is None:
+            return None
+        was_training = teacher.training
+        teacher.eval()
+        hits = torch.zeros((), dtype=torch.long, device=self.device)
+        n = 0
+        for images, targets in self.data.test:
+            with self._autocast():
+                logits = teacher(self._images(images))[0]
+            hits += (logits.argmax(1) == targets).sum()
+            n += targets.shape[0]
+        teacher.train(was_training)
+        return 100.0 * hits.item() / max(1, n)
+
     def unseen_classes(self) -> list[int]:
         """Classes removed from the training set by data reduction (the model still predicts them)."""
         d = self.cfg.DATASET
@@ -325,6 +344,9 @@ class Trainer:
             self.log(f"resumed from {src} at epoch {start}")
         atomic_write_text(self.out_dir / "config.yaml", dump_yaml(cfg))
         atomic_write_json(self.out_dir / "data.json", self.data.info)
+        teacher_acc = self.teacher_accuracy()
+        if teacher_acc is not None:
+            self.log(f"teacher {cfg.DISTILLER.TEACHER}: test top-1 {teacher_acc:.2f}")
         total = cfg.SOLVER.EPOCHS
         epoch = start
         for epoch in range(start + 1, total + 1):
@@ -343,6 +365,8 @@ class Trainer:
                 self.best_val = max(self.best_val or 0.0, metrics["val_acc"])
             ev = self.evaluate(self.data.test)
             metrics["test_acc"], metrics["test_acc_top5"] = ev["top1"], ev["top5"]
+            if teacher_acc is not None:
+                metrics["teacher_test_acc"] = teacher_acc
             unseen = self.unseen_classes()
             if unseen:  # accuracy on test images of classes never seen in training
                 metrics["test_acc_unseen"] = 100.0 * ev["hits"][unseen].sum().item() / max(1, ev["counts"][unseen].sum().item())

@@ -191,15 +191,18 @@ _TV_BUILDERS = {"ResNet18": "resnet18", "ResNet34": "resnet34", "ResNet50": "res
 def teacher_path(cfg) -> Path:
     """DISTILLER.TEACHER_CKPT; else, on ImageNet, torchvision's weights in torch.hub's checkpoints folder
     ($TORCH_HOME/hub/checkpoints); else $CATKD_TEACHERS/<arch>_vanilla/ckpt_epoch_240.pth (the layout
-    of MDistiller's CIFAR-100 teacher archive)."""
+    of MDistiller's CIFAR-100 teacher archive). DISTILLER.TEACHER_EPOCH picks, beside that file, the
+    teacher's checkpoint of an earlier epoch of its own training, ckpt_epoch_<E>.pth (a weaker teacher)."""
     import os
 
+    epoch = cfg.DISTILLER.TEACHER_EPOCH
     if cfg.DISTILLER.TEACHER_CKPT:
-        return Path(cfg.DISTILLER.TEACHER_CKPT).expanduser().resolve()
+        path = Path(cfg.DISTILLER.TEACHER_CKPT).expanduser().resolve()
+        return path.with_name(f"ckpt_epoch_{epoch}.pth") if epoch is not None else path
     if cfg.DATASET.TYPE == "imagenet" and cfg.DISTILLER.TEACHER in TORCHVISION_FILES:
         return Path(torch.hub.get_dir()) / "checkpoints" / TORCHVISION_FILES[cfg.DISTILLER.TEACHER]
     base = os.environ.get("CATKD_TEACHERS") or "./download_ckpts/cifar_teachers"
-    return (Path(base) / f"{cfg.DISTILLER.TEACHER}_vanilla" / "ckpt_epoch_240.pth").expanduser().resolve()
+    return (Path(base) / f"{cfg.DISTILLER.TEACHER}_vanilla" / f"ckpt_epoch_{epoch or 240}.pth").expanduser().resolve()
 
 
 def teacher_hint(cfg) -> str:
@@ -212,6 +215,11 @@ def teacher_hint(cfg) -> str:
                 "TORCH_HOME), or set DISTILLER.TEACHER_CKPT to your own checkpoint of it")
     if cfg.DATASET.TYPE == "imagenet":
         return f"set DISTILLER.TEACHER_CKPT to a checkpoint of {arch} trained on ImageNet"
+    if cfg.DISTILLER.TEACHER_EPOCH is not None:
+        return (f"DISTILLER.TEACHER_EPOCH {cfg.DISTILLER.TEACHER_EPOCH} asks for the teacher's checkpoint of that "
+                f"epoch of its own training: train it with python -m catkd.train --cfg cifar100/vanilla/{arch} "
+                "(it keeps ckpt_epoch_<E>.pth every LOG.SAVE_CHECKPOINT_FREQ epochs, 40 by default; "
+                "studies/teachers.yaml trains them all) and copy its run directory there")
     return ("untar MDistiller's cifar_teachers.tar into $CATKD_TEACHERS (default ./download_ckpts/cifar_teachers), "
             "set DISTILLER.TEACHER_CKPT, or train one: python -m catkd.train --cfg "
             f"cifar100/vanilla/{arch} (its ckpt_epoch_240.pth loads as a teacher; studies/teachers.yaml trains them all)")

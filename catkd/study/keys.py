@@ -37,6 +37,7 @@ ALIASES: dict[str, str] = {
     "lr": "SOLVER.LR",
     "epochs": "SOLVER.EPOCHS",
     "teacher": "DISTILLER.TEACHER",
+    "teacher_epoch": "DISTILLER.TEACHER_EPOCH",
     "student": "DISTILLER.STUDENT",
     "distiller": "DISTILLER.TYPE",
     "seed": SEED_KEY,

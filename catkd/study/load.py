@@ -16,6 +16,7 @@ from catkd.study.checks import run_config, study_errors
 from catkd.study.keys import SELECT_KEYS, resolve_keys
 from catkd.study.presets import chosen_preset
 from catkd.study.smoke import apply_smoke
+from catkd.study.sources import expand_sources
 from catkd.study.spec import Dim, StudyError, StudySpec, base_choices
 
 
@@ -112,9 +113,11 @@ def _load_study(path: str | Path, smoke: bool, sets: Optional[dict[str, Any]]) -
             errors += [e for e in study_errors(valid, source) if e not in errors]
         raise StudyError("\n".join(dict.fromkeys(errors)))
     spec.written_names = written
+    if spec.from_:  # the source experiment as an absolute path: what study.yaml records
+        spec.from_ = str(Path(spec.from_).expanduser().resolve())
     unresolved = spec.model_copy(deep=True)  # before the ranges that follow a preset are resolved
     _skip_missing(spec, source)
-    errors = _around(spec, source)
+    errors = _around(spec, source) + expand_sources(spec, source, smoke)
     if smoke:
         # a green smoke must mean the real study will start: check the real one first
         try:
@@ -127,7 +130,7 @@ def _load_study(path: str | Path, smoke: bool, sets: Optional[dict[str, Any]]) -
             raise StudyError(f"{source}: {e}") from None
         spec.written_names = written
         _skip_missing(spec, source)
-        errors = _around(spec, source)
+        errors = _around(spec, source) + expand_sources(spec, source, smoke)
     _check(spec, source, errors)
     return spec
 

@@ -13,7 +13,7 @@ from catkd.config import Config, data_root
 from catkd.study.checks import run_config
 from catkd.study.progress import say
 from catkd.study.keys import SELECT_KEYS
-from catkd.study.spec import StudyError, StudySpec, arms, base_choices, expand_grid
+from catkd.study.spec import SMOKE_DATA, StudyError, StudySpec, arms, base_choices, expand_grid
 
 
 # ---- pre-flight (no Ray yet) --------------------------------------------------------------------
@@ -107,8 +107,6 @@ def absolutise(spec: StudySpec) -> tuple[StudySpec, dict[str, str]]:
 def ensure_smoke_teacher(spec: StudySpec, cache: Path) -> Optional[Path]:
     """--smoke: train the small teacher once on the synthetic data and cache it."""
     from catkd.distillers import DISTILLERS
-    from catkd.engine import Trainer
-    from catkd.engine import checkpoint as ckpt
 
     if not any(DISTILLERS.get(c.DISTILLER.TYPE).needs_teacher for c in probe_configs(spec)):
         return None
@@ -122,32 +120,42 @@ def ensure_smoke_teacher(spec: StudySpec, cache: Path) -> Optional[Path]:
         "DATASET": {**cfg.DATASET.model_dump(), "REDUCTION": False},
         "CAT_KD": {},
         "RUN": {**cfg.RUN.model_dump(), "PROGRESS": "auto"},  # a bar on a terminal, epoch lines always
+        # its checkpoints of 4 epochs of its training: the weaker teachers of a weak-teachers smoke study
+        "LOG": {**cfg.LOG.model_dump(), "SAVE_CHECKPOINT_FREQ": max(1, spec.smoke.teacher_epochs // 4)},
     })
-    key = hashlib.sha1(json.dumps([cfg.DATASET.model_dump(), cfg.SOLVER.model_dump(), spec.smoke.teacher],
+    key = hashlib.sha1(json.dumps([cfg.DATASET.model_dump(), cfg.SOLVER.model_dump(), spec.smoke.teacher,
+                                   cfg.LOG.SAVE_CHECKPOINT_FREQ],
                                   sort_keys=True).encode()).hexdigest()[:12]
-    out = cache / f"{spec.smoke.teacher}-{key}"
-    path = out / f"ckpt_epoch_{spec.smoke.teacher_epochs}.pth"
+    data = "the SYNTHETIC data" if spec.smoke.data == "synthetic" else SMOKE_DATA[spec.smoke.data]
+    return train_once(cfg, cache / f"{spec.smoke.teacher}-{key}", f"smoke teacher {spec.smoke.teacher}", data)
+
+
+def train_once(cfg: Config, out: Path, label: str, data: str = "the SYNTHETIC data") -> Path:
+    """Train `cfg` into `out` unless its final checkpoint is there (a directory keyed by what it trains);
+    returns that checkpoint, ckpt_epoch_<EPOCHS>.pth."""
+    from catkd.engine import Trainer
+    from catkd.engine import checkpoint as ckpt
+
+    epochs = cfg.SOLVER.EPOCHS
+    path = out / f"ckpt_epoch_{epochs}.pth"
     if path.is_file():
-        say(f"smoke teacher {spec.smoke.teacher}: cached at {path}")
+        say(f"{label}: cached at {path}")
         return path
-    data = "the small JPEG folder" if spec.smoke.data == "jpeg" else "the SYNTHETIC data"
-    say(f"smoke teacher {spec.smoke.teacher}: training {spec.smoke.teacher_epochs} epochs on {data} "
-        "(once; cached)")
+    say(f"{label}: training {epochs} epochs on {data} (once; cached)")
     t0 = time.time()
-    # a study killed while its smoke teacher trained continues that training (bit-exact, as any resume):
-    # the directory is keyed by the data, the solver and the teacher; a checkpoint that cannot be loaded
-    # is set aside and the teacher trained from the start
+    # a study killed while this trained continues that training (bit-exact, as any resume): a checkpoint
+    # that cannot be loaded is set aside and the model trained from the start
     partial = out / ckpt.FULL
-    trainer = lambda: Trainer.from_config(cfg, out_dir=out, log=lambda s: say(f"  teacher {s}"))  # noqa: E731
+    trainer = lambda: Trainer.from_config(cfg, out_dir=out, log=lambda s: say(f"  {s}"))  # noqa: E731
     try:
         if partial.is_file():
-            say(f"smoke teacher: continuing its interrupted training from {partial}")
+            say(f"{label}: continuing its interrupted training from {partial}")
         result = trainer().fit(resume_from=partial if partial.is_file() else None)
     except ckpt.CheckpointError as e:  # raised only while restoring, before anything is written
-        say(f"smoke teacher: {e}; training from the start")
+        say(f"{label}: {e}; training from the start")
         partial.rename(partial.with_suffix(".unreadable"))
         result = trainer().fit()
     if result.status != "finished":
-        raise RuntimeError(f"smoke teacher training {result.status}")
-    say(f"smoke teacher: test top-1 {result.last_test_acc:.2f} in {time.time() - t0:.0f}s -> {path}")
+        raise RuntimeError(f"{label}: training {result.status}")
+    say(f"{label}: test top-1 {result.last_test_acc:.2f} in {time.time() - t0:.0f}s -> {path}")
     return path

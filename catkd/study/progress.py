@@ -161,7 +161,9 @@ def summary_table(trials: list[dict[str, Any]], spec: StudySpec, top: int = 10) 
         body = [[t["stage"], t["trial_id"], t["status"],
                  *_settings(t, spec), t.get("EXPERIMENT.SEED"), t["epochs_done"],
                  *[t.get(c) for c in shown]] for t in rows]
-    data = "a small JPEG folder" if spec.smoke.data == "jpeg" else "synthetic data"
+    from catkd.study.spec import SMOKE_DATA
+
+    data = SMOKE_DATA[spec.smoke.data]
     title = (f"{spec.name}{f' [SMOKE, {data}]' if spec.smoke_mode else ''}: top {len(rows)} of "
              f"{len(trials)} trials by {key}")
     return title + "\n" + tabulate(body, headers=headers, floatfmt=".2f")

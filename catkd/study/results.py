@@ -27,7 +27,7 @@ from catkd.study.keys import PRESET_KEY, ROLE_KEY, SEED_KEY, SELECT_KEYS, resolv
 EPOCH_COLUMNS = [
     "epoch", "lr", "train_loss", "train_acc", "val_acc", "val_acc_top5", "test_acc", "test_acc_top5",
     "best_val_acc", "best_test_acc", "test_acc_unseen", "epoch_seconds", "eval_seconds", "images_per_second", "trial_cpu_seconds",
-    "teacher_images", "teacher_cache_hit_rate",
+    "teacher_images", "teacher_cache_hit_rate", "teacher_test_acc",
 ]
 ID_COLUMNS = ["trial_id", "study", "stage", "seed"]
 STATUSES = ("finished", "stopped", "diverged", "error", "running")
@@ -190,6 +190,7 @@ def collect(exp_dir: Path, spec: dict[str, Any], study_done: bool,
             "last_test_acc": by_epoch[done]["test_acc"] if done else None,
             "last_val_acc": by_epoch[done].get("val_acc") if done else None,
             "test_acc_at_best_val": _test_at_best_val(by_epoch),
+            "teacher_test_acc": by_epoch[done].get("teacher_test_acc") if done else None,
             "best_val_epoch": _best_val_epoch(by_epoch),
             "wall_seconds": _trial_wall(results) or wall,
             # the GPUs Ray gave the trial ("" for none; of its last run when it was restored elsewhere)

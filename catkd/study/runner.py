@@ -23,10 +23,11 @@ from catkd.fsutil import atomic_write_json, atomic_write_text, user_cache_dir
 from catkd.study import prefetch as prefetch_mod
 from catkd.study import results as res
 from catkd.study.preflight import absolutise, ensure_smoke_teacher, preflight
-from catkd.study.smoke import smoke_jpegs
+from catkd.study.smoke import smoke_data
+from catkd.study.sources import ensure_smoke_students, probes_students
 from catkd.study.progress import say, summary_table
 from catkd.study.keys import short_name
-from catkd.study.spec import StudyError, StudySpec, dump_study, separate_searches
+from catkd.study.spec import SMOKE_DATA, StudyError, StudySpec, dump_study, separate_searches
 from catkd.study.stages import confirm_params, run_stage, start_ray, teacher_cache_env
 from catkd.storage import Location, Mirror, location, scratch_dir
 from catkd.teacher_cache.provider import ENV_DIR
@@ -137,9 +138,12 @@ def _run(spec: StudySpec, source: str, root: Location, name: str, resume: bool, 
     if not (resume and saved.is_file()):
         atomic_write_text(saved, dump_study(spec))  # first: a kill from here on is resumable
         writer.sync()
-    if spec.smoke_mode and spec.smoke.data == "jpeg":  # runtime, as the teacher: where this machine keeps it
-        data = smoke_jpegs(spec, _smoke_cache(root) / "data")
+    if spec.smoke_mode and spec.smoke.data != "synthetic":  # runtime, as the teacher: where this machine keeps it
+        data = smoke_data(spec, _smoke_cache(root) / "data")
         spec = spec.model_copy(update={"fixed": {**spec.fixed, "DATASET.ROOT": str(data)}})
+    if spec.smoke_mode and probes_students(spec):  # the students a smoke transfer study probes
+        students = ensure_smoke_students(spec, _smoke_cache(root) / "students")
+        spec = spec.model_copy(update={"fixed": {**spec.fixed, "TRANSFER.SOURCE_ROOT": str(students)}})
     if spec.smoke_mode:
         teacher = ensure_smoke_teacher(spec, _smoke_cache(root) / "teachers")
         if teacher is not None and not root.local:  # trials on other nodes fetch it from the bucket
@@ -149,7 +153,7 @@ def _run(spec: StudySpec, source: str, root: Location, name: str, resume: bool, 
     state_path = exp_dir / "stage.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     stage = _StageFile(state_path, state, writer)
-    smoke = (f" (SMOKE: {'a small JPEG folder' if spec.smoke.data == 'jpeg' else 'synthetic data'}, small models)"
+    smoke = (f" (SMOKE: {SMOKE_DATA[spec.smoke.data]}, small models)"
              if spec.smoke_mode else "")
     say(f"study {spec.name}{smoke}: experiment directory {remote}")
     t0 = time.time()

@@ -64,15 +64,28 @@ def apply_smoke(spec: StudySpec) -> StudySpec:
     return StudySpec.model_validate(d)
 
 
-def smoke_jpegs(spec: StudySpec, cache: Path) -> Path:
-    """`smoke.data: jpeg`: the data root (DATASET.ROOT) holding imagenet/{train,val}, a small folder of
-    real JPEG files written once into `cache` (keyed by its counts), on whichever machine asks: the
-    driver, and each trial's node (the writer is deterministic, atomic and file-locked)."""
-    from catkd.data.jpeg_folder import write_jpeg_folder
-
+def smoke_data(spec: StudySpec, cache: Path) -> Path:
+    """`smoke.data: jpeg | files`: the data root (DATASET.ROOT) of small files in the real formats, written
+    once into `cache` (keyed by their counts), on whichever machine asks: the driver, and each trial's node
+    (the writers are deterministic, atomic and file-locked). jpeg: imagenet/{train,val} in ImageNet's
+    layout; files: STL-10's binaries (stl10_binary/) and TinyImageNet's folder (tiny-imagenet-200/)."""
     d = spec.smoke.dataset
     counts = (int(d.get("NUM_CLASSES", 10)), int(d.get("TRAIN_PER_CLASS", 250)), int(d.get("TEST_PER_CLASS", 60)))
-    key = hashlib.sha1(json.dumps(counts).encode()).hexdigest()[:12]
-    root = Path(cache) / f"jpegs-{key}"
-    write_jpeg_folder(root / "imagenet", *counts, seed=0)
+    key = hashlib.sha1(json.dumps([spec.smoke.data, *counts]).encode()).hexdigest()[:12]
+    root = Path(cache) / f"{'jpegs' if spec.smoke.data == 'jpeg' else 'transfer'}-{key}"
+    if spec.smoke.data == "jpeg":
+        from catkd.data.jpeg_folder import write_jpeg_folder
+
+        write_jpeg_folder(root / "imagenet", *counts, seed=0)
+    else:  # the class counts are the datasets' own (10, 200); the per-class counts are the smoke's
+        from catkd.data.transfer_files import write_stl10, write_tiny_imagenet
+
+        write_stl10(root, counts[1], counts[2], seed=0)
+        write_tiny_imagenet(root, counts[1], counts[2], seed=0)
     return root
+
+
+def has_smoke_data(spec: StudySpec, root: str | Path) -> bool:
+    """Is the smoke data written under `root` on this machine?"""
+    names = ["imagenet"] if spec.smoke.data == "jpeg" else ["stl10_binary", "tiny-imagenet-200"]
+    return all(Path(root, n).is_dir() for n in names)

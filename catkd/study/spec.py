@@ -114,12 +114,18 @@ class Resources(_Strict):
         return v
 
 
+# how messages and tables name each kind of smoke data
+SMOKE_DATA = {"synthetic": "synthetic data", "jpeg": "a small JPEG folder",
+              "files": "small STL-10 and TinyImageNet files"}
+
+
 class SmokeSpec(_Strict):
     """What --smoke changes: the embedded synthetic data, small models, few epochs and samples."""
 
     # synthetic: the embedded synthetic dataset; jpeg: a small folder of real JPEG files in ImageNet's
-    # layout, written once per machine, read through the study's own (ImageNet) data path
-    data: Literal["synthetic", "jpeg"] = "synthetic"
+    # layout, written once per machine, read through the study's own (ImageNet) data path; files: the
+    # transfer datasets (STL-10's binaries, TinyImageNet's folder) as small files in their own formats
+    data: Literal["synthetic", "jpeg", "files"] = "synthetic"
     epochs: int = Field(6, ge=1)
     num_samples: int = Field(4, ge=1)
     teacher: str = "resnet20"
@@ -140,9 +146,12 @@ class SmokeSpec(_Strict):
 
 
 class StudySpec(_Strict):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
     name: str
     description: str = ""
     base: str
+    # a transfer study: the experiment whose trained students it probes (catkd.study.sources)
+    from_: Optional[str] = Field(None, alias="from")
     fixed: dict[str, Any] = {}
     space: Union[dict[str, Dim], list[dict[str, Dim]]] = {}
     search: SearchSpec = SearchSpec()
@@ -297,4 +306,4 @@ def active(dim: Dim, params: dict[str, Any]) -> bool:
 
 
 def dump_study(spec: StudySpec) -> str:
-    return yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    return yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True, by_alias=True), sort_keys=False)

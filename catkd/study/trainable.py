@@ -23,18 +23,19 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], env: dict[str, st
     from catkd.study.results import settings_of, write_settings
     from catkd.study.space import trial_params
     from catkd.study.checks import run_config
+    from catkd.study.smoke import has_smoke_data
     from catkd.study.spec import StudySpec
 
     os.environ.update(env)  # absolute CATKD_DATA / CATKD_TEACHERS resolved by the driver
     torch.set_num_threads(max(1, int(cpus)))  # Ray gives a worker 1 thread; use the trial's CPUs
     study = _fetch_teacher(study)
     spec = StudySpec.model_validate(study)
-    if spec.smoke_mode and spec.smoke.data == "jpeg" and not Path(spec.fixed["DATASET.ROOT"], "imagenet").is_dir():
-        # another node than the driver's: the same small JPEG folder, written here once
+    if spec.smoke_mode and spec.smoke.data != "synthetic" and not has_smoke_data(spec, spec.fixed["DATASET.ROOT"]):
+        # another node than the driver's: the same small files, written here once
         from catkd.fsutil import user_cache_dir
-        from catkd.study.smoke import smoke_jpegs
+        from catkd.study.smoke import smoke_data
 
-        study = {**study, "fixed": {**study["fixed"], "DATASET.ROOT": str(smoke_jpegs(spec, user_cache_dir() / "data"))}}
+        study = {**study, "fixed": {**study["fixed"], "DATASET.ROOT": str(smoke_data(spec, user_cache_dir() / "data"))}}
         spec = StudySpec.model_validate(study)
     params = trial_params(config)
     cfg = run_config(spec, params).model_copy(deep=True)

@@ -1,0 +1,66 @@
+"""Transferability: students trained on CIFAR-100, probed linearly on STL-10 and TinyImageNet. One row
+per source method (per source pair), one column per target dataset, mean ± std over the source
+students (one per source seed); and CAT-KD's difference from each other method of its pair."""
+from __future__ import annotations
+
+from typing import Any
+
+from analysis.cells import DIFF_HEADERS, Table, cell, difference_row
+from analysis.layouts.common import FAMILIES, ablation_note, method_info
+from analysis.layouts.registry import layout
+from analysis.load import Study
+from analysis.selection import epoch_label, rows_to_report, value_column
+
+TARGET = "DATASET.TYPE"
+METHOD, PAIR, SEED = "TRANSFER.SOURCE_METHOD", "TRANSFER.SOURCE_PAIR", "TRANSFER.SOURCE_SEED"
+TARGET_NAMES = {"stl10": "STL-10", "tiny_imagenet": "TinyImageNet"}
+
+
+def method_label(typ: str) -> str:
+    return "CAT (alone)" if typ == "CAT" else method_info(typ)[0]
+
+
+def _rank(typ: str) -> tuple:
+    family = "attention/CAM" if typ == "CAT" else method_info(typ)[1]
+    order = ("none", *FAMILIES)
+    return (order.index(family) if family in order else len(order), method_label(typ).lower())
+
+
+@layout("transfer")
+def transfer(study: Study, epoch: str, paper: dict[str, Any]) -> list[Table]:
+    trials, stage, notes = rows_to_report(study)
+    value = value_column(epoch)
+    missing = [c for c in (TARGET, METHOD, PAIR) if c not in trials]
+    if missing or trials.empty:
+        return [Table("transfer", f"{study.name}: no probe results yet", ["method"], [], notes)]
+    targets = sorted(trials[TARGET].dropna().unique(), key=lambda t: (t not in TARGET_NAMES, str(t)))
+    cells: dict[tuple[str, str], dict[str, list]] = {}
+    for (pair, typ, target), g in trials.groupby([PAIR, METHOD, TARGET], sort=False):
+        cells.setdefault((str(pair), str(typ)), {})[str(target)] = g[value].tolist()
+    pairs = sorted({p for p, _ in cells}, key=lambda p: (p.endswith(" alone"), p))
+    rows = [[pair, method_label(typ)] + [cell(cells[(pair, typ)].get(t, [])) for t in targets]
+            for pair in pairs for typ in sorted((t for p, t in cells if p == pair), key=_rank)]
+    if study.smoke:
+        notes.append("SYNTHETIC/SMOKE: students trained on the synthetic data, probed on small generated files in "
+                     "the STL-10 and TinyImageNet formats; not the paper's data.")
+    notes.append("Each cell: mean ± std (n) over the source students, one per source seed; each student's final "
+                 "epoch, its backbone frozen, a new linear classifier trained on the target data.")
+    notes.append(ablation_note(paper, "transfer", study.smoke))
+    main = Table("transfer", f"{study.name}: linear probe top-1 on the target data, {epoch_label(epoch)}",
+                 ["source pair", "method", *[TARGET_NAMES.get(t, t) for t in targets]], rows, notes)
+    diffs = []
+    for (pair, typ), by_target in cells.items():
+        students = pair.split("->")[-1]
+        if typ != "CAT_KD":
+            continue
+        others = [(p, t) for p, t in cells if t != "CAT_KD" and (p == pair or p == f"{students} alone")]
+        for p, other in sorted(others, key=lambda pt: _rank(pt[1])):
+            for t in targets:
+                diffs.append([pair, TARGET_NAMES.get(t, t)] + difference_row(
+                    f"CAT-KD - {method_label(other)}", by_target.get(t, []), cells[(p, other)].get(t, [])))
+    out = [main]
+    if diffs:
+        out.append(Table("transfer_differences", f"{study.name}: CAT-KD minus each other method, per target",
+                         ["source pair", "target", *DIFF_HEADERS], diffs,
+                         ["Welch 95 % interval over the source students; no published differences."]))
+    return out

@@ -1,0 +1,74 @@
+"""CAT without labels (CAT_KD.onlyCAT): the student learns from the teacher's CAMs alone.
+
+Specification: its training never reads a label. Training labels replaced by noise give the same
+student, bit for bit; the same swap changes a CAT-KD student (cross-entropy reads them), so the check
+can fail. The shipped study (studies/cat_without_labels.yaml) runs the reference's CAT preset beside
+the student trained alone with labels.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from catkd.data.common import TrainBatch
+from catkd.engine import Trainer
+from catkd.engine.validate import build_run_config
+from catkd.models import build_model
+
+SMALL = {
+    "DISTILLER.TYPE": "CAT_KD", "DISTILLER.TEACHER": "resnet8", "DISTILLER.STUDENT": "resnet8",
+    "DATASET.TYPE": "synthetic", "DATASET.SYNTHETIC.NUM_CLASSES": 5, "DATASET.SYNTHETIC.TRAIN_PER_CLASS": 40,
+    "DATASET.SYNTHETIC.TEST_PER_CLASS": 10, "SOLVER.BATCH_SIZE": 25, "SOLVER.EPOCHS": 2,
+    "CAT_KD.LOSS.CAT_loss_weight": 50.0, "CAT_KD.LOSS.CAM_RESOLUTION": 2, "CAT_KD.LOSS.CE_WEIGHT": 1.0,
+    "RUN.PROGRESS": "none", "RUN.THREADS": 2, "RUN.TEACHER_CACHE": "off", "LOG.SAVE_CHECKPOINT_FREQ": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("teacher") / "resnet8.pth"
+    torch.save({"model": build_model("resnet8", num_classes=5).state_dict()}, path)
+    return path
+
+
+def _train(tmp: Path, teacher: Path, only_cat: bool, noisy_labels: bool) -> dict[str, torch.Tensor]:
+    cfg = build_run_config({}, "<test>", {**SMALL, "CAT_KD.onlyCAT": only_cat, "DISTILLER.TEACHER_CKPT": str(teacher),
+                                          "LOG.PREFIX": str(tmp)}, quiet=True)
+    trainer = Trainer.from_config(cfg, out_dir=tmp / f"{only_cat}-{noisy_labels}")
+    if noisy_labels:
+        loader, batches = trainer.data.train, trainer.data.train.epoch_batches
+        noise = torch.Generator().manual_seed(123)
+
+        def noisy(epoch, seed):
+            for b in batches(epoch, seed):
+                yield TrainBatch(b.images, torch.randint(0, 5, b.labels.shape, generator=noise), b.index, b.view)
+
+        loader.epoch_batches = noisy
+    assert trainer.fit().status == "finished"
+    return {k: v.clone() for k, v in trainer.distiller.student.state_dict().items()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cat_alone_never_reads_a_label_while_cat_kd_does(tmp_path, teacher):
+    assert _same(_train(tmp_path, teacher, True, False), _train(tmp_path, teacher, True, True))
+    assert not _same(_train(tmp_path, teacher, False, False), _train(tmp_path, teacher, False, True))
+
+
+def test_the_study_runs_the_reference_cat_preset_beside_the_student_alone():
+    from catkd.study.load import load_study
+    from catkd.study.checks import run_config
+    from catkd.study.spec import expand_grid
+
+    spec = load_study("studies/cat_without_labels.yaml")
+    cfgs = [run_config(spec, p) for p in expand_grid(spec)]
+    cat = [c for c in cfgs if c.DISTILLER.TYPE == "CAT_KD"]
+    alone = [c for c in cfgs if c.DISTILLER.TYPE == "NONE"]
+    assert cat and all(c.CAT_KD.onlyCAT and c.CAT_KD.LOSS.CAT_loss_weight == 50 for c in cat)
+    assert alone and {c.DISTILLER.STUDENT for c in alone} == {c.DISTILLER.STUDENT for c in cat} == {"resnet32x4"}
+    assert sorted(c.EXPERIMENT.SEED for c in cat) == sorted(c.EXPERIMENT.SEED for c in alone) == [0, 1, 2]
