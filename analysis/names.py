@@ -27,9 +27,16 @@ DISPLAY = {
     RATE: "reserved rate",
     CLASSES: "reserved classes",
     TYPE: "method",
+    "DATASET.TYPE": "data",
+    "TRANSFER.SOURCE_METHOD": "source",
+    "TRANSFER.SOURCE_PAIR": "pair",
+    "TRANSFER.SOURCE_SEED": "source seed",
     TEACHER: "teacher",
     STUDENT: "student",
 }
+# Settings a trial's label leaves out: a path that the settings beside it already name (a probed
+# student's checkpoint is its source method, pair and seed).
+UNLABELLED = {"TRANSFER.SOURCE"}
 # Longer labels for plot axes.
 AXIS = {BETA: "β (CAT loss weight)", RES: "CAM resolution R"}
 

@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 
 from analysis.load import Study  # noqa: E402
 from analysis.cells import stats  # noqa: E402
-from analysis.names import AXIS, BETA, RES, display, display_in_search  # noqa: E402
+from analysis.names import AXIS, BETA, RES, UNLABELLED, display, display_in_search  # noqa: E402
 from analysis.selection import epoch_label, groups, marker, resolve_epoch, value_column  # noqa: E402
 
 
@@ -85,7 +85,7 @@ def learning_curves(study: Study, out: Path, epoch: str, top: int = 5) -> Option
     ax.set_ylabel("test top-1 %")
     ax.set_title(_title(study, f"learning curves, best {len(best)} trials"), fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend(ax, fig)
     return _save(fig, out)
 
 
@@ -116,10 +116,20 @@ def _settings_label(study: Study, row) -> str:
                 break
     for key in keys:
         v = row.get(key)
-        if v is None or (isinstance(v, float) and np.isnan(v)) or not _active(study, key, row):
+        if v is None or (isinstance(v, float) and np.isnan(v)) or key in UNLABELLED or not _active(study, key, row):
             continue
         parts.append(f"{display(key)}={v:.3g}" if isinstance(v, float) else f"{display(key)}={v}")
     return " ".join(parts) or str(row.get("trial_id"))[-5:]
+
+
+def _legend(ax, fig) -> None:
+    """The legend inside the axes, or below them when its labels are long (they would hide the lines)."""
+    labels = ax.get_legend_handles_labels()[1]
+    if max((len(x) for x in labels), default=0) <= 40:
+        ax.legend(fontsize=7)
+        return
+    fig.set_size_inches(max(6.0, 0.055 * max(len(x) for x in labels)), 4 + 0.16 * len(labels))
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False)
 
 
 def asha_picture(study: Study, out: Path) -> Optional[Path]:

@@ -45,7 +45,8 @@ def transfer(study: Study, epoch: str, paper: dict[str, Any]) -> list[Table]:
                      "the STL-10 and TinyImageNet formats; not the paper's data.")
     notes.append("Each cell: mean ± std (n) over the source students, one per source seed; each student's final "
                  "epoch, its backbone frozen, a new linear classifier trained on the target data.")
-    notes.append(ablation_note(paper, "transfer", study.smoke))
+    if not study.smoke:
+        notes.append(ablation_note(paper, "transfer"))
     main = Table("transfer", f"{study.name}: linear probe top-1 on the target data, {epoch_label(epoch)}",
                  ["source pair", "method", *[TARGET_NAMES.get(t, t) for t in targets]], rows, notes)
     diffs = []
