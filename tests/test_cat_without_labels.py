@@ -72,3 +72,33 @@ def test_the_study_runs_the_reference_cat_preset_beside_the_student_alone():
     assert cat and all(c.CAT_KD.onlyCAT and c.CAT_KD.LOSS.CAT_loss_weight == 50 for c in cat)
     assert alone and {c.DISTILLER.STUDENT for c in alone} == {c.DISTILLER.STUDENT for c in cat} == {"resnet32x4"}
     assert sorted(c.EXPERIMENT.SEED for c in cat) == sorted(c.EXPERIMENT.SEED for c in alone) == [0, 1, 2]
+
+
+def test_the_report_puts_cat_beside_the_student_alone_with_their_difference(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    from analysis.layouts.cat_without_labels import cat_without_labels
+    from analysis.load import load
+
+    rows = []
+    for typ, only_cat, values in (("CAT_KD", True, [74.0, 75.0, 76.0]), ("NONE", False, [78.0, 79.0, 80.0])):
+        for seed, v in enumerate(values):
+            rows.append({"trial_id": f"{typ}{seed}", "study": "cat_without_labels", "stage": "search", "seed": seed,
+                         "DISTILLER.TYPE": typ, "DISTILLER.TEACHER": "resnet32x4", "DISTILLER.STUDENT": "resnet32x4",
+                         "CAT_KD.onlyCAT": only_cat, "DATASET.TYPE": "cifar100", "EXPERIMENT.SEED": seed,
+                         "status": "finished", "epochs_done": 2, "epochs_budget": 2, "best_test_acc": v + 1,
+                         "last_test_acc": v, "trial_dir": f"/nowhere/{typ}{seed}"})
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "study.yaml").write_text(yaml.safe_dump({"name": "cat_without_labels", "base": "x", "metric": "test_acc",
+                                                    "search": {"algorithm": "grid"}, "seeds": [0, 1, 2]}))
+    pq.write_table(pa.Table.from_pylist(rows), exp / "trials.parquet")
+    paper = {"vanilla": {"resnet32x4": {"top1": 79.42, "source": "RepDistiller / MDistiller READMEs"}}}
+    table, diff = cat_without_labels(load(exp), "last", paper)
+    assert table.rows == [
+        ["CAT: teacher's CAMs only, no label read", "resnet32x4->resnet32x4", "75.00 ± 1.00 (3)", "-", "-"],
+        ["student alone (with labels)", "resnet32x4", "79.00 ± 1.00 (3)", "79.42", "RepDistiller / MDistiller READMEs"]]
+    assert diff.rows[0][:4] == ["CAT - student alone", "-4.00", diff.rows[0][2], "3 vs 3"]
+    assert diff.rows[0][2].startswith("[-6.") and diff.rows[0][2].endswith("-1.73]")  # Welch, df = 4
