@@ -103,3 +103,15 @@ def test_the_report_gives_each_methods_gain_per_teacher_and_draws_it(tmp_path):
     assert alone == ALONE and [(p["teacher_acc"], p["gain"]) for p in by_method["CAT_KD"]] == [(55.0, 1.5), (79.0, 5.0)]
     png = gain_vs_teacher(study, tmp_path / "report", "last")
     assert png is not None and png.stat().st_size > 10_000
+
+
+def test_teacher_epoch_on_imagenet_needs_a_teacher_file_of_ones_own(tmp_path):
+    from catkd.config import ConfigError
+    from catkd.engine.validate import validate_run
+
+    c = build_run_config({}, "<test>", {"DATASET.TYPE": "imagenet", "DISTILLER.TYPE": "KD", "DISTILLER.TEACHER": "ResNet34",
+                                        "DISTILLER.STUDENT": "ResNet18", "DISTILLER.TEACHER_EPOCH": 30}, quiet=True)
+    with pytest.raises(ConfigError, match="DISTILLER.TEACHER_EPOCH: the ImageNet teachers are torchvision's"):
+        validate_run(c)
+    c.DISTILLER.TEACHER_CKPT = str(tmp_path / "ckpt_epoch_100.pth")
+    validate_run(c)

@@ -41,6 +41,10 @@ def validate_run(cfg: Config) -> None:
     d = cfg.DATASET
     if d.REDUCTION and d.RESERVED_CLASS_NUM > k:
         raise ConfigError(f"DATASET.RESERVED_CLASS_NUM: {d.RESERVED_CLASS_NUM} is more than the {k} classes")
+    if cfg.DISTILLER.TEACHER_EPOCH is not None and d.TYPE == "imagenet" and not cfg.DISTILLER.TEACHER_CKPT:
+        raise ConfigError("DISTILLER.TEACHER_EPOCH: the ImageNet teachers are torchvision's final weights, with no "
+                          "checkpoints of earlier epochs; set DISTILLER.TEACHER_CKPT to one of your own teacher's "
+                          "checkpoints (ckpt_epoch_<E>.pth are looked for beside it)")
     family = entry.family
     shapes: Callable[[], dict[str, tuple[int, int]]] = lambda: {  # noqa: E731 (lazy: models built only if asked)
         "teacher": cam_shape(cfg.DISTILLER.TEACHER, family, size),
