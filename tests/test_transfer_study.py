@@ -85,6 +85,20 @@ def test_a_grid_experiment_without_confirm_gives_its_finished_trials(tmp_path):
     assert sorted({r["TRANSFER.SOURCE_SEED"] for r in expand_grid(spec)}) == [0, 1, 2]
 
 
+def test_students_that_differ_in_another_setting_are_told_apart_so_only_seeds_pool(tmp_path):
+    exp = tmp_path / "source"
+    rows = [{**_trial(exp, f"e{ep}s{s}", "KD", s), "stage": "search", "status": "finished",
+             "DISTILLER.TEACHER_EPOCH": ep, "EXPERIMENT.SEED": s, "SOLVER.LR": 0.05}
+            for ep in (40, 240) for s in (0, 1)]
+    rows.append({**_trial(exp, "alone", "NONE", 0), "stage": "search", "status": "finished",
+                 "DISTILLER.TEACHER_EPOCH": None, "EXPERIMENT.SEED": 0, "SOLVER.LR": 0.05})  # a column of floats
+    _experiment(tmp_path, rows)
+    runs = expand_grid(load_study(_study(tmp_path, **{"from": str(exp)})))
+    runs = [r for r in runs if r["TRANSFER.SOURCE_METHOD"] == "KD"]
+    assert sorted({(r["TRANSFER.SOURCE_SETTINGS"], r["TRANSFER.SOURCE_SEED"]) for r in runs}) == [
+        ("teacher_epoch=240", 0), ("teacher_epoch=240", 1), ("teacher_epoch=40", 0), ("teacher_epoch=40", 1)]
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", "no such directory"),
     ("not_an_experiment", "no trials.parquet in it: not a catkd experiment"),

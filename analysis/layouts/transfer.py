@@ -3,6 +3,7 @@ per source method (per source pair), one column per target dataset, mean ± std 
 students (one per source seed); and CAT-KD's difference from each other method of its pair."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from analysis.cells import DIFF_HEADERS, Table, cell, difference_row
@@ -13,11 +14,21 @@ from analysis.selection import epoch_label, rows_to_report, value_column
 
 TARGET = "DATASET.TYPE"
 METHOD, PAIR, SEED = "TRANSFER.SOURCE_METHOD", "TRANSFER.SOURCE_PAIR", "TRANSFER.SOURCE_SEED"
+SETTINGS = "TRANSFER.SOURCE_SETTINGS"  # what else tells a group of source students apart
 TARGET_NAMES = {"stl10": "STL-10", "tiny_imagenet": "TinyImageNet"}
 
 
 def method_label(typ: str) -> str:
     return "CAT (alone)" if typ == "CAT" else method_info(typ)[0]
+
+
+def _natural(text: str) -> list:
+    """teacher_epoch=6 before teacher_epoch=12."""
+    return [(0, int(w), "") if w.isdigit() else (1, 0, w) for w in re.split(r"(\d+)", text)]
+
+
+def _label(typ: str, extra: str) -> str:
+    return f"{method_label(typ)} ({extra})" if extra else method_label(typ)
 
 
 def _rank(typ: str) -> tuple:
@@ -34,12 +45,15 @@ def transfer(study: Study, epoch: str, paper: dict[str, Any]) -> list[Table]:
     if missing or trials.empty:
         return [Table("transfer", f"{study.name}: no probe results yet", ["method"], [], notes)]
     targets = sorted(trials[TARGET].dropna().unique(), key=lambda t: (t not in TARGET_NAMES, str(t)))
-    cells: dict[tuple[str, str], dict[str, list]] = {}
-    for (pair, typ, target), g in trials.groupby([PAIR, METHOD, TARGET], sort=False):
-        cells.setdefault((str(pair), str(typ)), {})[str(target)] = g[value].tolist()
-    pairs = sorted({p for p, _ in cells}, key=lambda p: (p.endswith(" alone"), p))
-    rows = [[pair, method_label(typ)] + [cell(cells[(pair, typ)].get(t, [])) for t in targets]
-            for pair in pairs for typ in sorted((t for p, t in cells if p == pair), key=_rank)]
+    if SETTINGS not in trials:
+        trials = trials.assign(**{SETTINGS: ""})
+    # one group per source method, pair and other settings: only the source seeds are pooled
+    cells: dict[tuple[str, str, str], dict[str, list]] = {}
+    for (pair, typ, extra, target), g in trials.fillna({SETTINGS: ""}).groupby([PAIR, METHOD, SETTINGS, TARGET], sort=False):
+        cells.setdefault((str(pair), str(typ), str(extra)), {})[str(target)] = g[value].tolist()
+    order = sorted(cells, key=lambda k: (k[0].endswith(" alone"), k[0], _rank(k[1]), _natural(k[2])))
+    rows = [[pair, _label(typ, extra)] + [cell(cells[(pair, typ, extra)].get(t, [])) for t in targets]
+            for pair, typ, extra in order]
     if study.smoke:
         notes.append("SYNTHETIC/SMOKE: students trained on the synthetic data, probed on small generated files in "
                      "the STL-10 and TinyImageNet formats; not the paper's data.")
@@ -50,15 +64,16 @@ def transfer(study: Study, epoch: str, paper: dict[str, Any]) -> list[Table]:
     main = Table("transfer", f"{study.name}: linear probe top-1 on the target data, {epoch_label(epoch)}",
                  ["source pair", "method", *[TARGET_NAMES.get(t, t) for t in targets]], rows, notes)
     diffs = []
-    for (pair, typ), by_target in cells.items():
-        students = pair.split("->")[-1]
+    for pair, typ, extra in order:
         if typ != "CAT_KD":
             continue
-        others = [(p, t) for p, t in cells if t != "CAT_KD" and (p == pair or p == f"{students} alone")]
-        for p, other in sorted(others, key=lambda pt: _rank(pt[1])):
+        alone = f"{pair.split('->')[-1]} alone"
+        others = [k for k in order if k[1] != "CAT_KD" and ((k[0] == pair and k[2] == extra) or k[0] == alone)]
+        for other in others:
             for t in targets:
                 diffs.append([pair, TARGET_NAMES.get(t, t)] + difference_row(
-                    f"CAT-KD - {method_label(other)}", by_target.get(t, []), cells[(p, other)].get(t, [])))
+                    f"{_label('CAT_KD', extra)} - {_label(other[1], other[2])}",
+                    cells[(pair, typ, extra)].get(t, []), cells[other].get(t, [])))
     out = [main]
     if diffs:
         out.append(Table("transfer_differences", f"{study.name}: CAT-KD minus each other method, per target",

@@ -33,6 +33,7 @@ class TransferCfg(Section):
     SOURCE_METHOD: str = ""
     SOURCE_PAIR: str = ""
     SOURCE_SEED: Optional[int] = None
+    SOURCE_SETTINGS: str = ""  # the source's other settings that set it apart (teacher_epoch=80, ...)
 
 
 def source_path(cfg) -> Path:

@@ -35,10 +35,12 @@ class Source:
     method: str  # DISTILLER.TYPE of the source run ("CAT" for CAT without labels)
     pair: str
     seed: int
+    settings: str = ""  # the source study's other settings that tell this student's group apart
 
     def dims(self) -> dict[str, Dim]:
         values = {SOURCE: self.path, "DISTILLER.STUDENT": self.student, "TRANSFER.SOURCE_METHOD": self.method,
-                  "TRANSFER.SOURCE_PAIR": self.pair, "TRANSFER.SOURCE_SEED": self.seed}
+                  "TRANSFER.SOURCE_PAIR": self.pair, "TRANSFER.SOURCE_SEED": self.seed,
+                  "TRANSFER.SOURCE_SETTINGS": self.settings}
         return {k: Dim(grid=[v]) for k, v in values.items()}
 
 
@@ -92,7 +94,7 @@ def experiment_students(exp_dir: Path) -> list[Source]:
     if "stage" in t and (t["stage"] == "confirm").any():
         t = t[t["stage"] == "confirm"]
     t = t[t["status"] == "finished"] if "status" in t else t.iloc[:0]
-    out, problems = [], []
+    out, problems, rows = [], [], []
     for _, row in t.iterrows():
         run = _trial_dir(exp_dir, str(row.get("trial_dir", ""))) / "run"
         try:
@@ -108,11 +110,40 @@ def experiment_students(exp_dir: Path) -> list[Source]:
             problems.append(f"{ckpt} is missing")
             continue
         out.append(_source(str(ckpt), cfg))
+        rows.append(row)
     if not out:
         why = f" ({'; '.join(problems[:3])})" if problems else ""
         raise StudyError(f"{exp_dir}: holds no finished students to probe{why}")
     for p in problems:
         say(f"from: {p}; that trial is left out")
+    return _told_apart(out, pd.DataFrame(rows))
+
+
+# a source's identity besides its settings: what every student of a study differs in anyway
+_IDENTITY = {"EXPERIMENT.SEED", "DISTILLER.TYPE", "DISTILLER.TEACHER", "DISTILLER.STUDENT", "DISTILLER.TEACHER_CKPT"}
+
+
+def _plain(v: Any) -> Any:
+    """12.0 as 12 (a column of whole numbers with gaps is stored as floats)."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+def _told_apart(sources: list[Source], rows) -> list[Source]:
+    """Students of one method and pair that differ in another setting of their study (teacher_epoch,
+    β, ...) are not repeats of one another: name those settings, so that only seeds are pooled."""
+    from catkd.study.keys import short_name
+
+    keys = [c for c in rows.columns if "." in c and c not in _IDENTITY and c.split(".")[0].isupper()]
+    groups: dict[tuple, list[int]] = {}
+    for i, s in enumerate(sources):
+        groups.setdefault((s.method, s.pair), []).append(i)
+    out = list(sources)
+    for members in groups.values():
+        sub = rows.iloc[members]
+        varying = [k for k in keys if sub[k].astype(str).nunique() > 1]
+        for i in members:
+            words = " ".join(f"{short_name(k)}={_plain(rows.iloc[i][k])}" for k in varying)
+            out[i] = Source(**{**sources[i].__dict__, "settings": words})
     return out
 
 
