@@ -88,3 +88,19 @@ def epoch_rows(text: str | bytes) -> list[dict]:
         if "epoch" in r and r.get("status") != "diverged":
             rows.append(r)
     return rows
+
+
+def students_experiment(root: Path) -> Path:
+    """A finished experiment with one trained student (its run's config and final checkpoint), as a
+    transfer study's `from:` reads it; the checkpoint's bytes are not weights (nothing loads them)."""
+    import pandas as pd
+    import yaml
+
+    run = Path(root) / "source" / "trial_0" / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"DISTILLER": {"TYPE": "NONE", "STUDENT": "resnet8x4"},
+                                                     "SOLVER": {"EPOCHS": 240}, "EXPERIMENT": {"SEED": 0}}))
+    (run / "ckpt_epoch_240.pth").write_bytes(b"weights")
+    pd.DataFrame([{"trial_id": "0", "stage": "search", "status": "finished", "trial_dir": str(run.parent)}]).to_parquet(
+        run.parents[1] / "trials.parquet")
+    return run.parents[1]
