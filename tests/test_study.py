@@ -156,14 +156,14 @@ def test_summary_table_shows_settings_in_the_study_words_and_dashes_what_a_trial
             "EXPERIMENT.SEED": 0, "CAT_KD.CAMs_Nums": 100, "CAT_KD.Strategy": 0}
     trials = [{**base, "trial_id": "all", "CAT_KD.IF_OnlyTransferPartialCAMs": False, "best_test_acc": 30.0},
               {**base, "trial_id": "low", "CAT_KD.IF_OnlyTransferPartialCAMs": True, "CAT_KD.Strategy": 1,
-               "CAT_KD.CAMs_Nums": 3, "best_test_acc": 20.0},
-              {**base, "trial_id": "top", "CAT_KD.IF_OnlyTransferPartialCAMs": True, "CAT_KD.CAMs_Nums": 3,
+               "CAT_KD.CAMs_Nums": 5, "best_test_acc": 20.0},
+              {**base, "trial_id": "top", "CAT_KD.IF_OnlyTransferPartialCAMs": True, "CAT_KD.CAMs_Nums": 5,
                "best_test_acc": 10.0}]
     rows = {line.split()[1]: line.split() for line in summary_table(trials, spec).splitlines()[3:]}
     # columns: stage trial status partial_cams cam_strategy cam_count seed epochs ...
     assert rows["all"][3:6] == ["False", "-", "-"]  # its config's Strategy 0 / 100 CAMs: defaults, not settings
-    assert rows["low"][3:6] == ["True", "lowest", "3"]
-    assert rows["top"][3:6] == ["True", "top", "3"]
+    assert rows["low"][3:6] == ["True", "lowest", "5"]
+    assert rows["top"][3:6] == ["True", "top", "5"]
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "studies").glob("*.yaml")), ids=lambda p: p.stem)
