@@ -75,8 +75,9 @@ def expand_sources(spec: StudySpec, source: str, smoke: bool) -> list[str]:
     grids = []
     origin = spec._origin or list(range(len(spec.subgrids)))
     for s in found:
+        dims = s.dims()
         for i, g in enumerate(spec.subgrids):
-            grids.append(({**{k: v for k, v in g.items() if k not in s.dims()}, **s.dims()}, origin[i]))
+            grids.append(({**{k: v for k, v in g.items() if k not in dims}, **dims}, origin[i]))
     spec.space = [g for g, _ in grids]
     spec._origin = [i for _, i in grids]
     return []
