@@ -98,3 +98,11 @@ def test_a_relative_source_is_read_under_source_root(tmp_path):
     trainer = Trainer.from_config(_cfg(tmp_path, Path(src.name), **{"TRANSFER.SOURCE_ROOT": str(tmp_path)}),
                                   optimizer=False)
     assert torch.equal(trainer.distiller.student.state_dict()["conv1.weight"], before["conv1.weight"])
+
+
+def test_the_dry_run_times_a_probe_before_its_student_exists(tmp_path):
+    from catkd.study.estimate import measure
+
+    cfg = _cfg(tmp_path, tmp_path / "made-later.pth")  # --smoke makes its students after the plan
+    speed = measure(cfg, threads=1, steps=1)
+    assert speed["train_live"] > 0 and speed["eval"] > 0 and not (tmp_path / "made-later.pth").exists()

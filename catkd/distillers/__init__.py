@@ -16,14 +16,16 @@ for _m in pkgutil.iter_modules(__path__):
 __all__ = ["DISTILLERS", "Distiller", "build_distiller"]
 
 
-def build_distiller(cfg, student, teacher, num_classes: int) -> Distiller:
-    """The configured method on these models. A pair it cannot run (stage shapes, channels) is a
-    ConfigError (exit 2 at the command line), whichever ValueError its construction raised."""
+def build_distiller(cfg, student, teacher, num_classes: int, timing: bool = False) -> Distiller:
+    """The configured method on these models (timing: for a speed measurement, `Distiller.for_timing`).
+    A pair it cannot run (stage shapes, channels) is a ConfigError (exit 2 at the command line),
+    whichever ValueError its construction raised."""
     from catkd.config import ConfigError
     from catkd.distillers.base import construction_error
 
+    kind = DISTILLERS.get(cfg.DISTILLER.TYPE)
     try:
-        return DISTILLERS.get(cfg.DISTILLER.TYPE).from_config(cfg, student, teacher, num_classes)
+        return (kind.for_timing if timing else kind.from_config)(cfg, student, teacher, num_classes)
     except ConfigError:
         raise
     except (ValueError, NotImplementedError) as e:

@@ -49,6 +49,12 @@ class Distiller(nn.Module):
         raise NotImplementedError
 
     @classmethod
+    def for_timing(cls, cfg: Config, student: nn.Module, teacher: Optional[nn.Module], num_classes: int):
+        """The method on untrained models, for a speed measurement (--dry-run): from_config, unless that
+        reads a file only the run has (the probe's trained student)."""
+        return cls.from_config(cfg, student, teacher, num_classes)
+
+    @classmethod
     def check_config(cls, cfg: Config, num_classes: int, cam_shapes: Callable[[], dict[str, tuple[int, int]]]) -> None:
         """Raise ConfigError (naming the key) for settings that cannot work with this dataset's class
         count or these models' CAMs (`cam_shapes()` -> {"teacher": (H, W), "student": (H, W)}).

@@ -70,6 +70,10 @@ class Transfer(Distiller):
         return cls(student, cfg.TRANSFER.FREEZE_BN)
 
     @classmethod
+    def for_timing(cls, cfg, student, teacher, num_classes):
+        return cls(student, cfg.TRANSFER.FREEZE_BN)  # untrained weights: the speed does not depend on them
+
+    @classmethod
     def check_config(cls, cfg, num_classes, cam_shapes) -> None:
         """Nothing to check before the run: TRANSFER.SOURCE is read when the run starts (a transfer
         study fills it in from its `from:` experiment, whose students its loader checks)."""

@@ -206,7 +206,7 @@ def measure(cfg: Config, threads: int, steps: int = 3) -> dict[str, float]:
         torch.manual_seed(0)
         student = build_model(cfg.DISTILLER.STUDENT, k, head_bias=kind.student_head_bias, family=family)
         teacher = build_model(cfg.DISTILLER.TEACHER, k, family=family) if kind.needs_teacher else None
-    dist = build_distiller(cfg, student, teacher, k).to(dev)
+    dist = build_distiller(cfg, student, teacher, k, timing=True).to(dev)
     # what the run binds (CRD: a memory row per training image, negatives drawn by label)
     n_train = max(1, entry.sizes(cfg)[0] - cfg.DATASET.VAL_SIZE)
     train = SimpleNamespace(labels=torch.randint(0, k, (n_train,), generator=g), source_index=torch.arange(n_train))
