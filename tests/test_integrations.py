@@ -240,6 +240,11 @@ def test_catkd_train_honours_log_wandb_with_one_offline_run_and_a_log_per_epoch(
     monkeypatch.delenv("WANDB_DIR", raising=False)
     out = tmp_path / "run"
     assert train_main(["--cfg", "cifar100/vanilla/resnet20", *SMALL_RUN, "--out", str(out)]) == 0
+    import wandb
+
+    # wandb's service process writes the run file and lives on in this (test) process, as it does not in
+    # `catkd.train`'s own, whose exit tears it down: tear it down so the file is complete before we read it
+    wandb.teardown()
     (f,) = out.glob("wandb/offline-run-*/run-*.wandb")
     records = wandb_records(f)
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
