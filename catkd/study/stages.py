@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from catkd.study import checkpoints
 from catkd.study.checks import run_config
 from catkd.study.progress import make_callback, say
 from catkd.study.keys import ROLE_KEY
@@ -146,8 +147,10 @@ def run_stage(
                              cpus=spec.resources.cpu, exp_path=exp.uri),
         resources,
     )
+    mended: list = []
     if resume and tune.Tuner.can_restore(exp.path if fs else exp.uri, storage_filesystem=fs):
         say(f"[{stage}] resuming {exp}")
+        mended = checkpoints.mend(exp)  # a state saved before Tune's last checkpoint swap names the old one
         tuner = tune.Tuner.restore(exp.path if fs else exp.uri, trainable=trainable, resume_errored=True,
                                    storage_filesystem=fs)
     else:
@@ -192,7 +195,9 @@ def run_stage(
                 verbose=0,
             ),
         )
-    return tuner.fit()
+    results = tuner.fit()
+    checkpoints.tidy(mended)
+    return results
 
 
 def _storage_env() -> dict[str, str]:

@@ -1,0 +1,60 @@
+"""Before a resume, a trial whose Tune state names a checkpoint Tune had already replaced gets its
+newest checkpoint under that name too (catkd.study.checkpoints); the copies Tune did not take over
+are removed after the stage. End to end: tests/test_study.py's driver-SIGKILL test recreates the race."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from catkd.storage import location
+from catkd.study import checkpoints
+
+
+def _experiment(root, state: str | None = None) -> None:
+    """Trials a (running, newest checkpoint 2, 1 deleted), b (ended, newest 4), c (running, only its
+    first checkpoint), d (running, 2 and 3 both there), e (running, no checkpoint yet)."""
+    trials = {"a": "RUNNING", "b": "TERMINATED", "c": "RUNNING", "d": "PAUSED", "e": "PENDING"}
+    data = {"trial_data": [[json.dumps({"trial_id": t, "status": s}), "{}"] for t, s in trials.items()]}
+    (root / "experiment_state-2026-01-01_00-00-00.json").write_bytes(b"{}")  # an older state, not read
+    (root / "experiment_state-2026-01-01_00-00-09.json").write_bytes(
+        (state if state is not None else json.dumps(data)).encode())
+    for trial, index in [("a", 2), ("b", 4), ("c", 0), ("d", 2), ("d", 3)]:
+        (root / f"trial_{trial}/checkpoint_{index:06d}/checkpoint.pth").write_bytes(f"{trial}{index}".encode())
+    (root / "trial_e/params.json").write_bytes(b"{}")
+
+
+def _ckpts(root) -> dict[str, bytes]:
+    return {rel: (root / rel).read_bytes() for rel in sorted(root.files()) if "/checkpoint_" in rel}
+
+
+@pytest.fixture(params=["disk", "s3"])
+def exp(request, tmp_path):
+    if request.param == "disk":
+        return location(tmp_path / "exp")
+    s3 = request.getfixturevalue("s3")
+    return location(f"{s3.uri}/results/exp")
+
+
+def test_a_restored_trial_missing_the_checkpoint_before_its_newest_gets_a_copy_there(exp):
+    _experiment(exp)
+    before = _ckpts(exp)
+    made = checkpoints.mend(exp)
+    assert [str(m) for m in made] == [str(exp / "trial_a/checkpoint_000001")]
+    assert _ckpts(exp) == {**before, "trial_a/checkpoint_000001/checkpoint.pth": b"a2"}  # the newest state
+    checkpoints.tidy(made)
+    assert _ckpts(exp) == before
+
+
+def test_without_a_readable_tune_state_every_trial_is_mended(exp):
+    _experiment(exp, state="not json")
+    made = checkpoints.mend(exp)
+    assert sorted(str(m) for m in made) == [str(exp / "trial_a/checkpoint_000001"), str(exp / "trial_b/checkpoint_000003")]
+
+
+def test_a_copy_tune_has_already_deleted_is_no_error_for_tidy(exp):
+    _experiment(exp)
+    made = checkpoints.mend(exp)
+    exp.fs.delete_dir(made[0].path)  # Tune restored from it, then replaced it
+    checkpoints.tidy(made)
+    assert "trial_a/checkpoint_000001/checkpoint.pth" not in _ckpts(exp)
