@@ -45,11 +45,14 @@ def _rows(exp: Path) -> list[dict]:
 
 @pytest.mark.ray
 def test_the_study_driver_prefetches_teacher_targets_and_stops_the_prefetcher_before_it_returns(tiny_study):
-    # the tiny study runs one trial at a time on 2 cores: the other core is idle, the prefetcher's
+    # the tiny study runs one trial at a time on 2 cores: the other core is the prefetcher's when idle;
+    # under the parallel suite another test may keep it busy the whole time, and then the prefetcher
+    # must have spent its life waiting at the idle gate, not computing
     from catkd.teacher_cache.prefetch import totals
 
     stats = totals(tiny_study)
-    assert stats["priority"] in ("SCHED_IDLE", "nice 19") and stats["teacher_images"] > 0
+    assert stats["priority"] in ("SCHED_IDLE", "nice 19")
+    assert stats["teacher_images"] > 0 or stats["gate_wait_s"] > 0, stats
     assert len(stats["pids"]) == 1
     for pid in stats["pids"]:
         with pytest.raises(ProcessLookupError):

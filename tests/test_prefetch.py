@@ -117,6 +117,16 @@ def test_the_idle_gate_counts_idle_cores_and_this_process_own_cpu_as_spare(monke
     assert gate.spare() == pytest.approx(1.0)
 
 
+def test_the_idle_gate_waits_for_a_spare_core_and_gives_up_when_told_to_stop(monkeypatch):
+    gate = prefetch.IdleGate(need=0.5, poll_s=0.0)
+    spare = iter([0.0, 0.0, 1.0])
+    monkeypatch.setattr(gate, "spare", lambda: next(spare))
+    assert gate.wait(lambda: False) is True  # after two busy looks
+    monkeypatch.setattr(gate, "spare", lambda: 0.0)
+    stops = iter([False, False, True])
+    assert gate.wait(lambda: next(stops)) is False
+
+
 def test_the_idle_gate_reads_this_machines_cpu_times():
     gate = prefetch.IdleGate(need=0.5)
     total, idle, own = gate._sample()

@@ -77,9 +77,13 @@ class IdleGate:
         wall = total / self.cores  # seconds since the last call
         return self.cores * idle / total + own / wall if total > 0 else self.cores
 
-    def wait(self, should_stop: Callable[[], bool]) -> None:
-        while self.spare() < self.need and not should_stop():
+    def wait(self, should_stop: Callable[[], bool]) -> bool:
+        """Wait for a spare core; False if told to stop first."""
+        while self.spare() < self.need:
+            if should_stop():
+                return False
             time.sleep(self.poll_s)
+        return True
 
 
 def run(job: dict[str, Any], out: Path, should_stop: Callable[[], bool] = lambda: False,
@@ -93,7 +97,7 @@ def run(job: dict[str, Any], out: Path, should_stop: Callable[[], bool] = lambda
     prior = json.loads(out.read_text()) if out.is_file() else {}
     stats = {"teacher_images": int(prior.get("teacher_images", 0)), "batches": 0, "done": False,
              "priority": job.get("priority", ""), "seconds": float(prior.get("seconds", 0.0)),
-             "pid": os.getpid()}
+             "pid": os.getpid(), "gate_wait_s": float(prior.get("gate_wait_s", 0.0))}
     t0 = time.monotonic()
     last = -1e9
 
@@ -130,7 +134,11 @@ def run(job: dict[str, Any], out: Path, should_stop: Callable[[], bool] = lambda
                 if not t.targets.needs(batch):
                     continue  # a run got there first: no need to wait for a spare core
                 if gate is not None:
-                    gate.wait(should_stop)
+                    t_gate = time.monotonic()
+                    opened = gate.wait(should_stop)
+                    stats["gate_wait_s"] += time.monotonic() - t_gate
+                    if not opened:
+                        continue  # stopped while no core was spare: the loop's next check returns
                 stats["teacher_images"] += t.fill_teacher_targets(batch)
                 stats["batches"] += 1
                 report()
@@ -171,11 +179,11 @@ def stop(procs: Optional[list[subprocess.Popen]], timeout: float = 5.0) -> None:
 
 def totals(directory: Path) -> Optional[dict[str, Any]]:
     """The prefetch processes' counts in `directory` summed (None if none ran there): `teacher_images`,
-    `pids`, `done`, `priority`."""
+    `pids`, `done`, `priority`, `gate_wait_s` (seconds spent waiting for a spare core)."""
     files = sorted(Path(directory).glob("prefetch*.json"))
     if not files:
         return None
-    out: dict[str, Any] = {"teacher_images": 0, "pids": [], "done": True, "priority": ""}
+    out: dict[str, Any] = {"teacher_images": 0, "pids": [], "done": True, "priority": "", "gate_wait_s": 0.0}
     for f in files:
         try:
             d = json.loads(f.read_text())
@@ -184,6 +192,7 @@ def totals(directory: Path) -> Optional[dict[str, Any]]:
         out["teacher_images"] += int(d.get("teacher_images") or 0)
         out["pids"] += [d["pid"]] if "pid" in d else []
         out["done"] = out["done"] and bool(d.get("done"))
+        out["gate_wait_s"] += float(d.get("gate_wait_s") or 0.0)
         out["priority"] = d.get("priority") or out["priority"]
     return out
 
@@ -203,7 +212,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     stats = run(job, out, should_stop=lambda: bool(stopping) or os.getppid() != parent,
                 log=lambda s: print(s, flush=True))
     print(f"teacher prefetch: {'done' if stats['done'] else 'stopped'}: {stats['teacher_images']} teacher images "
-          f"({job['priority']})", flush=True)
+          f"({job['priority']}; {stats['gate_wait_s']:.0f} s waiting for a spare core)", flush=True)
     return 0
 
 
