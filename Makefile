@@ -26,7 +26,7 @@ test: $(STAMP)
 	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q -n 2 --maxschedchunk 1 --durations=15 tests
 
 test-fast: $(STAMP)
-	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q --durations=15 -m "not e2e" tests
+	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q -n 2 --durations=15 -m "not e2e" tests
 
 clean-venv:
 	rm -rf $(VENV)

@@ -133,6 +133,13 @@ def test_two_mistakes_are_named_at_once_with_exit_2_and_nothing_written(tmp_path
     assert not (tmp_path / "results").exists()
 
 
+def test_a_trial_line_leaves_out_a_label_with_nothing_in_it():
+    from catkd.study.progress import _short
+
+    line = _short({"TRANSFER.SOURCE_METHOD": "CAT_KD", "TRANSFER.SOURCE_SETTINGS": "", "TRANSFER.SOURCE_SEED": 1})
+    assert line == "TRANSFER.SOURCE_METHOD=CAT_KD TRANSFER.SOURCE_SEED=1"
+
+
 @pytest.mark.ray
 def test_the_smoke_makes_its_students_probes_them_on_both_real_formats_and_reports_them(tmp_path):
     """--smoke by itself, no source experiment: small students made on the spot (shrunk further here:

@@ -23,6 +23,8 @@ def _short(params: dict[str, Any]) -> str:
 
     out = []
     for k, v in trial_params(params).items():
+        if v == "":  # a label with nothing to say (a transfer source without other settings)
+            continue
         if isinstance(v, float):
             v = f"{v:.4g}"
         if k == PRESET_KEY:
@@ -173,7 +175,7 @@ def _compact(t: dict[str, Any], spec: StudySpec) -> str:
     """`method=KD KD.TEMPERATURE=4.81`: the study dimensions this trial has (and its role)."""
     parts = []
     for name, v in zip(spec.dimension_names, _settings(t, spec)):
-        if v != "-" and v is not None:
+        if v not in ("-", None, ""):
             parts.append(f"{short_name(name)}={v:.4g}" if isinstance(v, float) else f"{short_name(name)}={v}")
     if t.get("role"):
         parts.append(f"role={t['role']}")
