@@ -58,3 +58,21 @@ def test_a_copy_tune_has_already_deleted_is_no_error_for_tidy(exp):
     exp.fs.delete_dir(made[0].path)  # Tune restored from it, then replaced it
     checkpoints.tidy(made)
     assert "trial_a/checkpoint_000001/checkpoint.pth" not in _ckpts(exp)
+
+
+def test_a_retried_trial_is_reported_with_its_own_error_and_a_lost_worker_as_such(tmp_path):
+    from catkd.study.progress import failure_reason
+
+    restore = ("Failure # 1 (occurred at 2026-12-06_15-00-03)\nray::ImplicitFunc.restore() (pid=31185)\n"
+               '  File "trainable.py", line 547, in restore\n    raise ValueError(\n'
+               "ValueError: Could not recover from checkpoint as it does not exist on storage anymore.\n")
+    lost = ("Failure # 2 (occurred at 2026-12-06_15-00-09)\nThe actor died unexpectedly before finishing this task.\n"
+            "\tclass_name: ImplicitFunc\n\tactor_id: cc26411a\n")
+    f = tmp_path / "error.txt"
+    f.write_text(restore)
+    assert failure_reason(f) == "ValueError: Could not recover from checkpoint as it does not exist on storage anymore."
+    f.write_text(restore + lost)  # the file accumulates: the newest failure is the one named
+    assert failure_reason(f) == "worker or node lost"
+    f.write_text(lost + restore.replace("# 1", "# 3"))
+    assert failure_reason(f).startswith("ValueError: Could not recover")
+    assert failure_reason(None) == failure_reason(tmp_path / "none.txt") == "worker or node lost"

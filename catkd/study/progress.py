@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catkd.study.keys import short_name
@@ -68,8 +69,8 @@ def make_callback(writer: ResultsWriter, metric: str, stage: str, table_every_s:
             writer.write()
 
         def on_trial_recover(self, iteration, trials, trial, **info):
-            say(f"[{stage}] trial {trial.trial_id} FAILED (worker or node lost, failure {trial.num_failures}); "
-                "retrying from its last checkpoint")
+            say(f"[{stage}] trial {trial.trial_id} FAILED ({failure_reason(trial.error_file)}, failure "
+                f"{trial.num_failures}); retrying from its last checkpoint")
 
         def on_trial_error(self, iteration, trials, trial, **info):
             say(f"[{stage}] trial {trial.trial_id} ERROR (failure {trial.num_failures}); see {trial.path}/error.txt")
@@ -85,6 +86,22 @@ def make_callback(writer: ResultsWriter, metric: str, stage: str, table_every_s:
             print(progress_table(trials, self.last_result, metric), flush=True)
 
     return StudyProgress()
+
+
+_LOST = ("ActorDiedError", "RayActorError", "NodeDiedError", "WorkerCrashedError", "actor died", "died unexpectedly")
+
+
+def failure_reason(error_file: Any) -> str:
+    """The last failure in Tune's error.txt in a few words: "worker or node lost" when Ray lost the
+    trial's process or node (or the file says nothing), else the exception's own last line."""
+    try:
+        last = Path(error_file).read_text(errors="replace").rsplit("Failure # ", 1)[-1]
+    except (OSError, TypeError):
+        return "worker or node lost"
+    lines = [line.strip() for line in last.splitlines()[1:] if line.strip()]  # [0]: "<n> (occurred at ...)"
+    if not lines or any(w in last for w in _LOST):
+        return "worker or node lost"
+    return lines[-1] if len(lines[-1]) <= 160 else lines[-1][:157] + "..."
 
 
 def _asks_gpu(trial) -> bool:
