@@ -4,10 +4,10 @@ Tune (2.x, `num_to_keep=1`) deletes a trial's previous checkpoint as soon as it 
 one, and saves its experiment state in a later step of its loop. A driver killed in between leaves a
 state naming `checkpoint_<K-1>` while the trial's folder holds only `checkpoint_<K>`, and on resume
 the trial fails three times with "does not exist on storage anymore" and ends as an error (seen
-under a heavily loaded machine). Before a resume, `mend` writes each trial's missing predecessor of
-its newest checkpoint as a copy of it (for the trials that state has not ended): the trial then continues from its newest state, whose epochs
-are already recorded (catkd keys its rows by epoch, so a replayed epoch is kept once). `tidy` removes
-the copies Tune did not take over once the stage has run.
+under a heavily loaded machine). Before a resume, `mend` writes the missing predecessor of the newest
+checkpoint of each trial that state has not ended, as a copy of it: the trial then continues from its
+newest state, whose epochs are already recorded (catkd keys its rows by epoch, so a replayed epoch is
+kept once). `tidy` removes the copies Tune did not take over once the stage has run.
 """
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ def _unfinished(exp: "Location", files: list[str]) -> Optional[set[str]]:
     """The folders of the trials Tune's newest saved state has not ended (None: state unreadable)."""
     states = sorted(f for f in files if re.fullmatch(r"experiment_state-[^/]+\.json", f))
     try:
-        trials = json.loads((exp / states[-1]).read_bytes())["trial_data"]
-        return {f"trial_{json.loads(t[0])['trial_id']}" for t in trials if json.loads(t[0])["status"] != "TERMINATED"}
+        trials = [json.loads(t[0]) for t in json.loads((exp / states[-1]).read_bytes())["trial_data"]]
+        return {f"trial_{t['trial_id']}" for t in trials if t["status"] != "TERMINATED"}
     except (IndexError, KeyError, TypeError, ValueError):
         return None
 
