@@ -154,15 +154,18 @@ def test_optuna_asha_confirm_study_killed_in_search_and_in_confirm_loses_and_rep
 
 def test_ctrl_c_in_a_stage_stops_the_study_instead_of_ending_the_stage_as_done(ray_session, tmp_path):
     """Tune's own SIGINT handler makes `Tuner.fit()` return normally on Ctrl-C, so the runner would
-    record the stage done and `--resume` would skip what was left of it. After `start_ray` a SIGINT
-    raises KeyboardInterrupt out of `fit()` (the CLI exits 130 and `--resume` continues)."""
+    record the stage done and `--resume` would skip what was left of it. Tune never restores the handler
+    it replaced, so one left by an earlier run in the same process (here a stand-in that ignores the
+    press) would do the same. Around a stage's `fit()` a SIGINT raises KeyboardInterrupt (the CLI exits
+    130 and `--resume` continues)."""
     from ray import tune
 
-    from catkd.study.stages import start_ray
+    from catkd.study.stages import ctrl_c_raises, start_ray
 
     start_ray(None, False)
     assert os.environ.get("TUNE_DISABLE_SIGINT_HANDLER") == "1"
     driver = os.getpid()
+    left_over = signal.signal(signal.SIGINT, lambda *_: None)
 
     def trainable(config):
         os.kill(driver, signal.SIGINT)  # Ctrl-C on the driver while a trial runs
@@ -171,8 +174,28 @@ def test_ctrl_c_in_a_stage_stops_the_study_instead_of_ending_the_stage_as_done(r
             tune.report({"i": i})
 
     tuner = tune.Tuner(trainable, run_config=tune.RunConfig(name="sigint", storage_path=str(tmp_path), verbose=0))
-    with pytest.raises(KeyboardInterrupt):
-        tuner.fit()
+    try:
+        with pytest.raises(KeyboardInterrupt), ctrl_c_raises():
+            tuner.fit()
+    finally:
+        signal.signal(signal.SIGINT, left_over)
+
+
+def test_a_ctrl_c_that_the_library_catches_still_raises_when_the_stage_returns():
+    """A KeyboardInterrupt can land inside code of Tune's or Ray's that catches it; the stage must not
+    then count as done."""
+    from catkd.study.stages import ctrl_c_raises
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt), ctrl_c_raises():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler raises here
+        except KeyboardInterrupt:
+            pass  # swallowed, as a library might
+    assert signal.getsignal(signal.SIGINT) is before  # the handler in place before is back
+    with ctrl_c_raises():
+        pass  # no press: nothing raised
 
 
 def test_a_smoke_teacher_killed_mid_training_continues_where_it_stopped_and_ends_bitwise_equal(tmp_path, monkeypatch, capsys):

@@ -2,10 +2,13 @@
 and which configurations the confirm stage re-runs."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 from catkd.study import checkpoints
 from catkd.study.checks import run_config
@@ -195,9 +198,34 @@ def run_stage(
                 verbose=0,
             ),
         )
-    results = tuner.fit()
+    with ctrl_c_raises():
+        results = tuner.fit()
     checkpoints.tidy(mended)
     return results
+
+
+@contextlib.contextmanager
+def ctrl_c_raises() -> Iterator[None]:
+    """Ctrl-C inside the block raises KeyboardInterrupt, whatever SIGINT handler an earlier Tune run or a
+    library left installed (Tune's own ends `fit()` normally and never restores the one before it). A
+    press whose KeyboardInterrupt Tune or Ray caught still raises one when the block ends, so the stage
+    is never recorded done."""
+    pressed: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        pressed.append(signum)
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach only the main thread
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
 
 
 def _storage_env() -> dict[str, str]:
