@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 import sys
 from pathlib import Path
@@ -341,7 +342,18 @@ def resolve_preset(name: str) -> Path:
 
 def read_yaml(path: Path) -> dict:
     try:
-        text = path.read_text()
+        st = path.stat()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    # a study's checks read each preset once per setting they try (hundreds for main_results): parse once
+    # per file version, and hand out a copy, since callers modify what they get
+    return copy.deepcopy(_parsed_yaml(str(path), st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=512)
+def _parsed_yaml(path: str, mtime_ns: int, size: int) -> dict:
+    try:
+        text = Path(path).read_text()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
     try:

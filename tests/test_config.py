@@ -262,3 +262,23 @@ def test_aliases_become_the_registered_name_when_a_config_is_built():
     cfg = build_config({}, quiet=True, overrides={"DATASET.TYPE": "imagenet", "DISTILLER.TYPE": "CAT_KD",
                                                    "DISTILLER.STUDENT": "MobileNetV2"})
     assert cfg.DISTILLER.STUDENT == "MobileNetV1"
+
+
+def test_a_yaml_file_is_parsed_once_per_version_and_each_reader_gets_its_own_copy(tmp_path, monkeypatch):
+    import yaml
+
+    import catkd.config
+    from catkd.config import read_yaml
+
+    parses, real = [], yaml.safe_load
+    monkeypatch.setattr(catkd.config.yaml, "safe_load", lambda text: parses.append(text) or real(text))
+    p = tmp_path / "c.yaml"
+    p.write_text("SOLVER: {LR: 0.05}\n")
+    got = read_yaml(p)
+    got["SOLVER"]["LR"] = 9.0  # callers modify what they get
+    assert read_yaml(p) == {"SOLVER": {"LR": 0.05}} and len(parses) == 1
+    p.write_text("SOLVER: {LR: 0.125, EPOCHS: 3}\n")  # a changed file is read again
+    assert read_yaml(p) == {"SOLVER": {"LR": 0.125, "EPOCHS": 3}} and len(parses) == 2
+    p.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        read_yaml(p)

@@ -144,3 +144,24 @@ def test_imagenet_mobilenetv1_has_four_stages_without_stem():
         assert torch.equal(f, F.relu(p)) and (p < 0).any()
     assert model.get_stage_channels() == [128, 256, 512, 1024]
     assert [b.num_features for b in model.get_bn_before_relu()] == [128, 256, 512, 1024]
+
+
+def test_feature_shapes_probe_a_model_once_per_input_size_in_eval_mode_and_every_time_in_train_mode():
+    """A study's checks build every method of a pair on the same untrained models: eval-mode shapes are
+    probed once per model and size. A train-mode probe (MDistiller's own behaviour) moves BatchNorm
+    statistics, so it is never skipped."""
+    from catkd.distillers.common import feature_shapes, get_feat_shapes, stage_count
+
+    model = build_model("resnet8", num_classes=4)
+    calls = []
+    model.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape)))
+    first = feature_shapes(model, (32, 32))
+    assert get_feat_shapes(model, model, (32, 32))[0] == first["feats"] and stage_count(model) == len(first["feats"])
+    assert calls == [(1, 3, 32, 32)]
+    first["feats"].clear()  # a caller's copy: the cache is not touched
+    assert feature_shapes(model, (32, 32))["feats"] and len(calls) == 1
+    assert feature_shapes(model, (16, 16))["feats"][-1][2:] == (4, 4) and len(calls) == 2
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    for n in (1, 2):
+        get_feat_shapes(model, model, (32, 32), train_mode=True)
+        assert int(bn.num_batches_tracked) == 2 * n  # both probes ran, each moving the statistics once

@@ -155,7 +155,7 @@ def construction_error(cfg: Config, e: Exception) -> ConfigError:
     return ConfigError(f"{d.TYPE} cannot distil {d.TEACHER} -> {d.STUDENT}: {e}")
 
 
-@functools.lru_cache(maxsize=4)  # a pair's two models, and a second pair's (ImageNet ones are ~100 MB)
+@functools.lru_cache(maxsize=32)  # a study's models, checked under many methods and settings (the zoo has ~30)
 def _bare_model(name: str, num_classes: int, head_bias: bool, family: str) -> nn.Module:
     """An untrained model for `check_config` (cached: a study checks many settings of one pair)."""
     from catkd.models import build_model

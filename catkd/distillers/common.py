@@ -7,6 +7,7 @@ Here the probe runs in eval mode unless `train_mode=True` asks for MDistiller's 
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -28,6 +29,28 @@ def _probe(model: nn.Module, input_size: tuple[int, int], train_mode: bool) -> d
     return feats
 
 
+# eval-mode shapes depend only on the architecture and the input size: a study's checks build the
+# methods of one pair many times on the same untrained models, so each model is probed once per size
+_SHAPES: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, int], dict[str, Any]]]" = weakref.WeakKeyDictionary()
+
+
+def _shapes(model: nn.Module, input_size: tuple[int, int], train_mode: bool) -> dict[str, Any]:
+    """{"feats": [torch.Size], "preact_feats": [torch.Size], "pooled_feat": torch.Size} of one input of
+    `input_size` (batch dimension 1). A train-mode probe always runs: it moves BatchNorm statistics."""
+    size = tuple(input_size)
+    known = None if train_mode else _SHAPES.setdefault(model, {}).get(size)
+    if known is not None:
+        return known
+    feats = _probe(model, size, train_mode)
+    one = lambda t: torch.Size((1, *t.shape[1:]))  # noqa: E731
+    out = {"feats": [one(f) for f in feats["feats"]],
+           "preact_feats": [one(f) for f in feats.get("preact_feats", [])],
+           "pooled_feat": one(feats["pooled_feat"]) if "pooled_feat" in feats else None}
+    if not train_mode:
+        _SHAPES[model][size] = out
+    return out
+
+
 def input_size_of(cfg) -> tuple[int, int]:
     """(H, W) of the run's images (the dataset declares its size), for the construction probes."""
     from catkd.data import dataset_entry
@@ -40,26 +63,22 @@ def get_feat_shapes(student: nn.Module, teacher: nn.Module, input_size: tuple[in
                     train_mode: bool = False) -> tuple[list[torch.Size], list[torch.Size]]:
     """The shapes of feats["feats"] of both models for one input of `input_size` (H, W):
     (student shapes, teacher shapes), each a list of torch.Size (1, C, H, W)."""
-    shapes = []
-    for model in (student, teacher):
-        feats = _probe(model, tuple(input_size), train_mode)
-        shapes.append([torch.Size((1, *f.shape[1:])) for f in feats["feats"]])
-    return shapes[0], shapes[1]
+    return (list(_shapes(student, input_size, train_mode)["feats"]),
+            list(_shapes(teacher, input_size, train_mode)["feats"]))
 
 
 def feature_shapes(model: nn.Module, input_size: tuple[int, int], train_mode: bool = False) -> dict[str, Any]:
     """{"feats": [torch.Size], "preact_feats": [torch.Size], "pooled_feat": torch.Size} of one
     input of `input_size` (batch dimension 1)."""
-    feats = _probe(model, tuple(input_size), train_mode)
-    one = lambda t: torch.Size((1, *t.shape[1:]))  # noqa: E731
-    return {"feats": [one(f) for f in feats["feats"]],
-            "preact_feats": [one(f) for f in feats.get("preact_feats", [])],
-            "pooled_feat": one(feats["pooled_feat"])}
+    s = _shapes(model, input_size, train_mode)
+    if s["pooled_feat"] is None:
+        raise KeyError("pooled_feat")  # a model without the zoo's full feature contract
+    return {"feats": list(s["feats"]), "preact_feats": list(s["preact_feats"]), "pooled_feat": s["pooled_feat"]}
 
 
 def stage_count(model: nn.Module, input_size: tuple[int, int] = (32, 32)) -> int:
     """len(feats["feats"]): the number of stage outputs the model returns (stem included)."""
-    return len(_probe(model, tuple(input_size), False)["feats"])
+    return len(_shapes(model, input_size, False)["feats"])
 
 
 def _conv_reg_out_hw(s_hw: tuple[int, int], t_hw: tuple[int, int]) -> tuple[str, tuple[int, int]]:
