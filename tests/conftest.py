@@ -103,6 +103,37 @@ def smoke_teacher(tmp_path_factory):
     return lambda study, storage, sets=None: seed_smoke_teacher(study, storage, cache, sets)
 
 
+def run_root(tmp_path_factory) -> Path:
+    """The test run's base temporary directory: under pytest-xdist the one above each worker's own, where
+    what the workers share is made once (under a file lock) and read by all."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
+@pytest.fixture(scope="session")
+def trained_teacher(tmp_path_factory) -> Path:
+    """A resnet14 trained alone for 5 epochs on 4 synthetic classes (its final file, MDistiller format),
+    for the tests that distil from a teacher that has learnt something. Trained once per test run: the
+    first worker to get here trains it, the others wait for it and read the same file."""
+    from catkd.engine import Trainer
+    from catkd.engine.validate import build_run_config
+    from filelock import FileLock
+
+    root = run_root(tmp_path_factory)
+    out = root / "trained-teacher"
+    with FileLock(str(root / "trained-teacher.lock")):
+        if not (out / "done").is_file():
+            cfg = build_run_config({}, "<test>", {
+                "DATASET.TYPE": "synthetic", "DATASET.SYNTHETIC.NUM_CLASSES": 4, "DATASET.SYNTHETIC.TRAIN_PER_CLASS": 48,
+                "DATASET.SYNTHETIC.TEST_PER_CLASS": 20, "SOLVER.BATCH_SIZE": 32, "SOLVER.LR": 0.05,
+                "SOLVER.LR_DECAY_STAGES": [100], "SOLVER.EPOCHS": 5, "RUN.PROGRESS": "none", "RUN.THREADS": 1,
+                "RUN.TEACHER_CACHE": "off", "LOG.SAVE_CHECKPOINT_FREQ": 0, "LOG.PREFIX": str(out),
+                "EXPERIMENT.NAME": "t", "DISTILLER.TYPE": "NONE", "DISTILLER.STUDENT": "resnet14"}, quiet=True)
+            assert Trainer.from_config(cfg, log=lambda s: None).fit().status == "finished"
+            (out / "done").write_text("")
+    return out / "t" / "ckpt_epoch_5.pth"
+
+
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory, ray_session, smoke_teacher) -> Path:
     """The TINY smoke study, run once for every test that only reads a finished study: 6 search trials
@@ -113,9 +144,7 @@ def tiny_study(tmp_path_factory, ray_session, smoke_teacher) -> Path:
     from catkd.study.load import load_study
     from filelock import FileLock
 
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # the test run's, above each worker's own
+    root = run_root(tmp_path_factory)
     tmp = root / "tiny-study"
     exp = (tmp / "store" / "tiny-smoke").resolve()
     with FileLock(str(root / "tiny-study.lock")):

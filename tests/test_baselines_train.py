@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from catkd.engine import Trainer
-from catkd.engine.validate import build_run_config, config_from_dict, load_run_config
+from catkd.engine.validate import config_from_dict, load_run_config
 from catkd.models import build_model
 from catkd.train import main as train_main
 
@@ -36,16 +36,15 @@ SMALL = {
 # per method, for 4 classes and a few epochs: CRD's K below the negatives' pool (144 images of other
 # classes), ReviewKD's warm-up over one epoch (its weighted term would otherwise grow by design)
 METHOD_SETTINGS = {"CRD": {"CRD.NCE.K": 64}, "REVIEWKD": {"REVIEWKD.WARMUP_EPOCHS": 1}}
+# epochs for a clearly decreasing term: after 4 every term is at most 0.9 of where it started (CRD 0.88),
+# except VID's, whose variance term falls slowly (0.99 after 4, 0.96 after 6)
+EPOCHS = {"VID": 6}
 
 
-@pytest.fixture(scope="session")  # session: built once per worker, however the tests interleave
-def teacher(tmp_path_factory) -> Path:
-    """A resnet14 trained alone for a few epochs (MDistiller-format file)."""
-    tmp = tmp_path_factory.mktemp("teacher")
-    cfg = build_run_config({}, "<test>", {**SMALL, "LOG.PREFIX": str(tmp), "EXPERIMENT.NAME": "t", "DISTILLER.TYPE": "NONE",
-                                "DISTILLER.STUDENT": "resnet14", "SOLVER.EPOCHS": 5, "SOLVER.LR": 0.05}, quiet=True)
-    assert Trainer.from_config(cfg, log=lambda s: None).fit().status == "finished"
-    return tmp / "t" / "ckpt_epoch_5.pth"
+@pytest.fixture
+def teacher(trained_teacher) -> Path:
+    """A resnet14 trained alone for a few epochs (MDistiller-format file; conftest trains it once)."""
+    return trained_teacher
 
 
 def _cfg(tmp_path, method, teacher, name, **over):
@@ -65,7 +64,8 @@ def _fit(cfg, **kw):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_method_trains_from_its_preset_with_a_finite_decreasing_distillation_term(tmp_path, teacher, method):
-    result, lines = _fit(_cfg(tmp_path, method, teacher, "run", **{"SOLVER.EPOCHS": 6}))
+    epochs = EPOCHS.get(method, 4)
+    result, lines = _fit(_cfg(tmp_path, method, teacher, "run", **{"SOLVER.EPOCHS": epochs}))
     assert result.status == "finished"
     kd = [m["loss_kd"] for m in result.history]
     # CRD's first epoch scores against a memory of random vectors; from the second on the memory holds
@@ -75,7 +75,7 @@ def test_method_trains_from_its_preset_with_a_finite_decreasing_distillation_ter
     assert result.history[-1]["train_acc"] > 25.0  # 4 classes: the student learns
     # the student alone leaves: its exported files hold the student's keys and load into a bare model
     out = tmp_path / "run"
-    for f in ("student_best.pth", "ckpt_epoch_6.pth"):
+    for f in ("student_best.pth", f"ckpt_epoch_{epochs}.pth"):
         state = torch.load(out / f, weights_only=True)["model"]
         build_model("resnet8", num_classes=4).load_state_dict(state)  # strict: nothing more, nothing less
     full = torch.load(out / "checkpoint.pth", weights_only=True)
@@ -91,7 +91,9 @@ class Interrupt(Exception):
 
 @pytest.mark.parametrize("method", WITH_EXTRA_STATE)
 def test_extra_modules_are_resumed_bit_for_bit(tmp_path, teacher, method):
-    over = {"SOLVER.EPOCHS": 3}
+    # bit-for-bit needs no learning: a third of the images (CRD's K below the 48 of other classes)
+    over = {"SOLVER.EPOCHS": 3, "DATASET.SYNTHETIC.TRAIN_PER_CLASS": 16, "DATASET.SYNTHETIC.TEST_PER_CLASS": 8,
+            **({"CRD.NCE.K": 24} if method == "CRD" else {})}
     straight, _ = _fit(_cfg(tmp_path, method, teacher, "straight", **over))
 
     def stop_after_2(metrics, out_dir):

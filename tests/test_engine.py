@@ -33,18 +33,10 @@ def cfg_for(tmp_path: Path, **over):
     return build_config({}, "<test>", o, quiet=True)
 
 
-@pytest.fixture(scope="session")  # session: built once per worker, however the tests interleave
-def teacher_ckpt(tmp_path_factory) -> Path:
-    """A resnet14 teacher trained alone for a few epochs; its final file is MDistiller format."""
-    tmp = tmp_path_factory.mktemp("teacher")
-    cfg = build_config({}, "<test>", {**SMALL, "LOG.PREFIX": str(tmp), "EXPERIMENT.NAME": "t",
-                                      "DISTILLER.TYPE": "NONE", "DISTILLER.STUDENT": "resnet14",
-                                      "SOLVER.EPOCHS": 6, "SOLVER.LR_DECAY_STAGES": [5]}, quiet=True)
-    result = Trainer.from_config(cfg, log=lambda s: None).fit()
-    assert result.status == "finished"
-    path = tmp / "t" / "ckpt_epoch_6.pth"
-    assert path.is_file()
-    return path
+@pytest.fixture
+def teacher_ckpt(trained_teacher) -> Path:
+    """A resnet14 trained alone for a few epochs; its final file is MDistiller format (conftest trains it once)."""
+    return trained_teacher
 
 
 def test_short_synthetic_run_learns_well_above_chance(tmp_path):
