@@ -31,6 +31,7 @@ def test_a_smoke_study_on_s3_killed_mid_search_resumes_from_the_bucket_losing_an
         tmp_path, s3, smoke_teacher):
     data = yaml.safe_load(TINY)
     data["confirm"] = {"top_k": 1, "seeds": [1, 2]}
+    data["smoke"]["dataset"].update(TRAIN_PER_CLASS=40, TEST_PER_CLASS=10)  # what is checked needs no learning
     work = tmp_path / "cwd"  # the user's working directory: nothing of the experiment may land here
     work.mkdir()
     study = work / "tiny.yaml"

@@ -207,6 +207,7 @@ def test_a_smoke_teacher_killed_mid_training_continues_where_it_stopped_and_ends
 
     data = yaml.safe_load(TINY)
     data["smoke"]["teacher_epochs"] = 4
+    data["smoke"]["dataset"].update(TRAIN_PER_CLASS=25, TEST_PER_CLASS=10)  # bit for bit needs no learning
     p = tmp_path / "study.yaml"
     p.write_text(yaml.safe_dump(data, sort_keys=False))
     spec = load_study(p, smoke=True)

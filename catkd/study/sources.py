@@ -177,8 +177,8 @@ def _smoke_cfg(spec: StudySpec, method: str, seed: int, teacher: Optional[Path])
     raw = read_yaml(resolve_preset("cifar100/CAT_KD/res56_res20")) if method == "CAT_KD" else {}
     over = {
         "DISTILLER.TYPE": method, "DISTILLER.STUDENT": sm.student, "DISTILLER.TEACHER": sm.teacher,
-        "DATASET.TYPE": "synthetic", "DATASET.SYNTHETIC.NUM_CLASSES": 10, "DATASET.SYNTHETIC.TRAIN_PER_CLASS": 250,
-        "DATASET.SYNTHETIC.TEST_PER_CLASS": 60, "SOLVER.EPOCHS": sm.epochs, "SOLVER.BATCH_SIZE": 64,
+        "DATASET.TYPE": "synthetic", "DATASET.SYNTHETIC.NUM_CLASSES": 10, "DATASET.SYNTHETIC.TRAIN_PER_CLASS": 100,
+        "DATASET.SYNTHETIC.TEST_PER_CLASS": 30, "SOLVER.EPOCHS": sm.epochs, "SOLVER.BATCH_SIZE": 64,
         "SOLVER.LR": 0.05, "SOLVER.LR_DECAY_STAGES": [max(1, int(sm.epochs * 0.75))], "EXPERIMENT.SEED": seed,
         "LOG.SAVE_CHECKPOINT_FREQ": 0, "RUN.PROGRESS": "none",
     }
