@@ -135,7 +135,7 @@ def test_mdistiller_file_loads_unchanged_and_trains(tmp_path, path):
     torch.manual_seed(0)
     torch.save({"model": build_model("resnet32x4", num_classes=4).state_dict()}, ckpt)
     rc = train_main(["--cfg", str(path), "DATASET.TYPE", "synthetic", "DATASET.SYNTHETIC.NUM_CLASSES", "4",
-                     "DATASET.SYNTHETIC.TRAIN_PER_CLASS", "8", "DATASET.SYNTHETIC.TEST_PER_CLASS", "2",
+                     "DATASET.SYNTHETIC.TRAIN_PER_CLASS", "4", "DATASET.SYNTHETIC.TEST_PER_CLASS", "2",
                      "SOLVER.EPOCHS", "1", "SOLVER.BATCH_SIZE", "32", "RUN.PROGRESS", "none", "RUN.THREADS", "1",
                      "RUN.TEACHER_CACHE", "off",
                      "DISTILLER.TEACHER_CKPT", str(ckpt), "LOG.PREFIX", str(tmp_path), "LOG.SAVE_CHECKPOINT_FREQ", "0",
