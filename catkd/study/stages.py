@@ -222,8 +222,8 @@ def ctrl_c_raises() -> Iterator[None]:
     previous = signal.signal(signal.SIGINT, handler)
     try:
         yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    finally:  # None: the previous handler was not set from Python (an embedding host's)
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
     if pressed:
         raise KeyboardInterrupt
 
