@@ -43,9 +43,9 @@ def _shapes(model: nn.Module, input_size: tuple[int, int], train_mode: bool) -> 
         return known
     feats = _probe(model, size, train_mode)
     one = lambda t: torch.Size((1, *t.shape[1:]))  # noqa: E731
-    out = {"feats": [one(f) for f in feats["feats"]],
-           "preact_feats": [one(f) for f in feats.get("preact_feats", [])],
-           "pooled_feat": one(feats["pooled_feat"]) if "pooled_feat" in feats else None}
+    out = {"feats": [one(f) for f in feats["feats"]], "preact_feats": [one(f) for f in feats.get("preact_feats", [])]}
+    if "pooled_feat" in feats:  # a test model may return stage outputs only
+        out["pooled_feat"] = one(feats["pooled_feat"])
     if not train_mode:
         _SHAPES[model][size] = out
     return out
@@ -71,8 +71,6 @@ def feature_shapes(model: nn.Module, input_size: tuple[int, int], train_mode: bo
     """{"feats": [torch.Size], "preact_feats": [torch.Size], "pooled_feat": torch.Size} of one
     input of `input_size` (batch dimension 1)."""
     s = _shapes(model, input_size, train_mode)
-    if s["pooled_feat"] is None:
-        raise KeyError("pooled_feat")  # a model without the zoo's full feature contract
     return {"feats": list(s["feats"]), "preact_feats": list(s["preact_feats"]), "pooled_feat": s["pooled_feat"]}
 
 
