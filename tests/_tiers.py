@@ -62,29 +62,55 @@ def _names(code: types.CodeType) -> set[str]:
     return names
 
 
-def _texts(func, seen: set) -> Iterable[str]:
-    """The source of `func`, then of the test-folder functions and module-level strings it names."""
-    func = inspect.unwrap(func)
-    if id(func) in seen or not hasattr(func, "__code__"):
-        return
-    seen.add(id(func))
+def _texts(func) -> Iterable[str]:
+    """The source of `func`, then the module-level strings it names."""
     yield _source(func)
     for name in _names(func.__code__):
         value = func.__globals__.get(name)
         if isinstance(value, str):
             yield value
-        elif callable(value) and _own(value):
-            yield from _texts(value, seen)
+
+
+def _helpers(func) -> Iterable[Callable]:
+    """The test-folder functions `func` names."""
+    for name in _names(func.__code__):
+        value = func.__globals__.get(name)
+        if callable(value) and not isinstance(value, str) and _own(value):
+            yield inspect.unwrap(value)
+
+
+_REASONS: dict = {}  # per function: a fixture or helper is read once per collection, not once per test using it
+
+
+def _reason(func, active: frozenset = frozenset()) -> tuple[Optional[str], bool]:
+    """The first sign in `func`'s own text, then in the helpers it names (depth first), or None; and
+    whether the search was cut at a function already being read (a cycle: such a result is not kept)."""
+    func = inspect.unwrap(func)
+    key = getattr(func, "__code__", None)
+    if key is None:
+        return None, False
+    if key in _REASONS:
+        return _REASONS[key], False
+    if key in active:
+        return None, True
+    found, cut = next((sign for text in _texts(func) for sign, pattern in E2E_SIGNS.items()
+                       if pattern.search(text)), None), False
+    for helper in () if found else _helpers(func):
+        found, helper_cut = _reason(helper, active | {key})
+        cut = cut or helper_cut
+        if found:
+            break
+    if found or not cut:
+        _REASONS[key] = found
+    return found, cut
 
 
 def e2e_reason(func: Callable, fixtures: Iterable[Callable] = ()) -> Optional[str]:
     """The first sign of an end-to-end test in `func` or its fixtures' functions, or None."""
-    seen: set = set()
     for f in (func, *fixtures):
-        for text in _texts(f, seen):
-            for sign, pattern in E2E_SIGNS.items():
-                if pattern.search(text):
-                    return sign
+        found, _ = _reason(f)
+        if found:
+            return found
     return None
 
 
