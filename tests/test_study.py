@@ -1,13 +1,12 @@
-"""Studies on Ray Tune (docs/contracts.md, C5-C7): validation, spaces, a real smoke study, faults, resume."""
+"""Studies on Ray Tune (docs/contracts.md, C5-C7): validation, spaces, a real smoke study, faults, the
+dashboard. (Killing the driver and resuming: test_faults.py, test_resume.py, test_object_storage.py.)"""
 from __future__ import annotations
 
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -16,14 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from _helpers import TINY, kill_orphans, stop_study
+from _helpers import TINY, stop_study
 
 from catkd.study import runner
 from catkd.study.__main__ import main as study_main
 from catkd.study.keys import ALIASES
 from catkd.study.space import DefineByRun
 from catkd.study.load import load_study
-from catkd.study.spec import StudyError, expand_grid
+from catkd.study.spec import expand_grid
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -313,56 +312,6 @@ def test_trial_whose_worker_dies_is_retried_from_its_checkpoint(tmp_path, ray_se
     assert epochs == [1, 2, 3, 4]  # restored from epoch 2's checkpoint: epoch 3 reported once, not 1 again
 
 
-# ---- resume after SIGKILL of the driver ---------------------------------------------------------------
-@pytest.mark.ray
-def test_study_resumes_after_driver_sigkill_without_loss_or_duplicates(tmp_path, smoke_teacher):
-    p = study_file(tmp_path, space={"beta": {"grid": [5.0, 50.0]}, "cam_resolution": {"grid": [1, 2]}},
-                   search={"algorithm": "grid"}, scheduler={"type": "fifo"})
-    ray_tmp = Path(os.environ["RAY_TMPDIR"]) / "kill"
-    ray_tmp.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "catkd.study", str(p), "--smoke", "--no-dashboard", "--storage", str(tmp_path / "s")]
-    exp = tmp_path / "s" / "tiny-smoke"
-    smoke_teacher(p, tmp_path / "s")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline:  # kill mid-study: after some epochs were reported
-            if (exp / "results.parquet").exists() and pq.read_table(exp / "results.parquet").num_rows >= 3:
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail("study made no progress")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        kill_orphans(ray_tmp)
-    before = pq.read_table(exp / "trials.parquet").to_pylist()
-    assert any(t["status"] in ("running",) for t in before) or len(before) < 4
-    # the race a loaded machine hits: Tune had saved a running trial's next checkpoint and deleted the one
-    # its saved state names when the driver died; renaming the newest one up a number leaves that state
-    swapped = 0
-    for d in exp.glob("trial_*"):
-        ckpts, rows = sorted(d.glob("checkpoint_*")), (d / "result.json").read_text().splitlines() if (
-            d / "result.json").is_file() else []
-        if ckpts and not (rows and json.loads(rows[-1]).get("done")):  # a trial Tune will restore
-            k = int(ckpts[-1].name.split("_")[1])
-            ckpts[-1].rename(ckpts[-1].with_name(f"checkpoint_{k + 1:06d}"))
-            swapped += 1
-    assert swapped
-    done = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
-    kill_orphans(ray_tmp)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    trials = pq.read_table(exp / "trials.parquet").to_pylist()
-    rows = pq.read_table(exp / "results.parquet").to_pylist()
-    assert len(trials) == 4 and len({t["trial_id"] for t in trials}) == 4
-    assert all(t["status"] == "finished" for t in trials)
-    pairs = [(r["trial_id"], r["epoch"]) for r in rows]
-    assert len(pairs) == len(set(pairs)) == 4 * 4
-    combos = {(t["CAT_KD.LOSS.CAT_loss_weight"], t["CAT_KD.LOSS.CAM_RESOLUTION"]) for t in trials}
-    assert combos == {(5.0, 1), (5.0, 2), (50.0, 1), (50.0, 2)}
-
-
 def dashboard_url(proc: subprocess.Popen, timeout: float = 180) -> tuple[str, list[str]]:
     """Read a study driver's output until it prints the dashboard address; it must be on 127.0.0.1."""
     url, lines = None, []
@@ -377,36 +326,6 @@ def dashboard_url(proc: subprocess.Popen, timeout: float = 180) -> tuple[str, li
 
 
 @pytest.mark.ray
-def test_dashboard_answers_on_localhost_and_shows_running_trials(tmp_path, smoke_teacher):
-    import urllib.request
-
-    p = study_file(tmp_path, space={"beta": {"grid": [5.0, 50.0]}}, search={"algorithm": "grid"},
-                   scheduler={"type": "fifo"})
-    ray_tmp = Path(os.environ["RAY_TMPDIR"]) / "dash"
-    ray_tmp.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled"}
-    cmd = [sys.executable, "-m", "catkd.study", str(p), "--smoke", "--dashboard", "--storage", str(tmp_path / "s"),
-           "--set", "smoke.epochs=8"]
-    smoke_teacher(p, tmp_path / "s", {"smoke.epochs": 8})
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen_trial = False
-    try:
-        url, lines = dashboard_url(proc)
-        assert urllib.request.urlopen(url, timeout=10).status == 200
-        deadline = time.time() + 180
-        while time.time() < deadline and not seen_trial:
-            try:
-                body = urllib.request.urlopen(f"{url}/api/v0/actors?detail=1", timeout=10).read().decode()
-                seen_trial = "ImplicitFunc" in body and "ALIVE" in body
-            except OSError:
-                pass
-            time.sleep(1)
-        assert seen_trial, "no running trial visible through the state API"
-    finally:
-        stop_study(proc, ray_tmp)
-
-
-@pytest.mark.ray
 def test_report_turns_a_real_smoke_study_into_tables_and_plots(tiny_study, tmp_path, capsys):
     from analysis import report
 
@@ -418,16 +337,17 @@ def test_report_turns_a_real_smoke_study_into_tables_and_plots(tiny_study, tmp_p
 
 
 @pytest.mark.ray
-def test_dashboard_keeps_token_authentication_by_default(tmp_path, smoke_teacher):
+def test_dashboard_answers_on_localhost_behind_token_authentication_and_shows_running_trials(tmp_path, smoke_teacher):
     import urllib.error
     import urllib.request
 
-    p = study_file(tmp_path, space={"beta": {"grid": [5.0]}}, search={"algorithm": "grid"}, scheduler={"type": "fifo"})
-    ray_tmp = Path(os.environ["RAY_TMPDIR"]) / "auth"
+    p = study_file(tmp_path, space={"beta": {"grid": [5.0, 50.0]}}, search={"algorithm": "grid"},
+                   scheduler={"type": "fifo"})
+    ray_tmp = Path(os.environ["RAY_TMPDIR"]) / "dash"
     ray_tmp.mkdir(parents=True, exist_ok=True)
     home = tmp_path / "home"
     home.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}  # Ray's default: token authentication
     env.update({"RAY_TMPDIR": str(ray_tmp), "PYTHONUNBUFFERED": "1", "HOME": str(home)})
     cmd = [sys.executable, "-m", "catkd.study", str(p), "--smoke", "--storage", str(tmp_path / "s"),
            "--set", "smoke.epochs=8"]
@@ -439,9 +359,22 @@ def test_dashboard_keeps_token_authentication_by_default(tmp_path, smoke_teacher
             urllib.request.urlopen(f"{url}/api/v0/actors", timeout=10)
         assert denied.value.code == 401  # no token, no API
         token = (home / ".ray" / "auth_token").read_text().strip()
-        req = urllib.request.Request(f"{url}/api/v0/actors", headers={"Authorization": f"Bearer {token}"})
-        assert urllib.request.urlopen(req, timeout=10).status == 200
         lines.append(proc.stdout.readline())
         assert any(str(home / ".ray" / "auth_token") in l for l in lines), "".join(lines)  # told where the token is
+
+        def get(path: str):
+            return urllib.request.urlopen(urllib.request.Request(
+                f"{url}{path}", headers={"Authorization": f"Bearer {token}"}), timeout=10)
+
+        assert get("/").status == 200
+        seen_trial, deadline = False, time.time() + 180
+        while time.time() < deadline and not seen_trial:
+            try:
+                body = get("/api/v0/actors?detail=1").read().decode()
+                seen_trial = "ImplicitFunc" in body and "ALIVE" in body
+            except OSError:
+                pass
+            time.sleep(1)
+        assert seen_trial, "no running trial visible through the state API"
     finally:
         stop_study(proc, ray_tmp)
