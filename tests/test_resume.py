@@ -60,40 +60,13 @@ def _snapshot(d: Path) -> dict[str, tuple[int, int]]:
 
 
 @pytest.mark.ray
-def test_study_killed_while_the_smoke_teacher_trains_resumes_and_refuses_a_changed_study(tmp_path, monkeypatch, capsys):
+def test_a_study_killed_in_its_smoke_teacher_its_search_and_its_confirm_stage_loses_and_repeats_nothing(
+        tmp_path, monkeypatch, capsys):
+    """Optuna, ASHA and a confirm stage, the driver SIGKILLed three times: while the smoke teacher
+    trains (before Ray starts), in the search, in the confirm stage; and, after the first kill, a
+    changed study refused on --resume."""
     p = _study(tmp_path)
-    env, ray_tmp = _env(tmp_path, "teacherkill")
-    storage = tmp_path / "s"
-    exp = storage / "tiny-smoke"
-    cmd = [sys.executable, "-m", "catkd.study", str(p), "--smoke", "--no-dashboard", "--storage", str(storage)]
-    log = tmp_path / "driver.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
-        _kill_when(proc, ray_tmp, lambda: "training" in log.read_text() and "smoke teacher" in log.read_text())
-    assert (exp / "study.yaml").is_file() and not list(exp.glob("trial_*"))
-
-    # --resume of a changed study: exit 2, naming the keys, nothing written, Ray never started
-    monkeypatch.setattr(runner, "start_ray", lambda *a, **k: pytest.fail("Ray was started"))
-    before = _snapshot(storage)
-    rc = study_main([str(p), "--smoke", "--resume", "--no-dashboard", "--storage", str(storage),
-                     "--set", "search.num_samples=5"])
-    assert rc == 2 and "search.num_samples" in capsys.readouterr().err
-    rc = study_main([str(p), "--resume", "--no-dashboard", "--storage", str(storage), "--name", "tiny-smoke"])
-    err = capsys.readouterr().err
-    assert rc == 2 and "smoke_mode" in err and "SOLVER.EPOCHS" in err
-    assert _snapshot(storage) == before
-
-    done = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=900)
-    kill_orphans(ray_tmp)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    trials = pq.read_table(exp / "trials.parquet").to_pylist()
-    assert sum(t["stage"] == "search" for t in trials) == 6 and sum(t["stage"] == "confirm" for t in trials) == 2
-
-
-@pytest.mark.ray
-def test_optuna_asha_confirm_study_killed_in_search_and_in_confirm_loses_and_repeats_nothing(tmp_path, smoke_teacher):
-    p = _study(tmp_path)
-    env, ray_tmp = _env(tmp_path, "twokills")
+    env, ray_tmp = _env(tmp_path, "kills")
     storage = tmp_path / "s"
     exp = storage / "tiny-smoke"
     cmd = [sys.executable, "-m", "catkd.study", str(p), "--smoke", "--no-dashboard", "--storage", str(storage)]
@@ -104,16 +77,34 @@ def test_optuna_asha_confirm_study_killed_in_search_and_in_confirm_loses_and_rep
     def confirm_rows() -> int:
         return sum(len(_raw_epochs(d)) for d in (exp / "confirm").glob("trial_*") if (d / "result.json").is_file())
 
-    # kill 1: in the search, once some trials have finished and one is running
-    smoke_teacher(p, storage)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    _kill_when(proc, ray_tmp, lambda: search_rows() >= 6)
+    # kill 1: while the smoke teacher trains
+    log = tmp_path / "driver.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        _kill_when(proc, ray_tmp, lambda: "training" in log.read_text() and "smoke teacher" in log.read_text())
+    assert (exp / "study.yaml").is_file() and not list(exp.glob("trial_*"))
+
+    # --resume of a changed study: exit 2, naming the keys, nothing written, Ray never started
+    with monkeypatch.context() as mp:
+        mp.setattr(runner, "start_ray", lambda *a, **k: pytest.fail("Ray was started"))
+        before = _snapshot(storage)
+        rc = study_main([str(p), "--smoke", "--resume", "--no-dashboard", "--storage", str(storage),
+                         "--set", "search.num_samples=5"])
+        assert rc == 2 and "search.num_samples" in capsys.readouterr().err
+        rc = study_main([str(p), "--resume", "--no-dashboard", "--storage", str(storage), "--name", "tiny-smoke"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "smoke_mode" in err and "SOLVER.EPOCHS" in err
+        assert _snapshot(storage) == before
+
+    # kill 2: in the search, once some trials have finished and one is running (the teacher goes on first)
+    proc = subprocess.Popen(cmd + ["--resume"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    _kill_when(proc, ray_tmp, lambda: search_rows() >= 6, timeout=600)
     ended_at_kill = {}
     for d in exp.glob("trial_*"):
         rows = _raw_epochs(d) if (d / "result.json").is_file() else []
         if rows and rows[-1].get("done"):
             ended_at_kill[d.name] = len(rows)
-    # kill 2: in the confirm stage, after its first epochs
+    # kill 3: in the confirm stage, after its first epochs
     proc = subprocess.Popen(cmd + ["--resume"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     _kill_when(proc, ray_tmp, lambda: (exp / "confirm").is_dir() and confirm_rows() >= 2, timeout=600)
     done = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=900)
