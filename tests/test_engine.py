@@ -79,6 +79,7 @@ def test_training_steps_do_not_synchronise_with_the_host(tmp_path, teacher_ckpt,
     def syncs_in_one_epoch(batch: int, check_every: int) -> tuple[int, int]:
         cfg = cfg_for(tmp_path, DISTILLER__TYPE="CAT_KD", DISTILLER__TEACHER="resnet14", DISTILLER__STUDENT="resnet8",
                       DISTILLER__TEACHER_CKPT=str(teacher_ckpt), SOLVER__BATCH_SIZE=batch,
+                      DATASET__SYNTHETIC__TRAIN_PER_CLASS=32,  # 4 and 16 steps: counts, no learning
                       RUN__CHECK_FINITE_EVERY=check_every, EXPERIMENT__NAME=f"s{batch}_{check_every}")
         trainer = Trainer.from_config(cfg, log=lambda s: None)
         steps = len(trainer.data.train)
