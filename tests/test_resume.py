@@ -18,6 +18,7 @@ from _helpers import TINY, epoch_rows, kill_orphans
 
 from catkd.study import runner
 from catkd.study.__main__ import main as study_main
+from catkd.study.load import load_study
 
 
 def _study(tmp_path: Path) -> Path:
@@ -141,6 +142,43 @@ def test_a_study_killed_in_its_smoke_teacher_its_search_and_its_confirm_stage_lo
                   optuna.load_study(study_name="tiny", storage=f"sqlite:///{exp / 'optuna.db'}")):
         assert len([t for t in study.trials if t.state in ended]) == 6
         assert all(t.state in (*ended, optuna.trial.TrialState.FAIL) for t in study.trials)
+
+
+@pytest.mark.ray
+def test_a_kill_that_cut_tunes_only_saved_state_starts_the_stage_over_with_the_cut_attempt_set_aside(
+        tmp_path, ray_session, smoke_teacher, capsys):
+    """Tune rewrites its experiment state in place: a driver killed meanwhile leaves it empty, and Tune
+    alone would restart the experiment from its searcher's state (a spent grid runs one trial with no
+    parameters, beside the earlier ones). The resume sets the cut attempt aside and runs the stage again."""
+    data = yaml.safe_load(TINY)
+    data.update(space={"beta": {"grid": [5.0, 50.0]}}, search={"algorithm": "grid"}, scheduler={"type": "fifo"})
+    data["smoke"] = {**{k: v for k, v in data["smoke"].items() if k != "grace_period"}, "epochs": 2, "val_size": 20,
+                     "dataset": {"NUM_CLASSES": 4, "TRAIN_PER_CLASS": 25, "TEST_PER_CLASS": 10}}
+    p = tmp_path / "study.yaml"
+    p.write_text(yaml.safe_dump(data, sort_keys=False))
+    spec = load_study(p, smoke=True)
+    storage, exp = tmp_path / "s", tmp_path / "s" / "cut"
+    smoke_teacher(spec, storage)
+    assert runner.run_study(spec, str(p), storage, "cut", dashboard=False) == 0
+    first = {t["CAT_KD.LOSS.CAT_loss_weight"]: t for t in pq.read_table(exp / "trials.parquet").to_pylist()}
+    (state,) = exp.glob("experiment_state-*.json")
+    state.write_bytes(b"")  # what the kill left
+    (exp / "stage.json").write_text("{}")  # killed in the search: not done
+    capsys.readouterr()
+
+    assert runner.run_study(spec, str(p), storage, "cut", resume=True, dashboard=False) == 0
+    out = capsys.readouterr().out
+    assert "set aside in" in out and "no earlier readable state: the stage starts over" in out, out
+    trials = pq.read_table(exp / "trials.parquet").to_pylist()
+    assert sorted(t["CAT_KD.LOSS.CAT_loss_weight"] for t in trials) == [5.0, 50.0]  # the grid, once each
+    assert all(t["status"] == "finished" and t["trial_id"] != first[5.0]["trial_id"] for t in trials)
+    pairs = [(r["trial_id"], r["epoch"]) for r in pq.read_table(exp / "results.parquet").to_pylist()]
+    assert len(pairs) == len(set(pairs)) == 2 * 2
+    for t in trials:  # the stage run again gives what it gave the first time
+        assert t["last_test_acc"] == first[t["CAT_KD.LOSS.CAT_loss_weight"]]["last_test_acc"]
+    aside = exp / ".unreadable-state"
+    assert (aside / state.name).is_file()
+    assert {d.name for d in aside.glob("trial_*")} == {Path(t["trial_dir"]).name for t in first.values()}
 
 
 def test_ctrl_c_in_a_stage_stops_the_study_instead_of_ending_the_stage_as_done(ray_session, tmp_path):

@@ -1,6 +1,8 @@
 """Before a resume, a trial whose Tune state names a checkpoint Tune had already replaced gets its
 newest checkpoint under that name too (catkd.study.checkpoints); the copies Tune did not take over
-are removed after the stage. End to end: tests/test_study.py's driver-SIGKILL test recreates the race."""
+are removed after the stage. End to end: tests/test_faults.py's killed-twice study recreates the race.
+A Tune state cut by a kill (Tune writes it in place) is set aside with its session's files and the
+trials it alone knew; end to end: tests/test_resume.py."""
 from __future__ import annotations
 
 import json
@@ -76,3 +78,71 @@ def test_a_retried_trial_is_reported_with_its_own_error_and_a_lost_worker_as_suc
     f.write_text(lost + restore.replace("# 1", "# 3"))
     assert failure_reason(f).startswith("ValueError: Could not recover")
     assert failure_reason(None) == failure_reason(tmp_path / "none.txt") == "worker or node lost"
+
+
+def _state(root, session: str, trials: list[str] | None) -> None:
+    """Tune's files of one session: its experiment state (cut to nothing when `trials` is None) and its
+    searcher's and callbacks' states."""
+    data = b"" if trials is None else json.dumps(
+        {"trial_data": [[json.dumps({"trial_id": t, "status": "RUNNING"}), "{}"] for t in trials]}).encode()
+    (root / f"experiment_state-{session}.json").write_bytes(data)
+    (root / f"basic-variant-state-{session}.json").write_bytes(b"{}")
+    (root / f"callback-states-{session}.pkl").write_bytes(b"x")
+
+
+def test_a_cut_newest_state_is_set_aside_with_its_session_and_the_trials_only_it_knew(tmp_path):
+    root = tmp_path / "exp"
+    for t in ("a", "b", "c"):
+        (root / f"trial_{t}").mkdir(parents=True)
+        (root / f"trial_{t}" / "params.json").write_text("{}")
+    _state(root, "2026-01-01_00-00-00", ["a", "b"])
+    _state(root, "2026-01-01_00-01-00", None)  # the driver was killed while Tune wrote it
+    (root / "tuner.pkl").write_bytes(b"t")
+    exp = location(root)
+    assert checkpoints.set_aside_unreadable(exp) == [
+        "basic-variant-state-2026-01-01_00-01-00.json", "callback-states-2026-01-01_00-01-00.pkl",
+        "experiment_state-2026-01-01_00-01-00.json", "trial_c/"]
+    assert sorted(p.name for p in root.iterdir()) == [
+        ".unreadable-state", "basic-variant-state-2026-01-01_00-00-00.json", "callback-states-2026-01-01_00-00-00.pkl",
+        "experiment_state-2026-01-01_00-00-00.json", "trial_a", "trial_b", "tuner.pkl"]
+    assert (root / ".unreadable-state" / "trial_c" / "params.json").is_file()  # kept, out of Tune's and the results' way
+    assert checkpoints.readable_state(exp)
+    assert checkpoints.set_aside_unreadable(exp) is None  # what is left is readable: nothing more to do
+
+
+def test_with_no_readable_state_left_every_trial_is_set_aside_and_the_stage_starts_over(tmp_path):
+    root = tmp_path / "exp"
+    (root / "trial_a").mkdir(parents=True)
+    _state(root, "2026-01-01_00-00-00", None)
+    exp = location(root)
+    assert checkpoints.set_aside_unreadable(exp) == [
+        "basic-variant-state-2026-01-01_00-00-00.json", "callback-states-2026-01-01_00-00-00.pkl",
+        "experiment_state-2026-01-01_00-00-00.json", "trial_a/"]
+    assert not checkpoints.readable_state(exp) and not (root / "trial_a").exists()
+
+
+def test_a_readable_newest_state_and_an_object_store_are_left_alone(tmp_path, s3):
+    root = tmp_path / "exp"
+    (root / "trial_a").mkdir(parents=True)
+    _state(root, "2026-01-01_00-00-00", ["a"])
+    assert checkpoints.set_aside_unreadable(location(root)) is None and (root / "trial_a").is_dir()
+    # in a bucket an object appears only once its upload completes: no cut state to find
+    assert checkpoints.set_aside_unreadable(location(f"{s3.uri}/results/exp")) is None
+
+
+def test_a_search_started_over_drops_the_optuna_study_of_its_cut_attempt(tmp_path):
+    import optuna
+
+    from _helpers import TINY
+    from catkd.study.load import load_study
+    from catkd.study.search import make_searcher
+
+    p = tmp_path / "study.yaml"
+    p.write_text(TINY)
+    spec = load_study(p, smoke=True)
+    db, url = tmp_path / "optuna.db", f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.create_study(study_name=spec.name, storage=url).ask()  # the cut attempt's trial, left RUNNING
+    make_searcher(spec, "val_acc", "max", db)  # a restored search goes on with it
+    assert len(optuna.load_study(study_name=spec.name, storage=url).trials) == 1
+    make_searcher(spec, "val_acc", "max", db, start_over=True)
+    assert optuna.load_study(study_name=spec.name, storage=url).trials == []

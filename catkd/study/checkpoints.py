@@ -8,17 +8,29 @@ under a heavily loaded machine). Before a resume, `mend` writes the missing pred
 checkpoint of each trial that state has not ended, as a copy of it: the trial then continues from its
 newest state, whose epochs are already recorded (catkd keys its rows by epoch, so a replayed epoch is
 kept once). `tidy` removes the copies Tune did not take over once the stage has run.
+
+Tune also writes its experiment state file in place, not atomically: a driver killed while it does
+leaves an empty or cut file, and on resume Tune then says "Failed to restore the run state" and
+restarts the experiment with its searcher's saved state (a grid that believes it is done runs one
+trial with no parameters; the earlier trials stay beside the new ones). `set_aside_unreadable` puts
+such a state, with its session's other files, in `.unreadable-state/` first: Tune then restores the
+newest readable state, and the trial folders that state does not know move there too; with no
+readable state left the stage starts over. (An object store is not exposed to this: an object is
+visible only once its upload completes.)
 """
 from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
     from catkd.storage import Location
 
 _CKPT = re.compile(r"^(trial_[^/]+)/checkpoint_(\d+)/")
+_STATE = re.compile(r"^experiment_state-(.+)\.json$")
+SET_ASIDE = ".unreadable-state"
 
 
 def _checkpoints(files: list[str]) -> dict[str, set[int]]:
@@ -67,3 +79,47 @@ def tidy(made: list["Location"]) -> None:
     for d in made:
         if d.exists():
             d.fs.delete_dir(d.path)
+
+
+def _trial_ids(state_file: Path) -> Optional[set[str]]:
+    """The trial ids a saved experiment state holds (None: the file is empty, cut or not Tune's)."""
+    try:
+        return {json.loads(t[0])["trial_id"] for t in json.loads(state_file.read_bytes())["trial_data"]}
+    except (OSError, IndexError, KeyError, TypeError, ValueError):
+        return None
+
+
+def set_aside_unreadable(exp: "Location") -> Optional[list[str]]:
+    """Move each newest experiment state Tune could not read, with its session's searcher and callback
+    states, into `<exp>/.unreadable-state/`, and the trial folders the newest readable state does not
+    know (every one when none is left) beside them. Returns what was moved (None: the newest state is
+    readable, or the experiment is not on a local or shared disk)."""
+    if not exp.local:
+        return None
+    root = Path(exp.path)
+    states = sorted((p for p in root.glob("experiment_state-*.json") if _STATE.match(p.name)), key=lambda p: p.name)
+    known: Optional[set[str]] = None
+    moved: list[str] = []
+    aside = root / SET_ASIDE
+    while states and known is None:
+        newest = states.pop()  # Tune's own rule: the greatest name
+        known = _trial_ids(newest)
+        if known is None:
+            session = _STATE.match(newest.name).group(1)
+            for f in sorted(root.glob(f"*-{session}.*")):
+                if f.is_file():
+                    aside.mkdir(exist_ok=True)
+                    f.rename(aside / f.name)
+                    moved.append(f.name)
+    if not moved:
+        return None
+    for d in sorted(root.glob("trial_*")):
+        if d.is_dir() and (known is None or d.name[len("trial_"):] not in known):
+            d.rename(aside / d.name)
+            moved.append(d.name + "/")
+    return moved
+
+
+def readable_state(exp: "Location") -> bool:
+    """Does the experiment hold an experiment state Tune can restore from?"""
+    return not exp.local or any(_trial_ids(p) is not None for p in Path(exp.path).glob("experiment_state-*.json"))

@@ -62,12 +62,13 @@ class HonestOptunaSearch(OptunaSearch):
 
 
 def make_searcher(spec: StudySpec, metric: str, mode: str, db: Optional[Path] = None,
-                  arm: Optional[Arm] = None) -> Optional[OptunaSearch]:
+                  arm: Optional[Arm] = None, start_over: bool = False) -> Optional[OptunaSearch]:
     """Searcher for the study's search.algorithm (None for grid: Tune's grid_search does it), over
     one arm's space (the study's only arm by default).
 
     The Optuna study lives in `db` (SQLite, `<experiment>/optuna.db`), written as the study runs:
-    `optuna-dashboard sqlite:///<experiment>/optuna.db` shows it live, one Optuna study per arm."""
+    `optuna-dashboard sqlite:///<experiment>/optuna.db` shows it live, one Optuna study per arm.
+    `start_over`: a stage begun again drops the Optuna study of its earlier attempt from `db`."""
     algo = spec.search.algorithm
     if algo == "grid":
         return None
@@ -80,5 +81,10 @@ def make_searcher(spec: StudySpec, metric: str, mode: str, db: Optional[Path] = 
     if db is not None:
         storage = optuna.storages.RDBStorage(f"sqlite:///{Path(db).resolve()}")
     name = f"{spec.name}:{arm.label}" if arm is not None and arm.label else spec.name
+    if start_over and storage is not None:
+        try:
+            optuna.delete_study(study_name=name, storage=storage)
+        except KeyError:  # it had not been created
+            pass
     return HonestOptunaSearch(space=DefineByRun(spec, arm), metric=metric, mode=mode, sampler=sampler,
                               storage=storage, study_name=name if storage is not None else None)

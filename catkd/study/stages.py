@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -151,14 +152,24 @@ def run_stage(
         resources,
     )
     mended: list = []
-    if resume and tune.Tuner.can_restore(exp.path if fs else exp.uri, storage_filesystem=fs):
+    restore = resume and tune.Tuner.can_restore(exp.path if fs else exp.uri, storage_filesystem=fs)
+    set_aside = checkpoints.set_aside_unreadable(exp) if restore else None
+    if set_aside:
+        say(f"[{stage}] Tune's saved state was cut by the kill (Tune writes it in place): set aside in "
+            f"{exp / checkpoints.SET_ASIDE}: {', '.join(set_aside)}")
+        restore = checkpoints.readable_state(exp)
+        if not restore:
+            say(f"[{stage}] no earlier readable state: the stage starts over")
+            if (study_dir / "optuna.db").is_file():  # the Optuna study starts over too; its old records kept
+                shutil.copyfile(study_dir / "optuna.db", Path(exp.path) / checkpoints.SET_ASIDE / "optuna.db")
+    if restore:
         say(f"[{stage}] resuming {exp}")
         mended = checkpoints.mend(exp)  # a state saved before Tune's last checkpoint swap names the old one
         tuner = tune.Tuner.restore(exp.path if fs else exp.uri, trainable=trainable, resume_errored=True,
                                    storage_filesystem=fs)
     else:
         if stage == "search":
-            searcher = make_searcher(spec, metric, spec.mode, study_dir / "optuna.db", arm)
+            searcher = make_searcher(spec, metric, spec.mode, study_dir / "optuna.db", arm, start_over=bool(set_aside))
             space = param_space(spec)
             num_samples = spec.search.num_samples if searcher is not None else 1
             if spec.scheduler.type == "asha":
