@@ -84,8 +84,12 @@ def test_a_smoke_study_on_s3_killed_mid_search_resumes_from_the_bucket_losing_an
     for t in trials:
         epochs = [r["epoch"] for r in raw[t["trial_dir"][len(f"{storage}/tiny-smoke/"):]]]
         assert epochs.count(1) == 1, (t["trial_id"], epochs)  # started once
-        assert sorted(set(epochs)) == list(range(1, t["epochs_done"] + 1)), (t["trial_id"], epochs)  # none lost
-        assert sorted(r["epoch"] for r in rows if r["trial_id"] == t["trial_id"]) == sorted(set(epochs))
+        # none lost, each once, in the results: Tune's own result.json in a bucket can lack the epoch whose
+        # checkpoint the restored trial continued from (Tune puts it back later than the checkpoint); the
+        # results take that epoch from the trial's own record
+        assert sorted(r["epoch"] for r in rows if r["trial_id"] == t["trial_id"]) == list(
+            range(1, t["epochs_done"] + 1)), (t["trial_id"], epochs)
+        assert set(epochs) <= set(range(1, t["epochs_done"] + 1)) and max(epochs) == t["epochs_done"], epochs
         # each trial's own files are in the bucket, beside Tune's: its settings and its best student
         run = t["trial_dir"][len(f"{s3.uri}/"):] + "/run/"
         assert run + "settings.json" in objects and run + "metrics.jsonl" in objects, t["trial_id"]

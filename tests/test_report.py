@@ -486,6 +486,26 @@ def test_tune_fallback_does_not_count_a_diverged_trials_marker_row_as_an_epoch(t
     assert study.trials["status"].iloc[0] == "diverged" and study.trials["last_test_acc"].iloc[0] == 45
 
 
+def test_an_epoch_tunes_rows_lost_is_taken_from_the_trials_own_record_but_none_after_tunes_last(tmp_path):
+    """A bucket's result.json can lose the rows of epochs whose checkpoint a restored trial continued from
+    (Tune puts it back later than the trial puts its checkpoint); the trial's run/metrics.jsonl, written
+    before each report, fills the gap. An epoch after Tune's last is not taken: a trial the scheduler
+    stopped may have recorded one more epoch, which Tune never took."""
+    from catkd.study import results as record
+
+    spec = grid_spec("x", fixed={"SOLVER.EPOCHS": 4})
+    d = make_study(tmp_path / "gap", spec, [], parquet=False)
+    for i, tune_accs, own in [(0, [40, 45, None, 55], [40, 45, 50, 55]), (1, [30, 31], [30, 31, 32])]:
+        _tune_trial(d, i, [], {"SOLVER.EPOCHS": 4, "EXPERIMENT.SEED": i}, [
+            {"epoch": e + 1, "test_acc": a, "trial_id": f"t{i}"} for e, a in enumerate(tune_accs) if a is not None])
+        (d / f"trial_{i}" / "run" / "metrics.jsonl").write_text("".join(
+            json.dumps({"epoch": e + 1, "test_acc": a}) + "\n" for e, a in enumerate(own)))
+    rows, trials = record.collect(d, spec, study_done=True)
+    assert [(r["trial_id"], r["epoch"], r["test_acc"]) for r in rows] == [
+        ("t0", 1, 40), ("t0", 2, 45), ("t0", 3, 50), ("t0", 4, 55), ("t1", 1, 30), ("t1", 2, 31)]
+    assert [(t["status"], t["epochs_done"]) for t in trials] == [("finished", 4), ("stopped", 2)]
+
+
 def test_script_exits_2_on_a_non_study_directory(tmp_path):
     import subprocess
 

@@ -45,7 +45,7 @@ SETTINGS_FILE = "settings.json"  # in <trial dir>/run/, written by the trial
 ARMS_DIR = "arms"  # <study>/arms/<arm>: one Tune experiment per arm of a study with several searches
 # what the driver reads of an experiment kept in object storage (its local copy holds only these):
 # the trial files `collect` reads, and the driver's own files that --resume continues from
-TRIAL_FILES = {"params.json", "result.json", SETTINGS_FILE, "error.txt", "error.pkl"}
+TRIAL_FILES = {"params.json", "result.json", SETTINGS_FILE, "metrics.jsonl", "error.txt", "error.pkl"}
 DRIVER_FILES = {"study.yaml", "stage.json", "optuna.db"}
 
 
@@ -155,6 +155,15 @@ def collect(exp_dir: Path, spec: dict[str, Any], study_done: bool,
                 continue  # the marker row is not an epoch
             if "epoch" in r and "test_acc" in r:
                 by_epoch[int(r["epoch"])] = r  # last report of an epoch wins (restored trials)
+        if by_epoch and len(by_epoch) < max(by_epoch):
+            # An epoch missing from Tune's rows: in a bucket Tune puts result.json back from the driver later
+            # than the trial puts its checkpoint, so a kill in between loses the rows of epochs whose
+            # checkpoint the restored trial continues from. The trial's own record of each epoch (written,
+            # and put, before the epoch is reported) fills such gaps; not beyond Tune's last epoch: a trial
+            # the scheduler stopped may have recorded one more epoch that Tune never took.
+            for r in _read_results(tdir / "run" / "metrics.jsonl"):
+                if "epoch" in r and "test_acc" in r and int(r["epoch"]) < max(by_epoch):
+                    by_epoch.setdefault(int(r["epoch"]), r)
         seed = settings.get(SEED_KEY)
         for ep in sorted(by_epoch):
             r = by_epoch[ep]
