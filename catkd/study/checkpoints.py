@@ -43,14 +43,19 @@ def _checkpoints(files: list[str]) -> dict[str, set[int]]:
     return out
 
 
+def _trial_status(state: bytes) -> Optional[dict[str, str]]:
+    """{trial id: status} of a saved Tune experiment state (None: empty, cut or not Tune's)."""
+    try:
+        return {t["trial_id"]: t["status"] for t in (json.loads(r[0]) for r in json.loads(state)["trial_data"])}
+    except (IndexError, KeyError, TypeError, ValueError):
+        return None
+
+
 def _unfinished(exp: "Location", files: list[str]) -> Optional[set[str]]:
     """The folders of the trials Tune's newest saved state has not ended (None: state unreadable)."""
     states = sorted(f for f in files if re.fullmatch(r"experiment_state-[^/]+\.json", f))
-    try:
-        trials = [json.loads(t[0]) for t in json.loads((exp / states[-1]).read_bytes())["trial_data"]]
-        return {f"trial_{t['trial_id']}" for t in trials if t["status"] != "TERMINATED"}
-    except (IndexError, KeyError, TypeError, ValueError):
-        return None
+    status = _trial_status((exp / states[-1]).read_bytes()) if states else None
+    return None if status is None else {f"trial_{t}" for t, s in status.items() if s != "TERMINATED"}
 
 
 def mend(exp: "Location") -> list["Location"]:
@@ -82,11 +87,12 @@ def tidy(made: list["Location"]) -> None:
 
 
 def _trial_ids(state_file: Path) -> Optional[set[str]]:
-    """The trial ids a saved experiment state holds (None: the file is empty, cut or not Tune's)."""
+    """The trial ids a saved experiment state file holds (None: unreadable)."""
     try:
-        return {json.loads(t[0])["trial_id"] for t in json.loads(state_file.read_bytes())["trial_data"]}
-    except (OSError, IndexError, KeyError, TypeError, ValueError):
+        status = _trial_status(state_file.read_bytes())
+    except OSError:
         return None
+    return None if status is None else set(status)
 
 
 def set_aside_unreadable(exp: "Location") -> Optional[list[str]]:

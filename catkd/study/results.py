@@ -155,14 +155,15 @@ def collect(exp_dir: Path, spec: dict[str, Any], study_done: bool,
                 continue  # the marker row is not an epoch
             if "epoch" in r and "test_acc" in r:
                 by_epoch[int(r["epoch"])] = r  # last report of an epoch wins (restored trials)
-        if by_epoch and len(by_epoch) < max(by_epoch):
+        last = max(by_epoch, default=0)
+        if len(by_epoch) < last:
             # An epoch missing from Tune's rows: in a bucket Tune puts result.json back from the driver later
             # than the trial puts its checkpoint, so a kill in between loses the rows of epochs whose
             # checkpoint the restored trial continues from. The trial's own record of each epoch (written,
             # and put, before the epoch is reported) fills such gaps; not beyond Tune's last epoch: a trial
             # the scheduler stopped may have recorded one more epoch that Tune never took.
             for r in _read_results(tdir / "run" / "metrics.jsonl"):
-                if "epoch" in r and "test_acc" in r and int(r["epoch"]) < max(by_epoch):
+                if "epoch" in r and "test_acc" in r and int(r["epoch"]) < last:
                     by_epoch.setdefault(int(r["epoch"]), r)
         seed = settings.get(SEED_KEY)
         for ep in sorted(by_epoch):
