@@ -14,7 +14,7 @@ import functools
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Literal, Optional
+from typing import Any, Callable, ClassVar, Iterator, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -145,7 +145,9 @@ class RunCfg(Section):
 
     DEVICE: str = "auto"  # auto | cpu | cuda | cuda:1 ...
     PRECISION: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on GPU
-    CHANNELS_LAST: bool = False
+    # auto: channels-last on a CPU (oneDNN's convolutions are faster in it: `python -m catkd.bench step`),
+    # the default format on a GPU (where channels-last pays with bf16); engine.trainer.channels_last
+    CHANNELS_LAST: Union[Literal["auto"], bool] = "auto"
     THREADS: int = Field(0, ge=0)  # torch intra-op threads; 0 = leave torch's default
     PROGRESS: Literal["auto", "bar", "line", "none"] = "auto"
     CHECK_FINITE_EVERY: int = Field(20, ge=1)  # steps between (synchronising) divergence checks

@@ -22,7 +22,7 @@ SMALL = {
     "SOLVER.LR": 0.05,
     "SOLVER.WEIGHT_DECAY": 5e-4,
     "RUN.PROGRESS": "none",
-    "RUN.THREADS": 2,
+    "RUN.THREADS": 1,
     "LOG.SAVE_CHECKPOINT_FREQ": 0,
 }
 
@@ -140,6 +140,38 @@ def test_interrupted_and_resumed_run_ends_with_bitwise_equal_weights(tmp_path, t
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert a["history"][-1]["test_acc"] == b["history"][-1]["test_acc"]
+
+
+def test_channels_last_auto_is_on_for_a_cpu_and_off_for_a_gpu_and_an_explicit_setting_wins():
+    from catkd.engine.trainer import channels_last
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")  # (a device object needs no GPU)
+    assert channels_last("auto", cpu) is True and channels_last("auto", gpu) is False
+    assert channels_last(True, gpu) is True and channels_last(False, cpu) is False
+    assert cfg_for(Path("."), RUN__CHANNELS_LAST="auto").RUN.CHANNELS_LAST == "auto"  # the default
+    assert build_config({}, "<test>", {}, quiet=True).RUN.CHANNELS_LAST == "auto"
+    with pytest.raises(Exception, match="CHANNELS_LAST"):
+        cfg_for(Path("."), RUN__CHANNELS_LAST="sometimes")
+
+
+def test_the_memory_format_changes_the_speed_not_the_result(tmp_path, teacher_ckpt):
+    """On a CPU a run trains channels-last by default: its convolutions' weights and the images they
+    see are channels-last (oneDNN's faster layout). An epoch of CAT-KD gives the losses it gives in
+    the default format, up to float rounding: the format is layout, never a different computation."""
+    first = {}
+    for fmt in ("auto", False):
+        cfg = cfg_for(tmp_path, DISTILLER__TYPE="CAT_KD", DISTILLER__TEACHER="resnet14", DISTILLER__STUDENT="resnet8",
+                      DISTILLER__TEACHER_CKPT=str(teacher_ckpt), SOLVER__EPOCHS=1, RUN__CHANNELS_LAST=fmt,
+                      RUN__THREADS=1, DATASET__SYNTHETIC__TRAIN_PER_CLASS=24, EXPERIMENT__NAME=f"fmt-{fmt}")
+        tr = Trainer.from_config(cfg, log=lambda s: None)
+        convs = [p for p in tr.distiller.parameters() if p.dim() == 4 and p.shape[-1] > 1]  # 1x1: both layouts
+        assert convs and all(p.is_contiguous(memory_format=torch.channels_last) == (fmt == "auto") for p in convs)
+        batch = next(iter(tr.data.train.epoch_batches(1, 0)))
+        assert tr._images(batch.images).is_contiguous(memory_format=torch.channels_last) == (fmt == "auto")
+        first[fmt] = tr.fit().history[0]
+    a, b = first["auto"], first[False]
+    for k in ("train_loss", "loss_ce", "loss_cat"):
+        assert a[k] == pytest.approx(b[k], rel=1e-3), (k, a[k], b[k])
 
 
 def test_non_finite_loss_stops_the_run_as_diverged(tmp_path):

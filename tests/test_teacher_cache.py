@@ -177,9 +177,12 @@ def test_store_key_is_shared_across_beta_student_seed_reduction_and_split_but_no
     assert name(**{"DATASET.REDUCTION": True, "DATASET.RESERVED_CLASS_NUM": 2, "DATASET.RESERVED_RATE": 0.5}) == base
     assert name(**{"CAT_KD.IF_OnlyTransferPartialCAMs": True, "CAT_KD.CAMs_Nums": 1}) == base
     assert name(**{"CAT_KD.onlyCAT": True}) == base
+    # the memory format the run computes in (RUN.CHANNELS_LAST auto: channels-last on this CPU)
     others = {name(**{"CAT_KD.LOSS.CAM_RESOLUTION": 1}), name(**{"CAT_KD.IF_BINARIZE": True}),
-              name(**{"DISTILLER.TYPE": "KD"}), name(**{"DATASET.SYNTHETIC.SEED": 5})}
-    assert len(others) == 4 and base not in others
+              name(**{"DISTILLER.TYPE": "KD"}), name(**{"DATASET.SYNTHETIC.SEED": 5}),
+              name(**{"RUN.CHANNELS_LAST": False})}
+    assert len(others) == 5 and base not in others
+    assert name(**{"RUN.CHANNELS_LAST": True}) == base
     assert name(**{"DISTILLER.TYPE": "KD"}) == name(**{"DISTILLER.TYPE": "DKD"})  # both use the logits
     assert sorted(p.name for p in (tmp_path / "k").iterdir() if not p.name.startswith(".")) == sorted({base, *others})
 

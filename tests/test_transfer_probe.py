@@ -27,7 +27,7 @@ SMALL = {
     "SOLVER.BATCH_SIZE": 32,
     "SOLVER.EPOCHS": 2,
     "RUN.PROGRESS": "none",
-    "RUN.THREADS": 2,
+    "RUN.THREADS": 1,
     "LOG.SAVE_CHECKPOINT_FREQ": 0,
 }
 

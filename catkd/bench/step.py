@@ -2,10 +2,12 @@
 
 The floor is the teacher's forward under no_grad plus the student's forward, backward and SGD step with
 cross-entropy alone; the CAT-KD step is the trainer's own `train_step`. Both are timed interleaved in
-one process (median of the repeats), so the ratio holds on a shared, noisy machine.
+one process (median of the repeats), so the ratio holds on a shared, noisy machine. Beside them, the
+same CAT-KD step with models and images channels-last (what `RUN.CHANNELS_LAST auto` picks on a CPU).
 """
 from __future__ import annotations
 
+import copy
 import contextlib
 import statistics
 
@@ -48,16 +50,28 @@ def bench_step(device: str = "cpu", teacher: str = "resnet56", student: str = "r
         student_ce_step(s, opt, x, y)
         sync()
 
+    cl = torch.channels_last
+    dist_cl = copy.deepcopy(dist).to(memory_format=cl)
+    opt_cl = torch.optim.SGD(dist_cl.student.parameters(), lr=0.01, momentum=0.9)
+    x_cl = x.contiguous(memory_format=cl)
+
+    def channels_last_step():
+        train_step(dist_cl, opt_cl, x_cl, y, {}, contextlib.nullcontext())
+        sync()
+
+    steps = (catkd_step, floor_step, channels_last_step)
     for _ in range(3):  # warm-up (allocator, kernels)
-        catkd_step()
-        floor_step()
-    a, b = [], []
-    for _ in range(repeats):  # interleaved: both see the same machine load
-        a.append(median_time(catkd_step, 1))
-        b.append(median_time(floor_step, 1))
-    ca, fb = statistics.median(a), statistics.median(b)
-    print(f"step: {teacher}->{student} batch {batch} on {device}: CAT-KD {ca * 1000:.1f} ms, floor {fb * 1000:.1f} ms")
-    return {"catkd_step_ms": ca * 1000, "floor_step_ms": fb * 1000, "catkd_over_floor": ca / fb}
+        for fn in steps:
+            fn()
+    times: list[list[float]] = [[], [], []]
+    for _ in range(repeats):  # interleaved: all see the same machine load
+        for ts, fn in zip(times, steps):
+            ts.append(median_time(fn, 1))
+    ca, fb, cc = (statistics.median(ts) for ts in times)
+    print(f"step: {teacher}->{student} batch {batch} on {device}: CAT-KD {ca * 1000:.1f} ms, floor {fb * 1000:.1f} ms, "
+          f"channels-last {cc * 1000:.1f} ms")
+    return {"catkd_step_ms": ca * 1000, "floor_step_ms": fb * 1000, "catkd_over_floor": ca / fb,
+            "channels_last_step_ms": cc * 1000, "channels_last_over_contiguous": cc / ca}
 
 
 class _Labels:

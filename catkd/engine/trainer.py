@@ -58,6 +58,14 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def channels_last(setting: Any, device: torch.device) -> bool:
+    """RUN.CHANNELS_LAST resolved for a device: `auto` is channels-last on a CPU, where oneDNN's
+    convolutions run a training step faster in it (`python -m catkd.bench step`:
+    channels_last_over_contiguous), and the default format on a GPU, where channels-last pays with
+    bf16 (`RUN.PRECISION bf16`; the gpu bench)."""
+    return device.type == "cpu" if setting == "auto" else bool(setting)
+
+
 def topk_correct(logits: Tensor, targets: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[Tensor]:
     """Number of samples whose target is among the top-k logits, for each k (as 0-d tensors)."""
     maxk = min(max(ks), logits.shape[1])
@@ -121,6 +129,7 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else cfg.output_dir
         self.log = log
         self.bf16 = cfg.RUN.PRECISION == "bf16"
+        self.channels_last = channels_last(cfg.RUN.CHANNELS_LAST, device)
 
     @classmethod
     def from_config(cls, cfg: Config, out_dir: Optional[Path] = None, log: Callable[[str], None] = print,
@@ -158,7 +167,7 @@ class Trainer:
         extra = distiller.extra_parameter_count()
         if extra:  # MDistiller prints the same count ("Extra parameters of ...")
             log(f"extra parameters of {cfg.DISTILLER.TYPE}: {extra:,} (trained with the student, not exported)")
-        if cfg.RUN.CHANNELS_LAST:
+        if channels_last(cfg.RUN.CHANNELS_LAST, device):
             distiller.to(memory_format=torch.channels_last)
         s = cfg.SOLVER
         opt = sched = None
@@ -167,7 +176,8 @@ class Trainer:
                                   weight_decay=s.WEIGHT_DECAY, nesterov=s.NESTEROV)
             sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=s.LR_DECAY_STAGES, gamma=s.LR_DECAY_RATE)
         self = cls(cfg, distiller, data, opt, sched, device, out_dir=out_dir, log=log)
-        self.targets = build_targets(cfg, distiller, data, device, self._autocast, log=notice or log)
+        self.targets = build_targets(cfg, distiller, data, device, self._autocast, log=notice or log,
+                                     channels_last=self.channels_last)
         return self
 
     # ---- the loop -----------------------------------------------------------------------
@@ -177,7 +187,7 @@ class Trainer:
         return contextlib.nullcontext()
 
     def _images(self, images: Tensor) -> Tensor:
-        return images.contiguous(memory_format=torch.channels_last) if self.cfg.RUN.CHANNELS_LAST else images
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def fill_teacher_targets(self, batch) -> int:
         """Compute the teacher cache entries of a TrainBatch that nobody has filled or claimed, as

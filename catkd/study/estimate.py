@@ -125,7 +125,8 @@ class Group:
 
 def _cost_key(cfg: Config) -> tuple:
     return (cfg.DISTILLER.TYPE, cfg.DISTILLER.TEACHER, cfg.DISTILLER.STUDENT, cfg.SOLVER.BATCH_SIZE,
-            cfg.DATASET.TYPE, cfg.DATASET.SYNTHETIC.IMAGE_SIZE if cfg.DATASET.TYPE == "synthetic" else 0)
+            cfg.DATASET.TYPE, cfg.DATASET.SYNTHETIC.IMAGE_SIZE if cfg.DATASET.TYPE == "synthetic" else 0,
+            cfg.RUN.CHANNELS_LAST)
 
 
 def plan(spec: StudySpec) -> list[Group]:
@@ -192,7 +193,7 @@ def measure(cfg: Config, threads: int, steps: int = 3) -> dict[str, float]:
         return _MEASURED[key]
     from catkd.data import dataset_entry
     from catkd.distillers import DISTILLERS, build_distiller
-    from catkd.engine.trainer import resolve_device, train_step
+    from catkd.engine.trainer import channels_last, resolve_device, train_step
     from catkd.models import build_model
 
     torch.set_num_threads(max(1, threads))
@@ -217,6 +218,9 @@ def measure(cfg: Config, threads: int, steps: int = 3) -> dict[str, float]:
     if b < cfg.SOLVER.BATCH_SIZE:
         steps = 1  # a CPU timing large images: one step of ~40 images is seconds, and steady (no GPU queue)
     x = torch.randn(b, 3, size, size, generator=g).to(dev)
+    if channels_last(cfg.RUN.CHANNELS_LAST, dev):  # timed in the memory format the run trains in
+        dist.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, k, (b,), generator=g).to(dev)
     index = torch.arange(b) % n_train
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)

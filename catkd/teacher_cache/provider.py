@@ -189,7 +189,7 @@ def file_sha256(path: Path) -> str:
     return _SHA[k]
 
 
-def cache_key(cfg, data, distiller) -> dict[str, Any]:
+def cache_key(cfg, data, distiller, channels_last: bool) -> dict[str, Any]:
     """Everything the targets depend on, and nothing else: β, the student, the seed, the reduction
     and the validation split are not in it, so studies varying them share one store."""
     from catkd.models.weights import teacher_path
@@ -203,7 +203,7 @@ def cache_key(cfg, data, distiller) -> dict[str, Any]:
         "std": list(data.std),
         "views": data.views.describe(),
         "precision": cfg.RUN.PRECISION,
-        "channels_last": bool(cfg.RUN.CHANNELS_LAST),
+        "channels_last": channels_last,  # the run's memory format (RUN.CHANNELS_LAST resolved for its device)
         "targets": distiller.target_spec(),
         "dtype": STORE_DTYPE,
     }
@@ -238,7 +238,7 @@ def cache_root(cfg) -> Optional[Path]:
 
 
 def build_targets(cfg, distiller, data, device: torch.device, autocast: Callable[[], Any],
-                  log: Callable[[str], None] = print) -> Optional[LiveTargets]:
+                  log: Callable[[str], None] = print, channels_last: bool = False) -> Optional[LiveTargets]:
     """The provider for this run (None without a teacher)."""
     if distiller.teacher is None:
         return None
@@ -264,7 +264,7 @@ def build_targets(cfg, distiller, data, device: torch.device, autocast: Callable
         log(f"teacher cache: the store would take {layout.total_bytes / 1e9:.1f} GB "
             f"(> RUN.TEACHER_CACHE_MAX_GB {cap:g}): using the live teacher")
         return live
-    key = cache_key(cfg, data, distiller)
+    key = cache_key(cfg, data, distiller, channels_last)
     try:
         store = TeacherStore(root, store_name(key), key, layout, log=log)
     except StoreError as e:
