@@ -158,6 +158,10 @@ def tiny_study(tmp_path_factory, ray_session, smoke_teacher) -> Path:
         tmp.mkdir(exist_ok=True)
         data = yaml.safe_load(TINY)
         data["confirm"] = {"top_k": 1, "seeds": [1]}  # real scale; --smoke confirms with seeds 1, 2
+        # ten steps an epoch (batch 32): by ASHA's rung at epoch 3 the trials have drawn apart, and it
+        # stops those below the median for what they learnt; at batch 64 they could all still be at
+        # chance there, tied, and nothing was stopped
+        data["smoke"]["fixed"]["SOLVER.BATCH_SIZE"] = 32
         study = tmp / "tiny.yaml"
         study.write_text(yaml.safe_dump(data, sort_keys=False))
         with pytest.MonkeyPatch.context() as mp:
