@@ -146,7 +146,7 @@ class RunCfg(Section):
     DEVICE: str = "auto"  # auto | cpu | cuda | cuda:1 ...
     PRECISION: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on GPU
     # auto: channels-last on a CPU (oneDNN's convolutions are faster in it: `python -m catkd.bench step`),
-    # the default format on a GPU (where channels-last pays with bf16); engine.trainer.channels_last
+    # the default format on a GPU (where channels-last pays with bf16); engine.device.channels_last
     CHANNELS_LAST: Union[Literal["auto"], bool] = "auto"
     THREADS: int = Field(0, ge=0)  # torch intra-op threads; 0 = leave torch's default
     PROGRESS: Literal["auto", "bar", "line", "none"] = "auto"

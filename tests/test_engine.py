@@ -143,7 +143,7 @@ def test_interrupted_and_resumed_run_ends_with_bitwise_equal_weights(tmp_path, t
 
 
 def test_channels_last_auto_is_on_for_a_cpu_and_off_for_a_gpu_and_an_explicit_setting_wins():
-    from catkd.engine.trainer import channels_last
+    from catkd.engine.device import channels_last
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")  # (a device object needs no GPU)
     assert channels_last("auto", cpu) is True and channels_last("auto", gpu) is False

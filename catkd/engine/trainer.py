@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from catkd.config import Config, ConfigError, dump_yaml
+from catkd.config import Config, dump_yaml
 from catkd.engine import checkpoint as ckpt
+from catkd.engine.device import channels_last, resolve_device
 from catkd.fsutil import atomic_write_json, atomic_write_text
 
 Report = Callable[[dict[str, Any], Path], None]
@@ -47,23 +48,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"RUN.DEVICE: {name!r} asked for, but no CUDA device is available")
-    return dev
-
-
-def channels_last(setting: Any, device: torch.device) -> bool:
-    """RUN.CHANNELS_LAST resolved for a device: `auto` is channels-last on a CPU, where oneDNN's
-    convolutions run a training step faster in it (`python -m catkd.bench step`:
-    channels_last_over_contiguous), and the default format on a GPU, where channels-last pays with
-    bf16 (`RUN.PRECISION bf16`; the gpu bench)."""
-    return device.type == "cpu" if setting == "auto" else bool(setting)
 
 
 def topk_correct(logits: Tensor, targets: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[Tensor]:

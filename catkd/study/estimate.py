@@ -193,7 +193,8 @@ def measure(cfg: Config, threads: int, steps: int = 3) -> dict[str, float]:
         return _MEASURED[key]
     from catkd.data import dataset_entry
     from catkd.distillers import DISTILLERS, build_distiller
-    from catkd.engine.trainer import channels_last, resolve_device, train_step
+    from catkd.engine.device import channels_last, resolve_device
+    from catkd.engine.trainer import train_step
     from catkd.models import build_model
 
     torch.set_num_threads(max(1, threads))
