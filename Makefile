@@ -2,8 +2,8 @@
 # `make test` is the whole suite (CI runs it); `make test-fast` leaves out the tests that start Ray, a Ray
 # cluster or a study (marked `e2e` by tests/conftest.py). Both keep bytecode (and pytest's rewritten test modules)
 # cached even where PYTHONDONTWRITEBYTECODE is set: otherwise every worker and every process a test starts
-# compiles them again, and collecting the suite takes half as long again. OpenMP threads wait passively: the
-# tests run more threads than the two cores, and spinning ones burn CPU that computing ones need.
+# compiles them again, and collecting the suite takes half as long again. (How many threads the tests compute
+# with, and how they wait, tests/conftest.py sets: it is read before torch is.)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -26,10 +26,10 @@ demo: $(STAMP)
 	$(BIN)/python analysis/report.py results/demo/$$name
 
 test: $(STAMP)
-	RAY_USAGE_STATS_ENABLED=0 PYTHONDONTWRITEBYTECODE= OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q -n 2 --maxschedchunk 1 --durations=15 tests
+	RAY_USAGE_STATS_ENABLED=0 PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n 2 --maxschedchunk 1 --durations=15 tests
 
 test-fast: $(STAMP)
-	RAY_USAGE_STATS_ENABLED=0 PYTHONDONTWRITEBYTECODE= OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q -n 2 --durations=15 -m "not e2e" tests
+	RAY_USAGE_STATS_ENABLED=0 PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n 2 --durations=15 -m "not e2e" tests
 
 clean-venv:
 	rm -rf $(VENV)
