@@ -15,13 +15,15 @@ from catkd.study import checkpoints
 
 def _experiment(root, state: str | None = None) -> None:
     """Trials a (running, newest checkpoint 2, 1 deleted), b (ended, newest 4), c (running, only its
-    first checkpoint), d (running, 2 and 3 both there), e (running, no checkpoint yet)."""
-    trials = {"a": "RUNNING", "b": "TERMINATED", "c": "RUNNING", "d": "PAUSED", "e": "PENDING"}
-    data = {"trial_data": [[json.dumps({"trial_id": t, "status": s}), "{}"] for t, s in trials.items()]}
+    first checkpoint), d (running, 2 and 3 both there), e (running, no checkpoint yet), f (running, its
+    state two checkpoints behind: it names 1, the folder holds 3)."""
+    trials = {"a": "RUNNING", "b": "TERMINATED", "c": "RUNNING", "d": "PAUSED", "e": "PENDING", "f": "RUNNING"}
+    named = {"f": json.dumps({"last_result": {"checkpoint_dir_name": "checkpoint_000001"}})}
+    data = {"trial_data": [[json.dumps({"trial_id": t, "status": s}), named.get(t, "{}")] for t, s in trials.items()]}
     (root / "experiment_state-2026-01-01_00-00-00.json").write_bytes(b"{}")  # an older state, not read
     (root / "experiment_state-2026-01-01_00-00-09.json").write_bytes(
         (state if state is not None else json.dumps(data)).encode())
-    for trial, index in [("a", 2), ("b", 4), ("c", 0), ("d", 2), ("d", 3)]:
+    for trial, index in [("a", 2), ("b", 4), ("c", 0), ("d", 2), ("d", 3), ("f", 3)]:
         (root / f"trial_{trial}/checkpoint_{index:06d}/checkpoint.pth").write_bytes(f"{trial}{index}".encode())
     (root / "trial_e/params.json").write_bytes(b"{}")
 
@@ -42,8 +44,9 @@ def test_a_restored_trial_missing_the_checkpoint_before_its_newest_gets_a_copy_t
     _experiment(exp)
     before = _ckpts(exp)
     made = checkpoints.mend(exp)
-    assert [str(m) for m in made] == [str(exp / "trial_a/checkpoint_000001")]
-    assert _ckpts(exp) == {**before, "trial_a/checkpoint_000001/checkpoint.pth": b"a2"}  # the newest state
+    assert [str(m) for m in made] == [str(exp / "trial_a/checkpoint_000001"), str(exp / "trial_f/checkpoint_000001")]
+    assert _ckpts(exp) == {**before, "trial_a/checkpoint_000001/checkpoint.pth": b"a2",  # the newest state
+                           "trial_f/checkpoint_000001/checkpoint.pth": b"f3"}  # under the name the state gives
     checkpoints.tidy(made)
     assert _ckpts(exp) == before
 
@@ -51,7 +54,8 @@ def test_a_restored_trial_missing_the_checkpoint_before_its_newest_gets_a_copy_t
 def test_without_a_readable_tune_state_every_trial_is_mended(exp):
     _experiment(exp, state="not json")
     made = checkpoints.mend(exp)
-    assert sorted(str(m) for m in made) == [str(exp / "trial_a/checkpoint_000001"), str(exp / "trial_b/checkpoint_000003")]
+    assert sorted(str(m) for m in made) == [str(exp / "trial_a/checkpoint_000001"), str(exp / "trial_b/checkpoint_000003"),
+                                            str(exp / "trial_f/checkpoint_000002")]
 
 
 def test_a_copy_tune_has_already_deleted_is_no_error_for_tidy(exp):

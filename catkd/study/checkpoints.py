@@ -1,13 +1,15 @@
 """A killed driver's last Tune state can name a trial checkpoint that Tune had already deleted.
 
 Tune (2.x, `num_to_keep=1`) deletes a trial's previous checkpoint as soon as it registers the next
-one, and saves its experiment state in a later step of its loop. A driver killed in between leaves a
-state naming `checkpoint_<K-1>` while the trial's folder holds only `checkpoint_<K>`, and on resume
-the trial fails three times with "does not exist on storage anymore" and ends as an error (seen
-under a heavily loaded machine). Before a resume, `mend` writes the missing predecessor of the newest
-checkpoint of each trial that state has not ended, as a copy of it: the trial then continues from its
-newest state, whose epochs are already recorded (catkd keys its rows by epoch, so a replayed epoch is
-kept once). `tidy` removes the copies Tune did not take over once the stage has run.
+one, and saves its experiment state in a later step of its loop, at most every few seconds. A driver
+killed in between leaves a state naming `checkpoint_<J>` (the one reported with the trial's last
+saved result; with short epochs J can be several behind) while the trial's folder holds only newer
+ones, and on resume the trial fails three times with "does not exist on storage anymore" and ends as
+an error (seen under a heavily loaded machine). Before a resume, `mend` writes the checkpoint the
+state names for each trial it has not ended, where it is missing, as a copy of the trial's newest:
+the trial then continues from its newest state, whose epochs are already recorded (catkd keys its
+rows by epoch, so a replayed epoch is kept once). `tidy` removes the copies Tune did not take over
+once the stage has run.
 
 Tune also writes its experiment state file in place, not atomically: a driver killed while it does
 leaves an empty or cut file, and on resume Tune then says "Failed to restore the run state" and
@@ -43,24 +45,35 @@ def _checkpoints(files: list[str]) -> dict[str, set[int]]:
     return out
 
 
-def _trial_status(state: bytes) -> Optional[dict[str, str]]:
-    """{trial id: status} of a saved Tune experiment state (None: empty, cut or not Tune's)."""
+def _trials(state: bytes) -> Optional[dict[str, tuple[str, Optional[int]]]]:
+    """{trial id: (status, index of the checkpoint it restores from)} of a saved Tune experiment state
+    (None: empty, cut or not Tune's). The checkpoint is the one reported with the trial's last result."""
+    def restores_from(meta) -> Optional[int]:
+        try:
+            name = json.loads(meta)["last_result"]["checkpoint_dir_name"]
+            return int(re.fullmatch(r"checkpoint_(\d+)", name).group(1))
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return None
+
     try:
-        return {t["trial_id"]: t["status"] for t in (json.loads(r[0]) for r in json.loads(state)["trial_data"])}
+        return {t["trial_id"]: (t["status"], restores_from(r[1]))
+                for t, r in ((json.loads(r[0]), r) for r in json.loads(state)["trial_data"])}
     except (IndexError, KeyError, TypeError, ValueError):
         return None
 
 
-def _unfinished(exp: "Location", files: list[str]) -> Optional[set[str]]:
-    """The folders of the trials Tune's newest saved state has not ended (None: state unreadable)."""
+def _unfinished(exp: "Location", files: list[str]) -> Optional[dict[str, Optional[int]]]:
+    """{folder: the checkpoint index it restores from (None: not named)} of the trials Tune's newest saved
+    state has not ended (None: state unreadable)."""
     states = sorted(f for f in files if re.fullmatch(r"experiment_state-[^/]+\.json", f))
-    status = _trial_status((exp / states[-1]).read_bytes()) if states else None
-    return None if status is None else {f"trial_{t}" for t, s in status.items() if s != "TERMINATED"}
+    trials = _trials((exp / states[-1]).read_bytes()) if states else None
+    return None if trials is None else {f"trial_{t}": k for t, (s, k) in trials.items() if s != "TERMINATED"}
 
 
 def mend(exp: "Location") -> list["Location"]:
-    """Copy the newest checkpoint of each trial Tune will restore to the index before it where that one
-    is missing (every trial's, when Tune's state cannot be read); returns the copies made."""
+    """Copy the newest checkpoint of each trial Tune will restore to the name Tune's saved state gives
+    for it where that one is missing (the index before the newest, where the state names none or cannot
+    be read: then for every trial); returns the copies made."""
     import pyarrow.fs as pafs
 
     files = list(exp.files())
@@ -70,8 +83,11 @@ def mend(exp: "Location") -> list["Location"]:
         if todo is not None and trial not in todo:
             continue
         k = max(indices)
-        if k > 0 and k - 1 not in indices:
-            src, dst = exp / f"{trial}/checkpoint_{k:06d}", exp / f"{trial}/checkpoint_{k - 1:06d}"
+        # the state can lag several checkpoints behind (Tune saves it every few seconds; short epochs)
+        named = todo.get(trial) if todo is not None else None
+        want = k - 1 if named is None else named
+        if 0 <= want < k and want not in indices:
+            src, dst = exp / f"{trial}/checkpoint_{k:06d}", exp / f"{trial}/checkpoint_{want:06d}"
             exp.fs.create_dir(dst.path, recursive=True)
             pafs.copy_files(src.path, dst.path, source_filesystem=exp.fs, destination_filesystem=exp.fs)
             made.append(dst)
@@ -89,10 +105,10 @@ def tidy(made: list["Location"]) -> None:
 def _trial_ids(state_file: Path) -> Optional[set[str]]:
     """The trial ids a saved experiment state file holds (None: unreadable)."""
     try:
-        status = _trial_status(state_file.read_bytes())
+        trials = _trials(state_file.read_bytes())
     except OSError:
         return None
-    return None if status is None else set(status)
+    return None if trials is None else set(trials)
 
 
 def set_aside_unreadable(exp: "Location") -> Optional[list[str]]:

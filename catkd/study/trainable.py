@@ -59,8 +59,10 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], env: dict[str, st
     total = cfg.SOLVER.EPOCHS
 
     cpu0 = _cpu_seconds()
+    reported: list[int] = []
 
     def report(metrics: dict[str, Any], run_dir: Path) -> None:
+        reported.append(metrics["epoch"])
         # this process's CPU time (user + system, all threads) since the trial started: what
         # `catkd.bench study` divides by wall x cores
         m = {**metrics, "status": "running", "epochs_budget": total, "trial_cpu_seconds": _cpu_seconds() - cpu0,
@@ -79,6 +81,11 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], env: dict[str, st
     finally:
         if mirror is not None:
             mirror.remove_local()
+    if result.status == "finished" and not reported and result.history:
+        # restored from a checkpoint that had already trained the last epoch (a driver killed after the
+        # trial's last checkpoint, before Tune saved that epoch's result): that epoch is reported again,
+        # the same numbers from the run's history, or Tune would end the trial a row short
+        report(result.history[-1], result.out_dir)
     if result.status == "diverged":
         # a final row marks the trial diverged (metric NaN); it returns normally, so it is not retried
         nan = float("nan")
