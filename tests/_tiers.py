@@ -150,7 +150,9 @@ def guard(monkeypatch: pytest.MonkeyPatch) -> None:
     class Popen(subprocess.Popen):
         def __init__(self, args, *a, **k):
             argv = [args] if isinstance(args, (str, bytes, Path)) else list(args)
-            if any("catkd.study" in str(x) for x in argv):
+            # the driver run as a program (`-m catkd.study`, or its file): a script that only imports
+            # from the package starts no driver
+            if any(str(x) == "catkd.study" or str(x).endswith("catkd/study/__main__.py") for x in argv):
                 pytest.fail(MISSED.format(what="a study driver (catkd.study)"), pytrace=False)
             super().__init__(args, *a, **k)
 

@@ -35,6 +35,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # imported, so for this process and every one it starts.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# as a study's driver does for the Ray it starts: no idle worker per CPU that no trial would use (the
+# Ray session below and the clusters tests build with ray.cluster_utils read it from here)
+os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 # catkd.train's teacher cache (RUN.TEACHER_CACHE auto) goes here, never to the user's ~/.cache; it and
 # the Ray state are removed when the test process ends (a session's stores take gigabytes)

@@ -378,3 +378,17 @@ def test_dashboard_answers_on_localhost_behind_token_authentication_and_shows_ru
         assert seen_trial, "no running trial visible through the state API"
     finally:
         stop_study(proc, ray_tmp)
+
+
+@pytest.mark.parametrize("stats", ["0", "1"])
+def test_tunes_callback_census_imports_no_tracker_integration_while_usage_statistics_are_off(stats):
+    """The driver's Tuner counts its callbacks for Ray's usage statistics by importing MLflow and the
+    other integrations (0.8 s of CPU a driver); catkd skips the count while the statistics are off, and
+    leaves it alone when a user turned them on."""
+    code = ("import sys\nfrom catkd.study import stages\nstages._skip_callback_census()\n"
+            "from ray import tune\nfrom ray.air._internal import usage\nusage.tag_callbacks([tune.Callback()])\n"
+            "print('mlflow' in sys.modules)")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": stats}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == ("False" if stats == "0" else "True")
