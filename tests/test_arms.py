@@ -237,6 +237,7 @@ smoke:
   dataset: {NUM_CLASSES: 4, TRAIN_PER_CLASS: 60, TEST_PER_CLASS: 20}
   val_size: 40
   confirm: {top_k: 1, seeds: [1], preset: true}
+  max_concurrent: 1  # one reused trial process per stage and arm: what is checked needs no concurrency
 """
 
 

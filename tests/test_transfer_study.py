@@ -143,7 +143,7 @@ def test_a_trial_line_leaves_out_a_label_with_nothing_in_it():
 @pytest.mark.ray
 def test_the_smoke_makes_its_students_probes_them_on_both_real_formats_and_reports_them(tmp_path):
     """--smoke by itself, no source experiment: small students made on the spot (shrunk further here:
-    2 teacher epochs, 2 epochs each), probed through the STL-10 and TinyImageNet readers on small files."""
+    a resnet8 teacher of 2 epochs, 2 epochs each), probed through the STL-10 and TinyImageNet readers on small files."""
     import os
     import subprocess
     import sys
@@ -157,6 +157,7 @@ def test_the_smoke_makes_its_students_probes_them_on_both_real_formats_and_repor
     storage = tmp_path / "results"
     cmd = [sys.executable, "-m", "catkd.study", str(repo / "studies" / "transfer.yaml"), "--smoke", "--no-dashboard",
            "--storage", str(storage), "--set", "smoke.epochs=2", "--set", "smoke.teacher_epochs=2",
+           "--set", "smoke.teacher=resnet8",
            "--set", "smoke.dataset={TRAIN_PER_CLASS: 4, TEST_PER_CLASS: 2}"]
     try:
         done = subprocess.run(cmd, env={**os.environ, "RAY_TMPDIR": str(ray_tmp)}, capture_output=True, text=True,
