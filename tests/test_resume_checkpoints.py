@@ -2,7 +2,8 @@
 newest checkpoint under that name too (catkd.study.checkpoints); the copies Tune did not take over
 are removed after the stage. End to end: tests/test_faults.py's killed-twice study recreates the race.
 A Tune state cut by a kill (Tune writes it in place) is set aside with its session's files and the
-trials it alone knew; end to end: tests/test_resume.py."""
+trials it alone knew; end to end: tests/test_resume.py. A trial restored with no epoch left to train
+reports its last one again."""
 from __future__ import annotations
 
 import json
@@ -150,3 +151,45 @@ def test_a_search_started_over_drops_the_optuna_study_of_its_cut_attempt(tmp_pat
     assert len(optuna.load_study(study_name=spec.name, storage=url).trials) == 1
     make_searcher(spec, "val_acc", "max", db, start_over=True)
     assert optuna.load_study(study_name=spec.name, storage=url).trials == []
+
+
+def test_a_trial_restored_at_its_last_epoch_reports_that_epoch_again_from_its_history(tmp_path, monkeypatch):
+    """A driver killed after a trial's last checkpoint, before Tune saved that epoch's result: restored,
+    the trial has nothing left to train, yet Tune must get its last epoch or it ends the trial a row
+    short. The trial reports it again, the numbers of the run that trained it."""
+    from types import SimpleNamespace
+
+    import yaml
+    from ray import tune
+
+    from catkd.study import trainable
+    from catkd.study.load import load_study
+    from catkd.study.preflight import absolutise
+    from catkd.study.spec import expand_grid
+
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump({
+        "name": "rereport", "base": "cifar100/vanilla/resnet20", "fixed": {"normalize": True},
+        "space": {"lr": {"grid": [0.05]}}, "search": {"algorithm": "grid"}, "scheduler": {"type": "fifo"},
+        "metric": "test_acc", "smoke": {"epochs": 2, "student": "resnet8", "val_size": 0,
+                                        "dataset": {"NUM_CLASSES": 4, "TRAIN_PER_CLASS": 8, "TEST_PER_CLASS": 4}}}))
+    spec, env = absolutise(load_study(p, smoke=True))
+    study, (params,) = spec.model_dump(mode="json"), expand_grid(spec)  # the trial's config: dotted keys
+    reports, restore = [], {}
+    monkeypatch.setattr(trainable, "_gpu_ids", lambda: "")
+    monkeypatch.setattr(tune, "get_context", lambda: SimpleNamespace(get_trial_dir=lambda: str(tmp_path / "trial_a")))
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: restore.get("ckpt"))
+    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reports.append((metrics, checkpoint)))
+
+    def run() -> list[dict]:
+        reports.clear()
+        trainable.train_trial(params, study, env, cpus=1, exp_path=str(tmp_path / "exp"))
+        return [m for m, _ in reports]
+
+    first = run()  # the whole run: epochs 1 and 2, each with a checkpoint
+    assert [m["epoch"] for m in first] == [1, 2] and all(c is not None for _, c in reports)
+    restore["ckpt"] = reports[-1][1]  # the last checkpoint, as Tune restores it
+    again = run()
+    assert [m["epoch"] for m in again] == [2]  # nothing trained again, the last epoch reported once more
+    keys = ("epoch", "test_acc", "train_loss", "status", "epochs_budget")
+    assert {k: again[0].get(k) for k in keys} == {k: first[-1].get(k) for k in keys}
