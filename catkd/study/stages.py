@@ -86,7 +86,7 @@ def start_ray(address: Optional[str], dashboard: bool) -> Any:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # A Ray this driver starts would first start one idle worker process per CPU, each importing Ray
-    # (~0.7 s of CPU; 64 on a 64-core box), and Tune's trials start their own: none of them is ever used.
+    # (~0.5 s of CPU and a process per core), and Tune's trials start their own: none of them is used.
     os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     _skip_callback_census()
     # Ctrl-C must stop the study as a kill does, resumable. Tune's own SIGINT handler ends `fit()`
