@@ -1,4 +1,5 @@
-"""`--log wandb` / `--log mlflow`: one tracked run per trial through Ray Tune's own logger callbacks.
+"""`--log wandb` / `--log mlflow`: one tracked run per trial, through Tune logger callbacks (MLflow: Ray's
+own; W&B: catkd.study.wandb_log, one logging process per stage instead of Ray's two per trial).
 
 Each trial is a run named by its trial, grouped by study and stage (W&B: project `$WANDB_PROJECT` or
 "catkd", group "<study>/<stage>"; MLflow: experiment "<experiment name>", tags study and stage), with
@@ -70,8 +71,7 @@ def _with_settings(cls, spec: StudySpec, stage: str):
 
 
 def _wandb(spec: StudySpec, exp_dir: Path, stage: str):
-    from ray.air.integrations.wandb import WandbLoggerCallback
-
+    from catkd.study.wandb_log import WandbCallback
     from catkd.tracking import wandb_mode
 
     if not os.environ.get("WANDB_MODE") and wandb_mode() == "offline":
@@ -82,11 +82,10 @@ def _wandb(spec: StudySpec, exp_dir: Path, stage: str):
     project = os.environ.get("WANDB_PROJECT") or "catkd"
     group = f"{spec.name}/{stage}"
     say(f"W&B: one run per trial, project {project}, group {group}, in {wandb_dir / 'wandb'}")
-    # the logging actors run in Ray workers, which need not share the driver's environment (an existing
+    # the logging actor runs in a Ray worker, which need not share the driver's environment (an existing
     # cluster): the mode goes to wandb.init itself
-    extra = {"mode": os.environ["WANDB_MODE"]} if os.environ.get("WANDB_MODE") else {}
-    return _with_settings(WandbLoggerCallback, spec, stage)(project=project, group=group, dir=str(wandb_dir),
-                                                            **extra)
+    return WandbCallback(project, group, str(wandb_dir), lambda config: _settings(spec, stage, config),
+                         mode=os.environ.get("WANDB_MODE") or None)
 
 
 def _mlflow(spec: StudySpec, exp_dir: Path, name: str, stage: str):
