@@ -89,6 +89,10 @@ class WandbCallback(LoggerCallback):
 
         try:
             ray.get(self._actor.close.remote(), timeout=UPLOAD_TIMEOUT_S)
+        except Exception as e:  # noqa: BLE001 - a tracker's failure is no failure of the study
+            from catkd.study.progress import say
+
+            say(f"W&B: the runs of this stage may be incomplete ({type(e).__name__}: {e})")
         finally:
             ray.kill(self._actor)
             self._actor = None
