@@ -26,6 +26,11 @@ def wandb_mode() -> Optional[str]:
     return None if logged_in else "offline"
 
 
+def numbers(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The numbers of a metrics dict (what W&B charts); a flag is no number."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def wandb_run(cfg, out_dir: Path, notice: Callable[[str], None]) -> Optional[tuple[Callable, Callable]]:
     """(report(metrics, run_dir), finish(status)) for Trainer.fit, or None."""
     try:
@@ -47,8 +52,7 @@ def wandb_run(cfg, out_dir: Path, notice: Callable[[str], None]) -> Optional[tup
     notice(f"W&B: run {run.name} in project {run.project}" + (f" (offline, {run.dir})" if mode == "offline" else ""))
 
     def report(metrics: dict[str, Any], _run_dir: Path) -> None:
-        run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
-                step=int(metrics["epoch"]))
+        run.log(numbers(metrics), step=int(metrics["epoch"]))
 
     def finish(status: str) -> None:
         run.summary["status"] = status

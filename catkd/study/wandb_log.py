@@ -14,6 +14,8 @@ from typing import Any, Callable, Optional
 
 from ray.tune.logger import LoggerCallback
 
+from catkd.tracking import numbers
+
 # how long the stage's end waits for the runs to be written (and uploaded, online), as Ray's callback does
 UPLOAD_TIMEOUT_S = 1800
 
@@ -47,11 +49,6 @@ class _Runs:
             self.end(trial_id, failed=False)
 
 
-def _metrics(result: dict[str, Any]) -> dict[str, Any]:
-    """The numbers of a Tune result (what W&B charts); a flag is no number."""
-    return {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
 class WandbCallback(LoggerCallback):
     """One W&B run per trial (id: the trial id, name: the trial), its config `settings(trial.config)`."""
 
@@ -77,7 +74,7 @@ class WandbCallback(LoggerCallback):
                                                    "config": self._settings(trial.config)})
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
-        self._runs().log.remote(trial.trial_id, _metrics(result), result.get("training_iteration"))
+        self._runs().log.remote(trial.trial_id, numbers(result), result.get("training_iteration"))
 
     def log_trial_end(self, trial, failed: bool = False) -> None:
         self._runs().end.remote(trial.trial_id, failed)
