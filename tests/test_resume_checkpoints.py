@@ -1,6 +1,7 @@
 """Before a resume, a trial whose Tune state names a checkpoint Tune had already replaced gets its
 newest checkpoint under that name too (catkd.study.checkpoints); the copies Tune did not take over
-are removed after the stage. End to end: tests/test_faults.py's killed-twice study recreates the race.
+are removed after the stage, and the epochs the copy holds that Tune never recorded are reported again.
+End to end: tests/test_faults.py's killed-twice study and tests/test_resume.py's killed-thrice one.
 A Tune state cut by a kill (Tune writes it in place) is set aside with its session's files and the
 trials it alone knew; end to end: tests/test_resume.py. A trial restored with no epoch left to train
 reports its last one again."""
@@ -19,7 +20,7 @@ def _experiment(root, state: str | None = None) -> None:
     first checkpoint), d (running, 2 and 3 both there), e (running, no checkpoint yet), f (running, its
     state two checkpoints behind: it names 1, the folder holds 3)."""
     trials = {"a": "RUNNING", "b": "TERMINATED", "c": "RUNNING", "d": "PAUSED", "e": "PENDING", "f": "RUNNING"}
-    named = {"f": json.dumps({"last_result": {"checkpoint_dir_name": "checkpoint_000001"}})}
+    named = {"f": json.dumps({"last_result": {"checkpoint_dir_name": "checkpoint_000001", "epoch": 2}})}
     data = {"trial_data": [[json.dumps({"trial_id": t, "status": s}), named.get(t, "{}")] for t, s in trials.items()]}
     (root / "experiment_state-2026-01-01_00-00-00.json").write_bytes(b"{}")  # an older state, not read
     (root / "experiment_state-2026-01-01_00-00-09.json").write_bytes(
@@ -47,7 +48,9 @@ def test_a_restored_trial_missing_the_checkpoint_before_its_newest_gets_a_copy_t
     made = checkpoints.mend(exp)
     assert [str(m) for m in made] == [str(exp / "trial_a/checkpoint_000001"), str(exp / "trial_f/checkpoint_000001")]
     assert _ckpts(exp) == {**before, "trial_a/checkpoint_000001/checkpoint.pth": b"a2",  # the newest state
-                           "trial_f/checkpoint_000001/checkpoint.pth": b"f3"}  # under the name the state gives
+                           "trial_f/checkpoint_000001/checkpoint.pth": b"f3",  # under the name the state gives,
+                           # with the last epoch Tune recorded: the restored trial reports those after it again
+                           "trial_f/checkpoint_000001/recorded.json": b'{"epoch": 2}'}
     checkpoints.tidy(made)
     assert _ckpts(exp) == before
 
@@ -153,10 +156,12 @@ def test_a_search_started_over_drops_the_optuna_study_of_its_cut_attempt(tmp_pat
     assert optuna.load_study(study_name=spec.name, storage=url).trials == []
 
 
-def test_a_trial_restored_at_its_last_epoch_reports_that_epoch_again_from_its_history(tmp_path, monkeypatch):
-    """A driver killed after a trial's last checkpoint, before Tune saved that epoch's result: restored,
-    the trial has nothing left to train, yet Tune must get its last epoch or it ends the trial a row
-    short. The trial reports it again, the numbers of the run that trained it."""
+def test_a_restored_trial_reports_again_the_epochs_its_checkpoint_holds_beyond_those_tune_recorded(tmp_path, monkeypatch):
+    """A driver killed after a trial's checkpoint, before Tune wrote that epoch's result (or saved its
+    state): restored from that checkpoint (a mended copy naming the last epoch Tune recorded, or its
+    last, with nothing left to train), the trial reports the epochs Tune missed, the numbers of the run
+    that trained them, before it trains on. Without this, those epochs are lost from the results."""
+    import shutil
     from types import SimpleNamespace
 
     import yaml
@@ -171,25 +176,40 @@ def test_a_trial_restored_at_its_last_epoch_reports_that_epoch_again_from_its_hi
     p.write_text(yaml.safe_dump({
         "name": "rereport", "base": "cifar100/vanilla/resnet20", "fixed": {"normalize": True},
         "space": {"lr": {"grid": [0.05]}}, "search": {"algorithm": "grid"}, "scheduler": {"type": "fifo"},
-        "metric": "test_acc", "smoke": {"epochs": 2, "student": "resnet8", "val_size": 0,
+        "metric": "test_acc", "smoke": {"epochs": 3, "student": "resnet8", "val_size": 0,
                                         "dataset": {"NUM_CLASSES": 4, "TRAIN_PER_CLASS": 8, "TEST_PER_CLASS": 4}}}))
     spec, env = absolutise(load_study(p, smoke=True))
     study, (params,) = spec.model_dump(mode="json"), expand_grid(spec)  # the trial's config: dotted keys
-    reports, restore = [], {}
+    reports, restore, taken = [], {}, {}
     monkeypatch.setattr(trainable, "_gpu_ids", lambda: "")
     monkeypatch.setattr(tune, "get_context", lambda: SimpleNamespace(get_trial_dir=lambda: str(tmp_path / "trial_a")))
     monkeypatch.setattr(tune, "get_checkpoint", lambda: restore.get("ckpt"))
-    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reports.append((metrics, checkpoint)))
+
+    def report(metrics, checkpoint=None):
+        reports.append((metrics, checkpoint))
+        if checkpoint is not None and metrics["epoch"] not in taken:  # Tune keeps a copy of each one
+            taken[metrics["epoch"]] = shutil.copytree(checkpoint.path, tmp_path / f"taken_{metrics['epoch']}")
+    monkeypatch.setattr(tune, "report", report)
 
     def run() -> list[dict]:
         reports.clear()
         trainable.train_trial(params, study, env, cpus=1, exp_path=str(tmp_path / "exp"))
         return [m for m, _ in reports]
 
-    first = run()  # the whole run: epochs 1 and 2, each with a checkpoint
-    assert [m["epoch"] for m in first] == [1, 2] and all(c is not None for _, c in reports)
-    restore["ckpt"] = reports[-1][1]  # the last checkpoint, as Tune restores it
-    again = run()
-    assert [m["epoch"] for m in again] == [2]  # nothing trained again, the last epoch reported once more
     keys = ("epoch", "test_acc", "train_loss", "status", "epochs_budget")
+    first = run()  # the whole run: epochs 1 to 3, each with a checkpoint
+    assert [m["epoch"] for m in first] == [1, 2, 3] and all(c is not None for _, c in reports)
+
+    # mended: epoch 2's checkpoint under the name Tune's state gives, which had recorded epoch 1 only
+    (taken[2] / "recorded.json").write_text('{"epoch": 1}')
+    restore["ckpt"] = tune.Checkpoint.from_directory(str(taken[2]))
+    again = run()
+    assert [m["epoch"] for m in again] == [2, 3]  # epoch 2 reported again, then epoch 3 trained
+    assert {k: again[0].get(k) for k in keys} == {k: first[1].get(k) for k in keys}
+    assert reports[0][1] is None and reports[1][1] is not None  # the replayed epoch's state is the restored one
+
+    # Tune's own last checkpoint: nothing left to train, the last epoch reported once more
+    restore["ckpt"] = tune.Checkpoint.from_directory(str(taken[3]))
+    again = run()
+    assert [m["epoch"] for m in again] == [3]
     assert {k: again[0].get(k) for k in keys} == {k: first[-1].get(k) for k in keys}

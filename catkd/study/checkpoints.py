@@ -7,9 +7,11 @@ saved result; with short epochs J can be several behind) while the trial's folde
 ones, and on resume the trial fails three times with "does not exist on storage anymore" and ends as
 an error (seen under a heavily loaded machine). Before a resume, `mend` writes the checkpoint the
 state names for each trial it has not ended, where it is missing, as a copy of the trial's newest:
-the trial then continues from its newest state, whose epochs are already recorded (catkd keys its
-rows by epoch, so a replayed epoch is kept once). `tidy` removes the copies Tune did not take over
-once the stage has run.
+the trial then continues from its newest state. That state can hold epochs Tune never recorded (the
+driver was killed after Tune took a checkpoint, before it wrote the epoch's result), so the copy
+carries `recorded.json`, the last epoch the state holds: the restored trial reports the epochs after
+it again from its history (catkd keys its rows by epoch, so one reported twice is kept once).
+`tidy` removes the copies Tune did not take over once the stage has run.
 
 Tune also writes its experiment state file in place, not atomically: a driver killed while it does
 leaves an empty or cut file, and on resume Tune then says "Failed to restore the run state" and
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 _CKPT = re.compile(r"^(trial_[^/]+)/checkpoint_(\d+)/")
 _STATE = re.compile(r"^experiment_state-(.+)\.json$")
 SET_ASIDE = ".unreadable-state"
+RECORDED = "recorded.json"  # in a mended checkpoint: {"epoch": the last epoch Tune's state holds}
 
 
 def _checkpoints(files: list[str]) -> dict[str, set[int]]:
@@ -45,35 +48,41 @@ def _checkpoints(files: list[str]) -> dict[str, set[int]]:
     return out
 
 
-def _trials(state: bytes) -> Optional[dict[str, tuple[str, Optional[int]]]]:
-    """{trial id: (status, index of the checkpoint it restores from)} of a saved Tune experiment state
-    (None: empty, cut or not Tune's). The checkpoint is the one reported with the trial's last result."""
-    def restores_from(meta) -> Optional[int]:
+def _trials(state: bytes) -> Optional[dict[str, tuple[str, Optional[int], int]]]:
+    """{trial id: (status, index of the checkpoint it restores from, last epoch recorded)} of a saved Tune
+    experiment state (None: empty, cut or not Tune's). The checkpoint is the one reported with the
+    trial's last result; the epoch that result's (0: none)."""
+    def restores_from(meta) -> tuple[Optional[int], int]:
         try:
-            name = json.loads(meta)["last_result"]["checkpoint_dir_name"]
-            return int(re.fullmatch(r"checkpoint_(\d+)", name).group(1))
+            last = json.loads(meta)["last_result"]
+        except (KeyError, TypeError, ValueError):
+            return None, 0
+        epoch = last.get("epoch") if isinstance(last, dict) else None
+        epoch = epoch if isinstance(epoch, int) else 0
+        try:
+            return int(re.fullmatch(r"checkpoint_(\d+)", last["checkpoint_dir_name"]).group(1)), epoch
         except (AttributeError, KeyError, TypeError, ValueError):
-            return None
+            return None, epoch
 
     try:
-        return {t["trial_id"]: (t["status"], restores_from(r[1]))
+        return {t["trial_id"]: (t["status"], *restores_from(r[1]))
                 for t, r in ((json.loads(r[0]), r) for r in json.loads(state)["trial_data"])}
     except (IndexError, KeyError, TypeError, ValueError):
         return None
 
 
-def _unfinished(exp: "Location", files: list[str]) -> Optional[dict[str, Optional[int]]]:
-    """{folder: the checkpoint index it restores from (None: not named)} of the trials Tune's newest saved
-    state has not ended (None: state unreadable)."""
+def _unfinished(exp: "Location", files: list[str]) -> Optional[dict[str, tuple[Optional[int], int]]]:
+    """{folder: (the checkpoint index it restores from (None: not named), the last epoch recorded)} of
+    the trials Tune's newest saved state has not ended (None: state unreadable)."""
     states = sorted(f for f in files if re.fullmatch(r"experiment_state-[^/]+\.json", f))
     trials = _trials((exp / states[-1]).read_bytes()) if states else None
-    return None if trials is None else {f"trial_{t}": k for t, (s, k) in trials.items() if s != "TERMINATED"}
+    return None if trials is None else {f"trial_{t}": (k, e) for t, (s, k, e) in trials.items() if s != "TERMINATED"}
 
 
 def mend(exp: "Location") -> list["Location"]:
     """Copy the newest checkpoint of each trial Tune will restore to the name Tune's saved state gives
     for it where that one is missing (the index before the newest, where the state names none or cannot
-    be read: then for every trial); returns the copies made."""
+    be read: then for every trial), with the last epoch the state records for it; returns the copies made."""
     import pyarrow.fs as pafs
 
     files = list(exp.files())
@@ -84,12 +93,14 @@ def mend(exp: "Location") -> list["Location"]:
             continue
         k = max(indices)
         # the state can lag several checkpoints behind (Tune saves it every few seconds; short epochs)
-        named = todo.get(trial) if todo is not None else None
+        named, recorded = todo.get(trial, (None, 0)) if todo is not None else (None, 0)
         want = k - 1 if named is None else named
         if 0 <= want < k and want not in indices:
             src, dst = exp / f"{trial}/checkpoint_{k:06d}", exp / f"{trial}/checkpoint_{want:06d}"
             exp.fs.create_dir(dst.path, recursive=True)
             pafs.copy_files(src.path, dst.path, source_filesystem=exp.fs, destination_filesystem=exp.fs)
+            if named is not None:  # Tune restores this copy: the epochs after `recorded` it never saw
+                (dst / RECORDED).write_bytes(json.dumps({"epoch": recorded}).encode())
             made.append(dst)
     return made
 

@@ -47,7 +47,7 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], env: dict[str, st
     write_settings(out_dir, settings_of(cfg, study, params))
     sync = (lambda: mirror.push(_run_file)) if mirror is not None else (lambda: None)  # noqa: E731
     sync()
-    resume_from = None
+    resume_from, recorded = None, None
     restored = tune.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as d:
@@ -56,6 +56,7 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], env: dict[str, st
                 out_dir.mkdir(parents=True, exist_ok=True)
                 resume_from = out_dir / "restored.pth"
                 shutil.copyfile(src, resume_from)
+            recorded = _recorded_epoch(Path(d))
     total = cfg.SOLVER.EPOCHS
 
     cpu0 = _cpu_seconds()
@@ -74,6 +75,15 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], env: dict[str, st
         else:
             tune.report(m)
 
+    if resume_from is not None and recorded is not None:
+        # a checkpoint mended before a resume can hold epochs Tune never recorded: report them first,
+        # the numbers of the run that trained them (no checkpoint: the restored one already holds them)
+        from catkd.engine.checkpoint import load_full
+
+        for m in load_full(resume_from)["history"]:
+            if m["epoch"] > recorded:
+                reported.append(m["epoch"])
+                tune.report({**m, "status": "running", "epochs_budget": total, "gpu_ids": gpu_ids})
     trainer = Trainer.from_config(cfg, out_dir=out_dir, log=lambda s: None, notice=print)  # notices: the trial's log
     try:
         result = trainer.fit(report=report, resume_from=resume_from)
@@ -91,6 +101,17 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], env: dict[str, st
         nan = float("nan")
         tune.report({"epoch": result.epochs_done, "status": "diverged", "epochs_budget": total,
                      "val_acc": nan, "test_acc": nan})
+
+
+def _recorded_epoch(checkpoint_dir: Path):
+    """The last epoch Tune had recorded for a trial whose checkpoint `checkpoints.mend` wrote (None: a
+    checkpoint Tune took itself, whose epochs it recorded)."""
+    import json
+
+    from catkd.study.checkpoints import RECORDED
+
+    f = checkpoint_dir / RECORDED
+    return int(json.loads(f.read_text())["epoch"]) if f.is_file() else None
 
 
 def _gpu_ids() -> str:
