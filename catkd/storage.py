@@ -148,12 +148,21 @@ def location(where: Union[str, Path], timeout: Optional[float] = None) -> Locati
         return Location(pafs.LocalFileSystem(), str(Path(where).expanduser().resolve()),
                         str(Path(where).expanduser().resolve()))
     try:
-        fs, path = _timed(where, lambda: pafs.FileSystem.from_uri(where), timeout or timeout_s())
+        fs, path = _timed(where, lambda: pafs.FileSystem.from_uri(_with_delayed_open(where)), timeout or timeout_s())
     except StorageError:
         raise
     except Exception as e:  # noqa: BLE001 - an unknown scheme, a malformed URI
         raise StorageError(f"{where}: not a storage URI pyarrow can open ({_reason(e)})") from None
     return Location(fs, path.rstrip("/"), where.rstrip("/"))
+
+
+def _with_delayed_open(uri: str) -> str:
+    """An s3:// URI asking pyarrow to open an object only once the first part is written: a small file
+    (every one Tune and catkd write but checkpoints) is then one PUT, not a three-request multipart
+    upload. What a user's query already says about it is kept."""
+    if not uri.lower().startswith("s3://") or "allow_delayed_open" in uri:
+        return uri
+    return uri + ("&" if "?" in uri else "?") + "allow_delayed_open=true"
 
 
 def check(loc: Location, timeout: Optional[float] = None) -> None:

@@ -31,6 +31,32 @@ def test_an_object_is_written_whole_read_back_and_listed(s3):
     assert str(root / "exp") == f"{s3.uri}/pre/exp"
 
 
+def test_a_small_object_is_one_put_not_a_multipart_upload(s3):
+    """Tune and catkd put many small files (each trial's result.json, params, the experiment state) again
+    and again: each is one request, not three (start, part, complete)."""
+    import json
+    import urllib.request
+
+    def moto(path: str, post: bool = False) -> str:  # moto's recorder: the requests it served
+        req = urllib.request.Request(s3.server.endpoint + "/moto-api/recorder/" + path, data=b"" if post else None,
+                                     method="POST" if post else "GET")
+        with urllib.request.urlopen(req) as r:
+            return r.read().decode()
+
+    root = location(f"{s3.uri}/pre")
+    moto("start-recording", post=True)
+    try:
+        (root / "result.json").write_bytes(b"{}\n" * 100)
+    finally:
+        moto("stop-recording", post=True)
+    served = [json.loads(line) for line in moto("download-recording").splitlines() if line.strip()]
+    assert [(r["method"], r["url"].split("/", 3)[3]) for r in served if s3.bucket in r["url"]] == [
+        ("PUT", f"{s3.bucket}/pre/result.json")]
+    assert s3.objects() == {"pre/result.json": 300}
+    # a query the user gave is kept, and says what it says
+    assert location(f"{s3.uri}/pre?allow_delayed_open=false").fs.__reduce__()[1][0]["allow_delayed_open"] is False
+
+
 def test_a_mirror_fetches_and_puts_back_only_what_changed(s3, tmp_path):
     remote = location(f"{s3.uri}/exp")
     (remote / "t1" / "result.json").write_bytes(b"1\n")
