@@ -110,8 +110,10 @@ def test_the_estimate_counts_the_cache_only_where_the_run_would_use_it(tmp_path,
     text = "\n".join(lines)
     if cached is None:
         assert est["device_hours"] > 0 and "x CRD resnet20 -> resnet8" in text
-    elif cached:
-        assert est["device_hours"] < est["device_hours_live"] and "with the teacher cache" in text
+    elif cached:  # counted with the cache warm, plus the teacher's one pass to fill it (which is cheaper is
+        # a measurement, not asserted: on a loaded machine either can come out ahead for these small models)
+        assert "with the teacher cache" in text and "img/s with the cache warm" in text
+        assert "teacher cache: resnet" in text and "distinct (image, view) pairs once" in text
     else:  # the headline is the live teacher's cost, never the cache's
         assert est["device_hours"] == est["device_hours_live"] and "with the teacher cache" not in text
     if "RUN.TEACHER_CACHE_MAX_GB" in fixed:
