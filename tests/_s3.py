@@ -24,6 +24,7 @@ def free_port() -> int:
 class S3Server:
     port: int
     proc: subprocess.Popen
+    scratch: str = ""  # the server's own files (its request recording), removed with it
     _n: itertools.count = field(default_factory=itertools.count)
 
     @property
@@ -58,13 +59,21 @@ class S3Server:
 
 
 def start(extra_env: dict[str, str] | None = None) -> S3Server:
-    proc, port = moto_server(extra_env)
-    return S3Server(port, proc)
+    import tempfile
+
+    # moto's request recorder (a test counts requests with it) writes to its working directory otherwise
+    scratch = tempfile.mkdtemp(prefix="catkd-moto-")
+    proc, port = moto_server({"MOTO_RECORDER_FILEPATH": os.path.join(scratch, "recording"), **(extra_env or {})})
+    return S3Server(port, proc, scratch)
 
 
 def stop(server: S3Server) -> None:
+    import shutil
+
     server.proc.terminate()
     try:
         server.proc.wait(10)
     except subprocess.TimeoutExpired:
         server.proc.kill()
+    if server.scratch:
+        shutil.rmtree(server.scratch, ignore_errors=True)
