@@ -62,12 +62,15 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], env: dict[str, st
     cpu0 = _cpu_seconds()
     reported: list[int] = []
 
-    def report(metrics: dict[str, Any], run_dir: Path) -> None:
+    def row(metrics: dict[str, Any]) -> dict[str, Any]:
         reported.append(metrics["epoch"])
         # this process's CPU time (user + system, all threads) since the trial started: what
         # `catkd.bench study` divides by wall x cores
-        m = {**metrics, "status": "running", "epochs_budget": total, "trial_cpu_seconds": _cpu_seconds() - cpu0,
-             "gpu_ids": gpu_ids}
+        return {**metrics, "status": "running", "epochs_budget": total, "trial_cpu_seconds": _cpu_seconds() - cpu0,
+                "gpu_ids": gpu_ids}
+
+    def report(metrics: dict[str, Any], run_dir: Path) -> None:
+        m = row(metrics)
         _maybe_inject_worker_exit(m["epoch"], spec.name)
         sync()  # the run's files in the bucket before the epoch is reported: a restore finds them there
         if m["epoch"] % checkpoint_every == 0 or m["epoch"] == total:
@@ -82,8 +85,7 @@ def train_trial(config: dict[str, Any], study: dict[str, Any], env: dict[str, st
 
         for m in load_full(resume_from)["history"]:
             if m["epoch"] > recorded:
-                reported.append(m["epoch"])
-                tune.report({**m, "status": "running", "epochs_budget": total, "gpu_ids": gpu_ids})
+                tune.report(row(m))
     trainer = Trainer.from_config(cfg, out_dir=out_dir, log=lambda s: None, notice=print)  # notices: the trial's log
     try:
         result = trainer.fit(report=report, resume_from=resume_from)
