@@ -124,12 +124,17 @@ class DatasetCfg(Section):
     DOWNLOAD: bool = False  # explicit opt-in (CIFAR-100 only)
     VAL_SIZE: int = Field(0, ge=0)  # images held out of the training set for validation
     SPLIT_SEED: int = 0  # seeds the reduction subset and the validation split (fixed across run seeds)
+    # ImageNet's input: RandomResizedCrop(CROP_SIZE) to train, Resize(CROP_SIZE x 256/224) + CenterCrop to
+    # evaluate; None: 224, the recipe (the other datasets' sizes are their own)
+    CROP_SIZE: Optional[int] = Field(None, ge=32, le=512)
     SYNTHETIC: SyntheticCfg = SyntheticCfg()
 
     @model_validator(mode="after")
     def _reduction(self) -> "DatasetCfg":
         if self.REDUCTION and self.TYPE == "imagenet":
             raise ValueError("REDUCTION: data reduction is defined for CIFAR-100 and synthetic only")
+        if self.CROP_SIZE is not None and self.TYPE != "imagenet":
+            raise ValueError(f"CROP_SIZE: the input crop is set for ImageNet only ({self.TYPE}'s size is its own)")
         return self
 
 

@@ -261,3 +261,27 @@ def test_dataset_and_root_are_options_of_the_pipeline_bench_only(argv, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(argv)
     assert e.value.code == 2 and "error" in capsys.readouterr().err
+
+
+def test_the_crop_size_sets_the_training_and_evaluation_input_and_is_imagenets_alone(jpegs):
+    """DATASET.CROP_SIZE: RandomResizedCrop(s) to train, Resize(s x 256/224) + CenterCrop(s) to evaluate
+    (224 unset, the recipe); the model's input, the estimate and the probes read it from the data entry."""
+    from catkd.config import ConfigError, build_config
+    from catkd.data import build_data, dataset_entry
+
+    def cfg(**over):
+        return build_config({}, quiet=True, overrides={
+            "DATASET.TYPE": "imagenet", "DATASET.ROOT": str(jpegs.parent), "DATASET.NUM_WORKERS": 0,
+            "DATASET.VAL_SIZE": 3, "SOLVER.BATCH_SIZE": 4, "DATASET.TEST.BATCH_SIZE": 4, **over})
+
+    assert dataset_entry(cfg()).image_size(cfg()) == 224
+    c = cfg(**{"DATASET.CROP_SIZE": 112})
+    data = build_data(c)
+    assert dataset_entry(c).image_size(c) == data.image_size == data.info["crop_size"] == 112
+    x, *_ = next(iter(data.train.epoch_batches(0, 0)))
+    assert tuple(x.shape[1:]) == (3, 112, 112)
+    for loader in (data.val, data.test):
+        x, *_ = next(iter(loader))
+        assert tuple(x.shape[1:]) == (3, 112, 112)
+    with pytest.raises(ConfigError, match="DATASET.CROP_SIZE: the input crop is set for ImageNet only"):  # CIFAR's 32 x 32 is its own
+        build_config({}, quiet=True, overrides={"DATASET.TYPE": "cifar100", "DATASET.CROP_SIZE": 112})

@@ -92,6 +92,8 @@ def test_the_smoke_study_trains_on_real_jpegs_through_the_imagenet_path_and_the_
     trials = pq.read_table(exp / "trials.parquet").to_pylist()
     assert sorted(t["method"] for t in trials) == ["CAT_KD", "CRD", "vanilla"]
     assert all(t["status"] == "finished" and t["DATASET.TYPE"] == "imagenet" for t in trials), trials
+    import json  # the smoke's crop: the same path at 112 pixels (DATASET.CROP_SIZE)
+    assert {json.loads((Path(t["trial_dir"]) / "run" / "data.json").read_text())["crop_size"] for t in trials} == {112}
     rows = pq.read_table(exp / "results.parquet").to_pylist()
     assert all(r["test_acc_top5"] is not None for r in rows)
     rep = subprocess.run([sys.executable, str(REPO / "analysis" / "report.py"), str(exp), "--no-plots"],

@@ -1,7 +1,7 @@
 """ImageNet as ImageFolder trees `<root>/imagenet/{train,val}` through a torch DataLoader.
 
 Train: RandomResizedCrop(224) (scale 0.08-1, ratio 3/4-4/3) + RandomHorizontalFlip; eval: Resize(256) +
-CenterCrop(224). Workers return uint8 tensors; conversion to float and normalisation with the ImageNet
+CenterCrop(224); DATASET.CROP_SIZE sets another size (eval resize: size x 256/224). Workers return uint8 tensors; conversion to float and normalisation with the ImageNet
 mean/std happen on the device (a quarter of the host-to-device traffic). Randomness is a function of
 (seed, epoch): the sampler's generator is seeded from it and every sample's crop and flip from (seed,
 epoch, index), with a generator of its own, so the order and the crops do not depend on worker count,
@@ -264,13 +264,13 @@ def build_imagenet(cfg, device: torch.device) -> DataBundle:
         )
     labels = np.asarray(train_folder.targets, dtype=np.int64)
     train_idx, val_idx, val_info = stratified_holdout(labels, ds.VAL_SIZE, ds.SPLIT_SEED)
-    workers = ds.NUM_WORKERS
-    train = FolderTrainLoader(SeededFolder(train_folder, True, train_idx), cfg.SOLVER.BATCH_SIZE,
+    workers, size = ds.NUM_WORKERS, ds.CROP_SIZE or IMAGE_SIZE
+    train = FolderTrainLoader(SeededFolder(train_folder, True, train_idx, size), cfg.SOLVER.BATCH_SIZE,
                               workers, device)
-    test = FolderEvalLoader(SeededFolder(test_folder, False), ds.TEST.BATCH_SIZE, workers, device)
+    test = FolderEvalLoader(SeededFolder(test_folder, False, size=size), ds.TEST.BATCH_SIZE, workers, device)
     val = None
     if len(val_idx):
-        val = FolderEvalLoader(SeededFolder(train_folder, False, val_idx), ds.TEST.BATCH_SIZE,
+        val = FolderEvalLoader(SeededFolder(train_folder, False, val_idx, size), ds.TEST.BATCH_SIZE,
                                workers, device)
     num_classes = len(train_folder.classes)
     info = {
@@ -283,8 +283,9 @@ def build_imagenet(cfg, device: torch.device) -> DataBundle:
         "test_size": test.num_samples,
         "reduction": None,
         "val": val_info if val is not None else None,
+        "crop_size": size,
         "mean": list(MEAN),
         "std": list(STD),
     }
     return DataBundle(train=train, val=val, test=test, num_classes=num_classes, mean=MEAN, std=STD,
-                      image_size=IMAGE_SIZE, info=info)
+                      image_size=size, info=info)
