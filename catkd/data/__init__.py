@@ -47,6 +47,12 @@ def _imagenet(cfg: "Config", device: torch.device) -> DataBundle:
     return build_imagenet(cfg, device)
 
 
+def _imagenet_size(cfg: "Config") -> int:
+    from catkd.data.imagenet import crop_size
+
+    return crop_size(cfg)
+
+
 def _stl10(cfg: "Config", device: torch.device) -> DataBundle:
     from catkd.data.stl10 import build_stl10
 
@@ -87,7 +93,7 @@ DATASETS: dict[str, DatasetEntry] = {
                      cfg.DATASET.SYNTHETIC.NUM_CLASSES * cfg.DATASET.SYNTHETIC.TEST_PER_CLASS),
     ),
     # the class count is the folders' (1000 for ILSVRC-2012); RandomResizedCrop: no finite view set
-    "imagenet": DatasetEntry(_imagenet, lambda cfg: 1000, lambda cfg: cfg.DATASET.CROP_SIZE or 224, lambda cfg: None,
+    "imagenet": DatasetEntry(_imagenet, lambda cfg: 1000, lambda cfg: _imagenet_size(cfg), lambda cfg: None,
                              lambda cfg: (1_281_167, 50_000), family="imagenet"),  # ILSVRC-2012
     # transfer targets, resized to 32 x 32 so the CIFAR architectures take them
     "stl10": DatasetEntry(_stl10, lambda cfg: 10, lambda cfg: 32, lambda cfg: _CIFAR_VIEWS, lambda cfg: (5_000, 8_000)),

@@ -1,9 +1,9 @@
 """ImageNet as ImageFolder trees `<root>/imagenet/{train,val}` through a torch DataLoader.
 
 Train: RandomResizedCrop(224) (scale 0.08-1, ratio 3/4-4/3) + RandomHorizontalFlip; eval: Resize(256) +
-CenterCrop(224); DATASET.CROP_SIZE sets another size (eval resize: size x 256/224). Workers return uint8 tensors; conversion to float and normalisation with the ImageNet
-mean/std happen on the device (a quarter of the host-to-device traffic). Randomness is a function of
-(seed, epoch): the sampler's generator is seeded from it and every sample's crop and flip from (seed,
+CenterCrop(224); DATASET.CROP_SIZE sets another size (eval resize: size x 256/224). Workers return
+uint8 tensors; conversion to float and normalisation with the ImageNet mean/std happen on the device
+(a quarter of the host-to-device traffic). Randomness is a function of (seed, epoch): the sampler's generator is seeded from it and every sample's crop and flip from (seed,
 epoch, index), with a generator of its own, so the order and the crops do not depend on worker count,
 on the process's global RNG, or on a restart, and the global RNG is left untouched.
 
@@ -110,6 +110,11 @@ def resized_crop(x: torch.Tensor, top: int, left: int, h: int, w: int, size: tup
     contiguous tensor (the uint8 kernel works on channels-last data; CHW would cost a transpose here)."""
     region = x[:, top:top + h, left:left + w].unsqueeze(0).contiguous(memory_format=torch.channels_last)
     return F.interpolate(region, size=size, mode="bilinear", align_corners=False, antialias=True)[0].permute(1, 2, 0)
+
+
+def crop_size(cfg) -> int:
+    """The run's input size: DATASET.CROP_SIZE, else the recipe's 224."""
+    return cfg.DATASET.CROP_SIZE or IMAGE_SIZE
 
 
 def train_image(path: str, g: torch.Generator, size: int = IMAGE_SIZE) -> torch.Tensor:
@@ -264,7 +269,7 @@ def build_imagenet(cfg, device: torch.device) -> DataBundle:
         )
     labels = np.asarray(train_folder.targets, dtype=np.int64)
     train_idx, val_idx, val_info = stratified_holdout(labels, ds.VAL_SIZE, ds.SPLIT_SEED)
-    workers, size = ds.NUM_WORKERS, ds.CROP_SIZE or IMAGE_SIZE
+    workers, size = ds.NUM_WORKERS, crop_size(cfg)
     train = FolderTrainLoader(SeededFolder(train_folder, True, train_idx, size), cfg.SOLVER.BATCH_SIZE,
                               workers, device)
     test = FolderEvalLoader(SeededFolder(test_folder, False, size=size), ds.TEST.BATCH_SIZE, workers, device)
