@@ -1,11 +1,12 @@
 """ImageNet as ImageFolder trees `<root>/imagenet/{train,val}` through a torch DataLoader.
 
 Train: RandomResizedCrop(224) (scale 0.08-1, ratio 3/4-4/3) + RandomHorizontalFlip; eval: Resize(256) +
-CenterCrop(224); DATASET.CROP_SIZE sets another size (eval resize: size x 256/224). Workers return
-uint8 tensors; conversion to float and normalisation with the ImageNet mean/std happen on the device
-(a quarter of the host-to-device traffic). Randomness is a function of (seed, epoch): the sampler's generator is seeded from it and every sample's crop and flip from (seed,
-epoch, index), with a generator of its own, so the order and the crops do not depend on worker count,
-on the process's global RNG, or on a restart, and the global RNG is left untouched.
+CenterCrop(224); DATASET.CROP_SIZE sets another size (eval resize: size x 256/224). Workers return uint8
+tensors; conversion to float and normalisation with the ImageNet mean/std happen on the device (a
+quarter of the host-to-device traffic). Randomness is a function of (seed, epoch): the sampler's
+generator is seeded from it and every sample's crop and flip from (seed, epoch, index), with a generator
+of its own, so the order and the crops do not depend on worker count, on the process's global RNG, or on
+a restart, and the global RNG is left untouched.
 
 Decoding the JPEG is most of a sample's cost (about 0.6 of 1.1 ms for a 400 x 330 file on one core),
 so the path is built around it. The crop box is drawn first, on the full-size image (torchvision's
