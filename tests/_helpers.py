@@ -90,6 +90,41 @@ def epoch_rows(text: str | bytes) -> list[dict]:
     return rows
 
 
+def restorable(exp: Path) -> list[Path]:
+    """The trials of a killed stage that Tune will restore: a checkpoint, and no final row yet."""
+    return [d for d in sorted(exp.glob("trial_*")) if list(d.glob("checkpoint_*"))
+            and not ((d / "result.json").is_file() and (epoch_rows((d / "result.json").read_text()) or [{}])[-1].get("done"))]
+
+
+def leave_checkpoint_race(exp: Path) -> int:
+    """Leave what a driver killed on a loaded machine can leave: Tune had saved a running trial's next
+    checkpoint and deleted the one its saved state names. Renaming each trial's newest checkpoint up a
+    number (for the trials Tune will restore) does that. Returns how many trials it did it to."""
+    trials = restorable(exp)
+    for d in trials:
+        newest = sorted(d.glob("checkpoint_*"))[-1]
+        newest.rename(newest.with_name(f"checkpoint_{int(newest.name.split('_')[1]) + 1:06d}"))
+    return len(trials)
+
+
+def train_straight(trial_dir: Path, out: Path) -> list[tuple]:
+    """(epoch, train loss, test accuracy) of each epoch of a trial's own config (`run/config.yaml`, what
+    its Trainer was built from: the study's settings, its data, its teacher) trained straight through
+    in this process, with the one thread a trial computes with."""
+    import torch
+
+    from catkd import train
+    from catkd.train import load_config
+
+    cfg = load_config(Path(trial_dir) / "run" / "config.yaml", quiet=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return [(m["epoch"], m["train_loss"], m["test_acc"]) for m in train.run(cfg, out_dir=out, log=lambda s: None).history]
+    finally:
+        torch.set_num_threads(threads)
+
+
 def students_experiment(root: Path) -> Path:
     """A finished experiment with one trained student (its run's config and final checkpoint), as a
     transfer study's `from:` reads it; the checkpoint's bytes are not weights (nothing loads them)."""

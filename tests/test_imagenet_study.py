@@ -62,42 +62,34 @@ def test_without_imagenet_and_the_teachers_the_study_is_exit_2_naming_each_missi
 
 
 @pytest.mark.ray
-def test_the_smoke_study_trains_on_real_jpegs_through_the_imagenet_path_and_the_report_renders_its_table(tmp_path):
-    import os
+def test_the_smoke_study_trains_on_real_jpegs_through_the_imagenet_path_and_the_report_renders_its_table(
+        tmp_path, ray_session, capsys):
+    """Through the Python API, on the test session's Ray (the command wraps the same call)."""
+    import json
 
-    from _helpers import kill_orphans
+    import pyarrow.parquet as pq
 
-    ray_tmp = Path(os.environ["RAY_TMPDIR"]) / "imagenet-smoke"
-    ray_tmp.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
+    from analysis import report
+
     storage = tmp_path / "results"
     # three of the study's methods (the student alone, CRD, whose memory reads each image's index in the
     # folder, and CAT-KD), one epoch each and half the images: the same code path, a small part of the
     # time (the teacher keeps 3 epochs: CAT-KD's CAMs need one whose BatchNorm statistics have settled)
-    cmd = [sys.executable, "-m", "catkd.study", str(STUDY), "--smoke", "--no-dashboard", "--storage", str(storage),
-           "--set", "space.0.method={grid: [vanilla, CRD, CAT_KD]}", "--set", "smoke.epochs=1",
-           "--set", "smoke.teacher_epochs=3", "--set", "smoke.dataset={NUM_CLASSES: 4, TRAIN_PER_CLASS: 12, TEST_PER_CLASS: 4}",
-           "--set", "smoke.val_size=8"]
-    try:
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    finally:
-        kill_orphans(ray_tmp)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "(SMOKE: a small JPEG folder, small models)" in done.stdout
+    exp = catkd.study.run(STUDY, smoke=True, storage=storage, overrides={
+        "space.0.method": {"grid": ["vanilla", "CRD", "CAT_KD"]}, "smoke.epochs": 1, "smoke.teacher_epochs": 3,
+        "smoke.dataset": {"NUM_CLASSES": 4, "TRAIN_PER_CLASS": 12, "TEST_PER_CLASS": 4}, "smoke.val_size": 8})
+    assert exp == storage / "imagenet-smoke"
+    assert "(SMOKE: a small JPEG folder, small models)" in capsys.readouterr().out
     jpegs = list((storage / ".cache" / "data").glob("jpegs-*/imagenet/train/*/*.JPEG"))
     assert len(jpegs) == 4 * 12 and all(p.read_bytes()[:2] == b"\xff\xd8" for p in jpegs)  # real JPEG files
-    exp = storage / "imagenet-smoke"
-    import pyarrow.parquet as pq
-
     trials = pq.read_table(exp / "trials.parquet").to_pylist()
     assert sorted(t["method"] for t in trials) == ["CAT_KD", "CRD", "vanilla"]
     assert all(t["status"] == "finished" and t["DATASET.TYPE"] == "imagenet" for t in trials), trials
-    import json  # the smoke's crop: the same path at 112 pixels (DATASET.CROP_SIZE)
+    # the smoke's crop: the same path at 112 pixels (DATASET.CROP_SIZE)
     assert {json.loads((Path(t["trial_dir"]) / "run" / "data.json").read_text())["crop_size"] for t in trials} == {112}
     rows = pq.read_table(exp / "results.parquet").to_pylist()
     assert all(r["test_acc_top5"] is not None for r in rows)
-    rep = subprocess.run([sys.executable, str(REPO / "analysis" / "report.py"), str(exp), "--no-plots"],
-                         capture_output=True, text=True, timeout=300)
-    assert rep.returncode == 0, rep.stderr[-2000:]
-    assert "SMOKE, small JPEG folder" in rep.stdout and "top-5" in rep.stdout, rep.stdout[:3000]
-    assert "CAT-KD" in rep.stdout and "student alone" in rep.stdout
+    report(exp, plots=False, echo=True)
+    out = capsys.readouterr().out
+    assert "SMOKE, small JPEG folder" in out and "top-5" in out, out[:3000]
+    assert "CAT-KD" in out and "student alone" in out

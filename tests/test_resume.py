@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from _helpers import TINY, epoch_rows, kill_orphans
+from _helpers import TINY, epoch_rows, kill_orphans, leave_checkpoint_race, restorable, train_straight
 
 from catkd.study import runner
 from catkd.study.__main__ import main as study_main
@@ -46,7 +46,7 @@ def _kill_when(proc: subprocess.Popen, ray_tmp: Path, ready, timeout: float = 30
         while time.time() < deadline and not ready():
             if proc.poll() is not None:
                 pytest.fail(f"the study ended (rc {proc.returncode}) before the moment to kill it")
-            time.sleep(0.2)
+            time.sleep(0.1)
         else:
             if not ready():
                 pytest.fail("the moment to kill the study never came")
@@ -68,8 +68,11 @@ def _snapshot(d: Path) -> dict[str, tuple[int, int]]:
 def test_a_study_killed_in_its_smoke_teacher_its_search_and_its_confirm_stage_loses_and_repeats_nothing(
         tmp_path, monkeypatch, capsys):
     """Optuna, ASHA and a confirm stage, the driver SIGKILLed three times: while the smoke teacher
-    trains (before Ray starts), in the search, in the confirm stage; and, after the first kill, a
-    changed study refused on --resume."""
+    trains (before Ray starts), in the search (leaving behind, as a loaded machine can, Tune's
+    checkpoint race: the running trial's next checkpoint saved and the one Tune's state names deleted),
+    in the confirm stage; and, after the first kill, a changed study refused on --resume. At the end
+    every trial is there once, every epoch once, and each trial's every epoch is, to the last bit, what
+    its config gives trained straight through."""
     p = _study(tmp_path)
     env, ray_tmp = _env(tmp_path, "kills")
     storage = tmp_path / "s"
@@ -101,9 +104,15 @@ def test_a_study_killed_in_its_smoke_teacher_its_search_and_its_confirm_stage_lo
         assert rc == 2 and "smoke_mode" in err and "SOLVER.EPOCHS" in err
         assert _snapshot(storage) == before
 
-    # kill 2: in the search, once some trials have finished and one is running (the teacher goes on first)
+    # kill 2: in the search, once some trials have finished and one is running with a checkpoint but
+    # is at most at epoch 2 (ASHA stops none before epoch 3: it is still running when the kill lands);
+    # the teacher goes on first
+    def running_early() -> bool:
+        return any((d / "result.json").is_file() and len(_raw_epochs(d)) <= 2 for d in restorable(exp))
+
     proc = subprocess.Popen(cmd + ["--resume"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    _kill_when(proc, ray_tmp, lambda: search_rows() >= 6, timeout=600)
+    _kill_when(proc, ray_tmp, lambda: search_rows() >= 6 and running_early(), timeout=600)
+    assert leave_checkpoint_race(exp) == 1  # max_concurrent 1: the one running trial
     ended_at_kill = {}
     for d in exp.glob("trial_*"):
         rows = _raw_epochs(d) if (d / "result.json").is_file() else []
@@ -136,6 +145,10 @@ def test_a_study_killed_in_its_smoke_teacher_its_search_and_its_confirm_stage_lo
             same = [(r["test_acc"], r.get("val_acc"), r["train_loss"]) for r in raw if r["epoch"] == e]
             assert len(set(same)) == 1, (t["trial_id"], e, same)
         assert sorted(r["epoch"] for r in rows if r["trial_id"] == t["trial_id"]) == sorted(set(epochs))
+        # every epoch's numbers, to the last bit, those of the trial's config trained straight through
+        # (a trial ASHA stopped: the epochs it ran)
+        got = sorted((r["epoch"], r["train_loss"], r["test_acc"]) for r in rows if r["trial_id"] == t["trial_id"])
+        assert got == train_straight(Path(t["trial_dir"]), tmp_path / f"straight-{t['trial_id']}")[:len(got)], t["trial_id"]
     # the Optuna study ends with num_samples trials, in the searcher's state and in <experiment>/optuna.db
     # (which the kill left with trials the searcher's last checkpoint never knew: told FAIL, not RUNNING)
     saved = sorted(exp.glob("searcher-state-*.pkl"))

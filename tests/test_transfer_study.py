@@ -141,41 +141,30 @@ def test_a_trial_line_leaves_out_a_label_with_nothing_in_it():
 
 
 @pytest.mark.ray
-def test_the_smoke_makes_its_students_probes_them_on_both_real_formats_and_reports_them(tmp_path):
+def test_the_smoke_makes_its_students_probes_them_on_both_real_formats_and_reports_them(tmp_path, ray_session, capsys):
     """--smoke by itself, no source experiment: small students made on the spot (shrunk further here:
-    a resnet8 teacher of 2 epochs, 2 epochs each), probed through the STL-10 and TinyImageNet readers on small files."""
-    import os
-    import subprocess
-    import sys
-
+    a resnet8 teacher of 2 epochs, 2 epochs each), probed through the STL-10 and TinyImageNet readers on
+    small files. Through the Python API, on the test session's Ray (the command wraps the same call)."""
     import pyarrow.parquet as pq
-    from _helpers import kill_orphans
+
+    import catkd.study
+    from analysis import report
 
     repo = Path(__file__).resolve().parents[1]
-    ray_tmp = Path(os.environ["RAY_TMPDIR"]) / "transfer-smoke"
-    ray_tmp.mkdir(parents=True, exist_ok=True)
     storage = tmp_path / "results"
-    cmd = [sys.executable, "-m", "catkd.study", str(repo / "studies" / "transfer.yaml"), "--smoke", "--no-dashboard",
-           "--storage", str(storage), "--set", "smoke.epochs=2", "--set", "smoke.teacher_epochs=2",
-           "--set", "smoke.teacher=resnet8",
-           "--set", "smoke.dataset={TRAIN_PER_CLASS: 4, TEST_PER_CLASS: 2}"]
-    try:
-        done = subprocess.run(cmd, env={**os.environ, "RAY_TMPDIR": str(ray_tmp)}, capture_output=True, text=True,
-                              timeout=900)
-    finally:
-        kill_orphans(ray_tmp)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "(SMOKE: small STL-10 and TinyImageNet files, small models)" in done.stdout
+    exp = catkd.study.run(repo / "studies" / "transfer.yaml", smoke=True, storage=storage, overrides={
+        "smoke.epochs": 2, "smoke.teacher_epochs": 2, "smoke.teacher": "resnet8",
+        "smoke.dataset": {"TRAIN_PER_CLASS": 4, "TEST_PER_CLASS": 2}})
+    assert exp == storage / "transfer-smoke"
+    assert "(SMOKE: small STL-10 and TinyImageNet files, small models)" in capsys.readouterr().out
     data = next((storage / ".cache" / "data").glob("transfer-*"))
     assert (data / "stl10_binary" / "train_X.bin").stat().st_size == 10 * 4 * 3 * 96 * 96  # the real format
     assert len(list((data / "tiny-imagenet-200" / "train").glob("*/images/*.JPEG"))) == 200 * 4
-    exp = storage / "transfer-smoke"
     trials = pq.read_table(exp / "trials.parquet").to_pylist()
     assert len(trials) == 2 * 2 * 2 and all(t["status"] == "finished" for t in trials)  # 2 methods x 2 seeds x 2 targets
     assert {(t["TRANSFER.SOURCE_METHOD"], t["TRANSFER.SOURCE_SEED"], t["DATASET.TYPE"]) for t in trials} == {
         (m, s, d) for m in ("NONE", "CAT_KD") for s in (0, 1) for d in ("stl10", "tiny_imagenet")}
-    rep = subprocess.run([sys.executable, str(repo / "analysis" / "report.py"), str(exp), "--no-plots"],
-                         capture_output=True, text=True, timeout=300)
-    assert rep.returncode == 0, rep.stderr[-2000:]
-    assert "| source pair" in rep.stdout and "STL-10" in rep.stdout and "TinyImageNet" in rep.stdout
-    assert "CAT-KD - student alone" in rep.stdout
+    report(exp, plots=False, echo=True)
+    out = capsys.readouterr().out
+    assert "| source pair" in out and "STL-10" in out and "TinyImageNet" in out
+    assert "CAT-KD - student alone" in out
