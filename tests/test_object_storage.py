@@ -17,8 +17,6 @@ import yaml
 
 from _helpers import TINY, epoch_rows, kill_orphans
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def _results(s3, prefix: str) -> dict[str, list[dict]]:
     """{trial folder (relative to the experiment): its epoch rows in Tune's result.json}, from the bucket."""
@@ -28,7 +26,7 @@ def _results(s3, prefix: str) -> dict[str, list[dict]]:
 
 @pytest.mark.ray
 def test_a_smoke_study_on_s3_killed_mid_search_resumes_from_the_bucket_losing_and_repeating_nothing(
-        tmp_path, s3, smoke_teacher):
+        tmp_path, s3, smoke_teacher, monkeypatch, capsys):
     data = yaml.safe_load(TINY)
     data["confirm"] = {"top_k": 1, "seeds": [1, 2]}
     data["smoke"]["dataset"].update(TRAIN_PER_CLASS=40, TEST_PER_CLASS=10)  # what is checked needs no learning
@@ -103,11 +101,17 @@ def test_a_smoke_study_on_s3_killed_mid_search_resumes_from_the_bucket_losing_an
     assert sorted(p.name for p in work.iterdir()) == ["tiny.yaml"]
     assert not any(p.is_file() for p in (tmp_path / "scratch2").rglob("*"))
 
-    # the report reads the experiment from the bucket and, by default, writes beside it
-    rep = subprocess.run([sys.executable, str(REPO / "analysis" / "report.py"), f"{storage}/tiny-smoke"],
-                         env=env, cwd=work, capture_output=True, text=True, timeout=300)
-    assert rep.returncode == 0, rep.stderr[-3000:]
-    assert f"wrote {storage}/tiny-smoke/report/report.md" in rep.stdout
+    # the report command reads the experiment from the bucket and, by default, writes beside it (its
+    # main in this process: the command is `python analysis/report.py` around it)
+    from analysis.report import main as report_main
+
+    for var in ("HOME", "CATKD_CACHE"):
+        monkeypatch.setenv(var, env[var])
+    monkeypatch.chdir(work)
+    capsys.readouterr()
+    assert report_main([f"{storage}/tiny-smoke"]) == 0
+    assert f"wrote {storage}/tiny-smoke/report/report.md" in capsys.readouterr().out
+    assert sorted(p.name for p in work.iterdir()) == ["tiny.yaml"]
     md = s3.read(prefix + "report/report.md").decode()
     assert "tiny" in md and "confirm" in md.lower()
     assert any(k.endswith(".png") for k in s3.objects(prefix + "report/"))
