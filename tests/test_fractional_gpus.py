@@ -39,29 +39,39 @@ STUDY = {
 
 # Run in a subprocess with its own RAY_TMPDIR (its orphans are killed by that path): a cluster of a
 # head without CPUs and two worker nodes of 4 CPUs and 1 GPU each; the dry run and the study are run
-# against it as a user would (--address); then the actor table (kept for dead actors too) says which
-# node each trial's process ran on, and the worker logs what each trial printed.
+# against it as a user would (--address), through the command's main in that process; then the actor
+# table (kept for dead actors too) says which node each trial's process ran on, and the worker logs
+# what each trial printed.
 CLUSTER_SCRIPT = r"""
-import json, subprocess, sys
+import contextlib, io, json, sys
 from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 from ray._private.state import actors
+from catkd.study.__main__ import main
 
 study, storage, ray_tmp = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
 for _ in range(2):
     cluster.add_node(num_cpus=4, num_gpus=1)
 cluster.wait_for_nodes()
-cmd = [sys.executable, "-m", "catkd.study", study, "--smoke", "--no-dashboard", "--storage", storage,
-       "--address", cluster.address]
-dry = subprocess.run(cmd + ["--dry-run"], capture_output=True, text=True)
-run = subprocess.run(cmd, capture_output=True, text=True)
-ray.init(address=cluster.address, log_to_driver=False)
+argv = [study, "--smoke", "--no-dashboard", "--storage", storage, "--address", cluster.address]
+
+
+def command(args):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        rc = main(args)
+    return [rc, out.getvalue()]
+
+
+dry = command(argv + ["--dry-run"])
+run = command(argv)
+if not ray.is_initialized():
+    ray.init(address=cluster.address, log_to_driver=False)
 nodes = {a["Pid"]: a["Address"]["NodeID"] for a in actors().values() if a["ActorClassName"].endswith("ImplicitFunc")}
 logs = {int(p.stem.rsplit("-", 1)[1]): p.read_text(errors="replace") for p in ray_tmp.rglob("worker-*.out")}
-print(json.dumps({"dry": [dry.returncode, dry.stdout + dry.stderr], "run": [run.returncode, run.stdout + run.stderr],
-                  "head": cluster.head_node.node_id, "node_of_pid": nodes, "worker_logs": logs}))
+print(json.dumps({"dry": dry, "run": run, "head": cluster.head_node.node_id, "node_of_pid": nodes, "worker_logs": logs}))
 ray.shutdown()
 cluster.shutdown()
 """
