@@ -77,10 +77,10 @@ def presets() -> tuple[dict[Path, str], list[str]]:
     return out, skipped
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="exit 1 when a file differs, write nothing")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     files, skipped = presets()
     stale = [p for p, text in files.items() if not p.is_file() or p.read_text() != text]
     extra = [p for m in METHODS for p in (PRESETS / m).glob("*.yaml") if p not in files]

@@ -38,6 +38,16 @@ smoke:
 """
 
 
+def script(name: str):
+    """scripts/<name>.py loaded as a module, so a test calls its main() in this process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def seed_smoke_teacher(study, storage: Path, cache: Path, sets: dict | None = None) -> None:
     """Put a --smoke study's teacher where its driver looks first (<storage>/.cache/teachers), trained
     in `cache` the first time a test asks for it: the study then says 'cached' instead of training it.

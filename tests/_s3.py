@@ -58,12 +58,12 @@ class S3Server:
         return self.client().get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
-def start(extra_env: dict[str, str] | None = None) -> S3Server:
+def start() -> S3Server:
     import tempfile
 
     # moto's request recorder (a test counts requests with it) writes to its working directory otherwise
     scratch = tempfile.mkdtemp(prefix="catkd-moto-")
-    proc, port = moto_server({"MOTO_RECORDER_FILEPATH": os.path.join(scratch, "recording"), **(extra_env or {})})
+    proc, port = moto_server({"MOTO_RECORDER_FILEPATH": os.path.join(scratch, "recording")})
     return S3Server(port, proc, scratch)
 
 

@@ -3,23 +3,19 @@ module-level and function-level imports alike), and each folder knows nothing ab
 from __future__ import annotations
 
 import ast
-import importlib.util
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-import pytest
+from _helpers import script
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "import_cycles.py"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("import_cycles", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return script("import_cycles")
 
 
 def _package(root: Path, files: dict[str, str]) -> Path:

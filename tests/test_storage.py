@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from pathlib import Path
 
 import pytest
 
-from _s3 import free_port, start, stop
+from _s3 import free_port
 from catkd.storage import Mirror, StorageError, check, location
 
 
@@ -123,15 +122,20 @@ def test_an_endpoint_that_does_not_answer_is_reported_in_seconds(s3, monkeypatch
         check(location(f"{s3.uri}/x"), timeout=2)
 
 
-def test_refused_credentials_are_named(monkeypatch):
-    server = start({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})  # this server checks every request's key
+def test_refused_credentials_are_named(s3):
+    import urllib.request
+
+    def auth_after(n: str) -> None:  # moto checks every request's key after the next n (inf: none)
+        urllib.request.urlopen(urllib.request.Request(s3.server.endpoint + "/moto-api/reset-auth", data=n.encode(),
+                                                      headers={"Content-Type": "text/plain"}))
+
+    auth_after("0")
     try:
-        for k, v in server.env().items():
-            monkeypatch.setenv(k, v)
         with pytest.raises(StorageError, match=r"s3://some-bucket/x: (access denied|the credentials were refused)"):
             check(location("s3://some-bucket/x"))
     finally:
-        stop(server)
+        auth_after("inf")
+    check(location(s3.uri))  # the server accepts the key again, for the tests after this one
 
 
 def test_an_unknown_scheme_is_refused():
