@@ -192,6 +192,47 @@ def test_mlflow_has_one_run_per_trial_with_its_settings_and_every_epoch(tiny_stu
         assert [v for _, v in hist] == pytest.approx(want)
 
 
+def test_mlflow_gets_each_results_metrics_in_one_batch_the_ones_rays_callback_logs_one_by_one(monkeypatch):
+    """One request per epoch of a trial, not one per metric (each its own database transaction); the
+    metrics, values and step are those Ray's own callback logs."""
+    import mlflow
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    from catkd.study.trackers import batched_mlflow_callback
+
+    class Client:  # records what reaches the tracking store
+        calls: list = []
+
+        def __init__(self, tracking_uri=None):
+            pass
+
+        def log_batch(self, run_id, metrics):
+            self.calls.append(("batch", run_id, [(m.key, m.value, m.step) for m in metrics]))
+
+        def log_metric(self, run_id, key, value, step=None):
+            self.calls.append(("metric", run_id, [(key, value, step)]))
+
+    monkeypatch.setattr(mlflow, "MlflowClient", Client)
+    result = {"training_iteration": 3, "epoch": 3, "test_acc": 41.5, "train_loss": 1.25, "done": False,
+              "trial_id": "abc", "gpu_ids": None, "config": {"SOLVER.LR": 0.1, "DISTILLER.TYPE": "CAT_KD"}}
+    trial = object()
+    ours = batched_mlflow_callback("sqlite:///unused.db")(tracking_uri="sqlite:///unused.db", experiment_name="x")
+    ours._trial_runs = {trial: "run-1"}
+    ours.log_trial_result(3, trial, result)
+    (kind, run, batch), = Client.calls
+    assert kind == "batch" and run == "run-1"
+    Client.calls.clear()
+    rays = MLflowLoggerCallback(tracking_uri="sqlite:///unused.db", experiment_name="x")
+    rays._trial_runs = {trial: "run-1"}
+    monkeypatch.setattr(rays.mlflow_util, "_get_client", lambda: Client(), raising=False)
+    monkeypatch.setattr(rays.mlflow_util, "_run_exists", lambda run_id: True)
+    rays.log_trial_result(3, trial, result)
+    one_by_one = [m for kind, _, ms in Client.calls for m in ms]
+    assert {kind for kind, _, _ in Client.calls} == {"metric"} and len(Client.calls) == len(batch) == 6
+    assert sorted(batch) == sorted(one_by_one)
+    assert ("config/SOLVER.LR", 0.1, 3) in batch and not any(k in ("trial_id", "gpu_ids") for k, _, _ in batch)
+
+
 @pytest.mark.parametrize("tracker", ["wandb", "mlflow"])
 def test_a_missing_tracker_extra_is_exit_2_with_the_pip_command(tmp_path, monkeypatch, capsys, tracker):
     monkeypatch.setitem(sys.modules, tracker, None)  # import fails as if not installed

@@ -89,10 +89,38 @@ def _wandb(spec: StudySpec, exp_dir: Path, stage: str):
 
 
 def _mlflow(spec: StudySpec, exp_dir: Path, name: str, stage: str):
-    from ray.air.integrations.mlflow import MLflowLoggerCallback
-
     # MLflow 3 refuses new file stores ("maintenance mode"): a SQLite store in the experiment directory
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(exp_dir / 'mlflow.db').resolve()}"
     say(f"MLflow: one run per trial, experiment {name}, tag stage={stage}, tracking URI {uri}")
-    return _with_settings(MLflowLoggerCallback, spec, stage)(
+    return _with_settings(batched_mlflow_callback(uri), spec, stage)(
         tracking_uri=uri, experiment_name=name, tags={"study": spec.name, "stage": stage})
+
+
+def batched_mlflow_callback(uri: str):
+    """Ray's MLflow logger callback, logging each result's metrics in one request (`log_batch`). Ray's
+    logs them one by one, each with a look-up of the run: a database transaction per metric, about a
+    tenth of a second of the driver's CPU per epoch of every trial against a SQLite store. The metrics
+    are the same: the result flattened with "/", every value that converts to a float, at Ray's step."""
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+    from ray.tune.result import TIMESTEPS_TOTAL, TRAINING_ITERATION
+    from ray.tune.utils import flatten_dict
+
+    client = MlflowClient(tracking_uri=uri)
+
+    class BatchedMLflowLoggerCallback(MLflowLoggerCallback):
+        def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+            step = result.get(TIMESTEPS_TOTAL) or result[TRAINING_ITERATION]
+            now = int(time.time() * 1000)
+            metrics = []
+            for key, value in flatten_dict(result, delimiter="/").items():
+                try:
+                    metrics.append(Metric(key, float(value), now, step))
+                except (TypeError, ValueError):
+                    continue  # not a number: not a metric (as Ray's)
+            client.log_batch(self._trial_runs[trial], metrics=metrics)
+
+    return BatchedMLflowLoggerCallback
