@@ -1,5 +1,6 @@
 """`--log wandb` / `--log mlflow`: one tracked run per trial, through Tune logger callbacks (MLflow: Ray's
-own; W&B: catkd.study.wandb_log, one logging process per stage instead of Ray's two per trial).
+own, each result's metrics sent in one batch; W&B: catkd.study.wandb_log, one logging process per
+stage instead of Ray's two per trial).
 
 Each trial is a run named by its trial, grouped by study and stage (W&B: project `$WANDB_PROJECT` or
 "catkd", group "<study>/<stage>"; MLflow: experiment "<experiment name>", tags study and stage), with
