@@ -216,7 +216,7 @@ def test_mlflow_gets_each_results_metrics_in_one_batch_the_ones_rays_callback_lo
     result = {"training_iteration": 3, "epoch": 3, "test_acc": 41.5, "train_loss": 1.25, "done": False,
               "trial_id": "abc", "gpu_ids": None, "config": {"SOLVER.LR": 0.1, "DISTILLER.TYPE": "CAT_KD"}}
     trial = object()
-    ours = batched_mlflow_callback("sqlite:///unused.db")(tracking_uri="sqlite:///unused.db", experiment_name="x")
+    ours = batched_mlflow_callback()(tracking_uri="sqlite:///unused.db", experiment_name="x")
     ours._trial_runs = {trial: "run-1"}
     ours.log_trial_result(3, trial, result)
     (kind, run, batch), = Client.calls

@@ -93,11 +93,11 @@ def _mlflow(spec: StudySpec, exp_dir: Path, name: str, stage: str):
     # MLflow 3 refuses new file stores ("maintenance mode"): a SQLite store in the experiment directory
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(exp_dir / 'mlflow.db').resolve()}"
     say(f"MLflow: one run per trial, experiment {name}, tag stage={stage}, tracking URI {uri}")
-    return _with_settings(batched_mlflow_callback(uri), spec, stage)(
+    return _with_settings(batched_mlflow_callback(), spec, stage)(
         tracking_uri=uri, experiment_name=name, tags={"study": spec.name, "stage": stage})
 
 
-def batched_mlflow_callback(uri: str):
+def batched_mlflow_callback():
     """Ray's MLflow logger callback, logging each result's metrics in one request (`log_batch`). Ray's
     logs them one by one, each with a look-up of the run: a database transaction per metric, about a
     tenth of a second of the driver's CPU per epoch of every trial against a SQLite store. The metrics
@@ -110,9 +110,9 @@ def batched_mlflow_callback(uri: str):
     from ray.tune.result import TIMESTEPS_TOTAL, TRAINING_ITERATION
     from ray.tune.utils import flatten_dict
 
-    client = MlflowClient(tracking_uri=uri)
-
     class BatchedMLflowLoggerCallback(MLflowLoggerCallback):
+        _client = None
+
         def log_trial_result(self, iteration: int, trial, result: dict) -> None:
             step = result.get(TIMESTEPS_TOTAL) or result[TRAINING_ITERATION]
             now = int(time.time() * 1000)
@@ -122,6 +122,8 @@ def batched_mlflow_callback(uri: str):
                     metrics.append(Metric(key, float(value), now, step))
                 except (TypeError, ValueError):
                     continue  # not a number: not a metric (as Ray's)
-            client.log_batch(self._trial_runs[trial], metrics=metrics)
+            if self._client is None:  # the store Ray's setup opened (MLflow keeps one per URI)
+                self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            self._client.log_batch(self._trial_runs[trial], metrics=metrics)
 
     return BatchedMLflowLoggerCallback
