@@ -234,7 +234,7 @@ smoke:
   student: resnet8
   teacher_epochs: 2
   grace_period: 1
-  dataset: {NUM_CLASSES: 4, TRAIN_PER_CLASS: 60, TEST_PER_CLASS: 20}
+  dataset: {NUM_CLASSES: 4, TRAIN_PER_CLASS: 60, TEST_PER_CLASS: 20, IMAGE_SIZE: 16}
   val_size: 40
   confirm: {top_k: 1, seeds: [1], preset: true}
   max_concurrent: 1  # one reused trial process per stage and arm: what is checked needs no concurrency

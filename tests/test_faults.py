@@ -28,7 +28,8 @@ STUDY = {
     "metric": "test_acc",
     "smoke": {"epochs": 4, "teacher": "resnet8", "student": "resnet8", "teacher_epochs": 2,
               # what is checked (every trial and epoch once, results equal) needs no learning: few images
-              "dataset": {"NUM_CLASSES": 4, "TRAIN_PER_CLASS": 40, "TEST_PER_CLASS": 10}, "val_size": 0,
+              "dataset": {"NUM_CLASSES": 4, "TRAIN_PER_CLASS": 40, "TEST_PER_CLASS": 10, "IMAGE_SIZE": 16},
+              "val_size": 0,
               "max_concurrent": 2},
 }
 

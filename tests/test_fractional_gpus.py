@@ -32,7 +32,7 @@ STUDY = {
     "scheduler": {"type": "fifo"},
     "metric": "test_acc",
     "smoke": {"epochs": 1, "student": "resnet8", "val_size": 0, "max_concurrent": 10,
-              "dataset": {"NUM_CLASSES": 4, "TRAIN_PER_CLASS": 100, "TEST_PER_CLASS": 30},
+              "dataset": {"NUM_CLASSES": 4, "TRAIN_PER_CLASS": 100, "TEST_PER_CLASS": 30, "IMAGE_SIZE": 16},
               # CPU is not what binds: 4 CPUs a node hold 16 such trials, its GPU 4
               "resources": {"cpu": 0.25, "gpu": 0.25}},
 }

@@ -113,6 +113,7 @@ def test_a_study_killed_in_its_smoke_teacher_its_search_and_its_confirm_stage_lo
 
     proc = subprocess.Popen(cmd + ["--resume"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     _kill_when(proc, ray_tmp, lambda: search_rows() >= 6 and running_early(), timeout=600)
+    running = [d.name for d in restorable(exp)]  # must continue from their checkpoints, not start over
     assert leave_checkpoint_race(exp) == 1  # max_concurrent 1: the one running trial
     ended_at_kill = {}
     for d in exp.glob("trial_*"):
@@ -122,6 +123,7 @@ def test_a_study_killed_in_its_smoke_teacher_its_search_and_its_confirm_stage_lo
     # kill 3: in the confirm stage, after its first epochs
     proc = subprocess.Popen(cmd + ["--resume"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     _kill_when(proc, ray_tmp, lambda: (exp / "confirm").is_dir() and confirm_rows() >= 2, timeout=600)
+    running += [f"confirm/{d.name}" for d in restorable(exp / "confirm")]
     # the last --resume runs to the end: the command's main in this process, on the test session's Ray
     assert study_main([str(p), "--smoke", "--resume", "--no-dashboard", "--storage", str(storage)]) == 0
 
@@ -134,17 +136,21 @@ def test_a_study_killed_in_its_smoke_teacher_its_search_and_its_confirm_stage_lo
     # trials that had ended before the first kill were not run again: their files did not grow
     for name, n in ended_at_kill.items():
         assert len(_raw_epochs(exp / name)) == n, name
-    # against Tune's raw per-trial rows: every trial started once (epoch 1 reported once), no epoch
-    # lost; an epoch re-reported after a restore replays the same numbers; Parquet holds each once
+    # the trials running at a kill continued from their checkpoints (none started over)
+    assert running and all((exp / name / "run" / "restored.pth").is_file() for name in running), running
+    # Tune's raw per-trial rows: no epoch reported twice with other numbers (a restored trial replays
+    # an epoch's numbers), epoch 1 at most once. Tune may have lost rows: it writes them in the driver's
+    # own folder and copies that into the experiment now and then, so a kill loses the rows since (and a
+    # restored trial's copy can replace them); the Parquet rows fill such gaps from the trial's own
+    # record. They hold every epoch the trial ran, once.
     for t in trials:
         raw = _raw_epochs(Path(t["trial_dir"]))
         epochs = [r["epoch"] for r in raw]
-        assert epochs.count(1) == 1, (t["trial_id"], epochs)
-        assert sorted(set(epochs)) == list(range(1, t["epochs_done"] + 1)), (t["trial_id"], epochs)
+        assert epochs.count(1) <= 1 and set(epochs) <= set(range(1, t["epochs_done"] + 1)), (t["trial_id"], epochs)
         for e in set(epochs):
             same = [(r["test_acc"], r.get("val_acc"), r["train_loss"]) for r in raw if r["epoch"] == e]
             assert len(set(same)) == 1, (t["trial_id"], e, same)
-        assert sorted(r["epoch"] for r in rows if r["trial_id"] == t["trial_id"]) == sorted(set(epochs))
+        assert sorted(r["epoch"] for r in rows if r["trial_id"] == t["trial_id"]) == list(range(1, t["epochs_done"] + 1))
         # every epoch's numbers, to the last bit, those of the trial's config trained straight through
         # (a trial ASHA stopped: the epochs it ran)
         got = sorted((r["epoch"], r["train_loss"], r["test_acc"]) for r in rows if r["trial_id"] == t["trial_id"])

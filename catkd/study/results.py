@@ -5,8 +5,9 @@ writes or reads `results.parquet` / `trials.parquet` (`analysis` reads through `
 
 Each trial records its settings once, from the run config it actually trained with
 (`<trial dir>/run/settings.json`, written by the trial: `write_settings`). Tune writes every
-reported result of a trial to `<trial dir>/result.json` as it arrives. `collect` rebuilds the rows
-from those files (deduplicated by trial and epoch, so a trial restored from a checkpoint that
+reported result of a trial to `<trial dir>/result.json` (in the driver's folder first, copied into
+the experiment now and then); the trial writes its own record of each epoch to
+`<trial dir>/run/metrics.jsonl` before reporting it. `collect` rebuilds the rows from those files (deduplicated by trial and epoch, so a trial restored from a checkpoint that
 re-reports an epoch is counted once; a diverged trial's marker row is not an epoch); `write` stores
 them atomically. A study killed at any moment therefore leaves readable files, `--resume` rebuilds
 them exactly, and a report of a directory without Parquet files builds the same rows.
@@ -157,11 +158,13 @@ def collect(exp_dir: Path, spec: dict[str, Any], study_done: bool,
                 by_epoch[int(r["epoch"])] = r  # last report of an epoch wins (restored trials)
         last = max(by_epoch, default=0)
         if len(by_epoch) < last:
-            # An epoch missing from Tune's rows: in a bucket Tune puts result.json back from the driver later
-            # than the trial puts its checkpoint, so a kill in between loses the rows of epochs whose
-            # checkpoint the restored trial continues from. The trial's own record of each epoch (written,
-            # and put, before the epoch is reported) fills such gaps; not beyond Tune's last epoch: a trial
-            # the scheduler stopped may have recorded one more epoch that Tune never took.
+            # An epoch missing from Tune's rows: Tune writes result.json in the driver's own folder and
+            # copies it into the experiment (on a disk or in a bucket) later than the trial saves its
+            # checkpoint, so a kill in between loses the rows of epochs whose checkpoint the restored trial
+            # continues from (and the restored trial's copy can replace the older rows). The trial's own
+            # record of each epoch (written, and put, before the epoch is reported) fills such gaps; not
+            # beyond Tune's last epoch: a trial the scheduler stopped may have recorded one more epoch that
+            # Tune never took.
             for r in _read_results(tdir / "run" / "metrics.jsonl"):
                 if "epoch" in r and "test_acc" in r and int(r["epoch"]) < last:
                     by_epoch.setdefault(int(r["epoch"]), r)
