@@ -6,6 +6,8 @@ and each trial's own `run/settings.json`).
 """
 from __future__ import annotations
 
+import shutil
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -38,6 +40,13 @@ class Study:
     source: str = "parquet"  # parquet | tune
     notes: list[str] = field(default_factory=list)
     uri: Optional[str] = None  # the experiment in object storage that `path` is a local copy of
+    _copy: Any = field(default=None, repr=False, compare=False)  # removes that local copy
+
+    def close(self) -> None:
+        """Remove the local copy of a study read from object storage (also done when the Study is
+        garbage-collected, and at exit); nothing for a study on a disk."""
+        if self._copy is not None:
+            self._copy()
 
     @property
     def results(self) -> pd.DataFrame:
@@ -124,9 +133,15 @@ def _load_uri(uri: str, checkpoints: bool) -> Study:
     if not where.exists():
         raise NotAStudy(f"{uri}: nothing there")
     mirror = Mirror(scratch_dir("report"), where)
-    small = lambda rel: not rel.startswith("report/") and "/checkpoint_" not in f"/{rel}" and not rel.endswith(".pth")  # noqa: E731
-    mirror.pull((lambda rel: not rel.startswith("report/")) if checkpoints else small)
-    study = load(mirror.local)
+    try:
+        small = lambda rel: not rel.startswith("report/") and "/checkpoint_" not in f"/{rel}" and not rel.endswith(".pth")  # noqa: E731
+        mirror.pull((lambda rel: not rel.startswith("report/")) if checkpoints else small)
+        study = load(mirror.local)
+    except BaseException:
+        mirror.remove_local()
+        raise
+    # the local copy lives as long as the Study that reads it (a notebook's), or until `close()`
+    study._copy = weakref.finalize(study, shutil.rmtree, mirror.local, ignore_errors=True)
     study.uri = where.uri
     if "trial_dir" in study.trials:  # the trials' folders in the local copy
         study.trials["trial_dir"] = study.trials["trial_dir"].astype(str).str.replace(

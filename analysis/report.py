@@ -55,6 +55,13 @@ def report(experiment_dir: Union[str, Path], out: Union[str, Path, None] = None,
     Raises NotAStudy for a directory that is not a study's, ValueError for an epoch rule the study
     cannot use. echo=True also prints the text and every file written (what the command shows)."""
     study = load(experiment_dir)
+    try:
+        return _report(study, out, format, epoch, plots, echo)
+    finally:
+        study.close()
+
+
+def _report(study, out, format: str, epoch: str, plots: bool, echo: bool):
     mode = tables.resolve_epoch(study, epoch)
     out, put = _out_dir(study, out)
     tbls = tables.build(study, epoch)
@@ -87,7 +94,10 @@ def report(experiment_dir: Union[str, Path], out: Union[str, Path, None] = None,
         if echo:
             print(text)
     if put is not None:  # the report's own folder in object storage: each file one put
-        put.push()
+        try:
+            put.push()
+        finally:
+            put.remove_local()
         shown = lambda p: f"{put.remote.uri}/{Path(p).relative_to(out).as_posix()}"  # noqa: E731
     else:
         shown = str
@@ -132,12 +142,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         png = cams_report(study, out, args.trial, args.images)
+        if put is not None:
+            put.push()
+            png = f"{put.remote.uri}/{Path(png).relative_to(out).as_posix()}"
     except CamError as exc:
         print(f"report: {exc}", file=sys.stderr)
         return EXIT_NOT_A_STUDY
-    if put is not None:
-        put.push()
-        png = f"{put.remote.uri}/{Path(png).relative_to(out).as_posix()}"
+    finally:
+        study.close()
+        if put is not None:
+            put.remove_local()
     print(f"wrote {png}")
     return 0
 

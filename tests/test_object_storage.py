@@ -110,6 +110,8 @@ def test_a_smoke_study_on_s3_killed_mid_search_resumes_from_the_bucket_losing_an
 
     for var in ("HOME", "CATKD_CACHE"):
         monkeypatch.setenv(var, env[var])
+    scratch = tmp_path / "scratch3"
+    monkeypatch.setenv("CATKD_SCRATCH", str(scratch))
     monkeypatch.chdir(work)
     capsys.readouterr()
     assert report_main([f"{storage}/tiny-smoke"]) == 0
@@ -123,3 +125,17 @@ def test_a_smoke_study_on_s3_killed_mid_search_resumes_from_the_bucket_losing_an
 
     assert analysis.report(f"{storage}/tiny-smoke", out=tmp_path / "rep") == tmp_path / "rep" / "report.md"
     assert (tmp_path / "rep" / "report.md").read_text() == md
+    # the local copies a report reads and writes through are gone once it is done; a loaded study's
+    # copy lives as long as the study
+    import gc
+
+    gc.collect()
+    assert not any(p.is_file() for p in scratch.rglob("*"))
+    study = analysis.load(f"{storage}/tiny-smoke")
+    assert (study.path / "trials.parquet").is_file() and study.path.is_relative_to(scratch)
+    study.close()
+    assert not study.path.exists()
+    study = analysis.load(f"{storage}/tiny-smoke")
+    del study
+    gc.collect()
+    assert not any(p.is_file() for p in scratch.rglob("*"))
