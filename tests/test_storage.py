@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 
 import pytest
 
@@ -86,19 +87,24 @@ def test_a_sqlite_file_being_written_is_put_back_as_a_consistent_database(s3, tm
     con.execute("create table t (i integer, pad blob)")
     con.commit()
     stop_writing = threading.Event()
+    committed = [0]
 
     def writer():
-        i = 0
         while not stop_writing.is_set():
-            con.execute("insert into t values (?, zeroblob(500))", (i,))
+            con.execute("insert into t values (?, zeroblob(500))", (committed[0],))
             con.commit()
-            i += 1
+            committed[0] += 1
 
     th = threading.Thread(target=writer)
     th.start()
     m = Mirror(tmp_path / "copy", location(f"{s3.uri}/exp"))
     try:
-        pushed = sum(len(m.push()) for _ in range(3))
+        pushed = 0
+        for _ in range(3):  # each put while the writer goes on, after some commits since the last
+            seen = committed[0]
+            while committed[0] < seen + 20 and th.is_alive():
+                time.sleep(0.001)
+            pushed += len(m.push())
     finally:
         stop_writing.set()
         th.join()
@@ -107,7 +113,7 @@ def test_a_sqlite_file_being_written_is_put_back_as_a_consistent_database(s3, tm
     with sqlite3.connect(got) as c:
         assert c.execute("pragma integrity_check").fetchone() == ("ok",)
         n = c.execute("select count(*), max(i) from t").fetchone()
-    assert pushed >= 2 and n[0] == n[1] + 1  # rows 0..max, none half-written
+    assert pushed == 3 and n[0] == n[1] + 1  # rows 0..max, none half-written
     assert not any(k.endswith("-journal") for k in s3.objects())
 
 
