@@ -18,8 +18,16 @@ from _tiers import guard, mark_e2e
 
 pytest_plugins = ("pytester",)
 
+# The processes the tests start (study drivers, Ray's workers, W&B's service) put their temporary files
+# in this process's own folder, removed when it ends: what a killed process leaves (a trial's scratch
+# copy, multiprocessing's and W&B's folders) does not pile up in /tmp. Ray's state and the cache stay
+# directly under the system's temporary directory (Ray's socket paths must stay under 108 bytes).
+_TMP_ROOT = os.environ.setdefault("CATKD_TESTS_TMP_ROOT", tempfile.gettempdir())
+os.environ["TMPDIR"] = tempfile.mkdtemp(prefix="catkd-tmp-", dir=_TMP_ROOT)
+atexit.register(shutil.rmtree, os.environ["TMPDIR"], ignore_errors=True)
+
 # Private Ray state, no usage stats (no network here), no token auth except where a test asks.
-_RAY_TMP = Path(tempfile.mkdtemp(prefix="catkd-ray-"))
+_RAY_TMP = Path(tempfile.mkdtemp(prefix="catkd-ray-", dir=_TMP_ROOT))
 os.environ.setdefault("RAY_TMPDIR", str(_RAY_TMP))
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers: each its own Ray state
     os.environ["RAY_TMPDIR"] = str(_RAY_TMP)  # a short path: Ray's socket paths must stay under 108 bytes
@@ -41,7 +49,7 @@ os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 # catkd.train's teacher cache (RUN.TEACHER_CACHE auto) goes here, never to the user's ~/.cache; it and
 # the Ray state are removed when the test process ends (a session's stores take gigabytes)
-os.environ["CATKD_CACHE"] = tempfile.mkdtemp(prefix="catkd-cache-")
+os.environ["CATKD_CACHE"] = tempfile.mkdtemp(prefix="catkd-cache-", dir=_TMP_ROOT)
 for _tmp in (os.environ["CATKD_CACHE"], _RAY_TMP):
     atexit.register(shutil.rmtree, _tmp, ignore_errors=True)
 os.environ.pop("CATKD_TEACHER_CACHE", None)
