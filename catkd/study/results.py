@@ -7,9 +7,9 @@ Each trial records its settings once, from the run config it actually trained wi
 (`<trial dir>/run/settings.json`, written by the trial: `write_settings`). Tune writes every
 reported result of a trial to `<trial dir>/result.json` (in the driver's folder first, copied into
 the experiment now and then); the trial writes its own record of each epoch to
-`<trial dir>/run/metrics.jsonl` before reporting it. `collect` rebuilds the rows from those files (deduplicated by trial and epoch, so a trial restored from a checkpoint that
-re-reports an epoch is counted once; a diverged trial's marker row is not an epoch); `write` stores
-them atomically. A study killed at any moment therefore leaves readable files, `--resume` rebuilds
+`<trial dir>/run/metrics.jsonl` before reporting it. `collect` rebuilds the rows from those files
+(deduplicated by trial and epoch, so a trial restored from a checkpoint that re-reports an epoch is
+counted once; a diverged trial's marker row is not an epoch); `write` stores them atomically. A study killed at any moment therefore leaves readable files, `--resume` rebuilds
 them exactly, and a report of a directory without Parquet files builds the same rows.
 """
 from __future__ import annotations
