@@ -24,7 +24,6 @@ pytest_plugins = ("pytester",)
 # directly under the system's temporary directory (Ray's socket paths must stay under 108 bytes).
 _TMP_ROOT = os.environ.setdefault("CATKD_TESTS_TMP_ROOT", tempfile.gettempdir())
 os.environ["TMPDIR"] = tempfile.mkdtemp(prefix="catkd-tmp-", dir=_TMP_ROOT)
-atexit.register(shutil.rmtree, os.environ["TMPDIR"], ignore_errors=True)
 
 # Private Ray state, no usage stats (no network here), no token auth except where a test asks.
 _RAY_TMP = Path(tempfile.mkdtemp(prefix="catkd-ray-", dir=_TMP_ROOT))
@@ -48,9 +47,10 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 # catkd.train's teacher cache (RUN.TEACHER_CACHE auto) goes here, never to the user's ~/.cache; it and
-# the Ray state are removed when the test process ends (a session's stores take gigabytes)
+# the Ray state (and the temporary folder above) are removed when the test process ends (a session's
+# stores take gigabytes)
 os.environ["CATKD_CACHE"] = tempfile.mkdtemp(prefix="catkd-cache-", dir=_TMP_ROOT)
-for _tmp in (os.environ["CATKD_CACHE"], _RAY_TMP):
+for _tmp in (os.environ["CATKD_CACHE"], _RAY_TMP, os.environ["TMPDIR"]):
     atexit.register(shutil.rmtree, _tmp, ignore_errors=True)
 os.environ.pop("CATKD_TEACHER_CACHE", None)
 
